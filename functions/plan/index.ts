@@ -1,0 +1,52 @@
+/**
+ * plan: turns a migration request into a plan. Each VM must be on the source host (per its
+ * inventory); the destination is the one asked for, or else the candidate with the most
+ * free memory that fits the whole gang — a gang goes to one place so its shared pages
+ * cross the link once (IRLM, gang migration). What cannot be planned fails with a reason.
+ */
+import { migrationFailed, migrationPlanned, migrationRequested, MigrationPhase } from "../../schemas/index.ts";
+import { defineFunction } from "../types.ts";
+import { inventoryKey, type HostInventory } from "../inventory/index.ts";
+
+export default defineFunction({
+  id: "plan",
+  description: "choose a destination and describe each VM of a requested gang migration",
+  trigger: migrationRequested,
+  retry: { maxAttempts: 5, backoffMs: 500 },
+  async handler(event, ctx) {
+    const req = event.data;
+    const params = { migrationId: req.migrationId };
+    const fail = (reason: string) => ctx.emit(migrationFailed, params, { migrationId: req.migrationId, reason, phase: MigrationPhase.Failed });
+
+    const source = await ctx.state.get<HostInventory>(inventoryKey(req.sourceHost));
+    if (!source) return fail(`source host ${req.sourceHost} has not reported its inventory`);
+    const vms = [];
+    for (const name of req.vms) {
+      const vm = source.vms.find((v) => v.vm === name);
+      if (!vm) return fail(`VM ${name} is not on host ${req.sourceHost}`);
+      if (vm.state !== "running" && vm.state !== "paused") return fail(`VM ${name} is ${vm.state}, not running or paused`);
+      vms.push({ vm: vm.vm, tenant: vm.tenant, memoryBytes: vm.memoryBytes, ...(vm.uuid ? { uuid: vm.uuid } : {}) });
+    }
+    if (new Set(req.vms).size !== req.vms.length) return fail("a VM is named twice");
+    const need = vms.reduce((n, v) => n + v.memoryBytes, 0);
+
+    let target = req.targetHost;
+    if (target === req.sourceHost) return fail(`target host ${target} is the source host`);
+    if (target) {
+      const inv = await ctx.state.get<HostInventory>(inventoryKey(target));
+      if (!inv) return fail(`target host ${target} has not reported its inventory`);
+      if (inv.memoryFreeBytes < need) return fail(`target host ${target} has ${inv.memoryFreeBytes} bytes free, the gang needs ${need}`);
+    } else {
+      const hosts = (await ctx.state.keys("inventory.")).map((k) => k.slice("inventory.".length)).filter((h) => h !== req.sourceHost);
+      let best: HostInventory | undefined;
+      for (const h of hosts) {
+        const inv = await ctx.state.get<HostInventory>(inventoryKey(h));
+        if (inv && inv.memoryFreeBytes >= need && (!best || inv.memoryFreeBytes > best.memoryFreeBytes)) best = inv;
+      }
+      if (!best) return fail(`no host has ${need} bytes free for the gang`);
+      target = best.host;
+    }
+    ctx.log.info("planned", { migrationId: req.migrationId, target, vms: req.vms.length });
+    ctx.emit(migrationPlanned, params, { migrationId: req.migrationId, sourceHost: req.sourceHost, targetHost: target, vms, options: req.options });
+  },
+});

@@ -1,0 +1,206 @@
+/**
+ * Hosts a function: binds it to a JetStream durable consumer (instances with the same
+ * function id share the work), parses every message, runs the handler inside a span,
+ * publishes what it emitted, and only then acks (at-least-once). Replays are harmless:
+ * finished event ids are remembered in KV and emitted events carry ids derived from the
+ * trigger's id, so the stream drops copies. What cannot be parsed, and what fails after
+ * its retries, goes to gw.dlq.<family> with the reason and the original bytes.
+ */
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import { Kvm, type KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
+import { createHash } from "node:crypto";
+import { isNonRetriable, isRetryAfter } from "../../functions/errors.ts";
+import type { FunctionContext, FunctionDefinition, RetryPolicy } from "../../functions/types.ts";
+import { deadLetter } from "../../schemas/index.ts";
+import { createLogger, type Logger } from "../log.ts";
+import { decodeMessage, encodeBinary, encodeStructured, type EncodedMessage } from "../events/binding.ts";
+import { createPublisher, type EventPublisher } from "../events/publisher.ts";
+import { EVENTS_STREAM, RUNS_BUCKET, STATE_BUCKET } from "../nats/resources.ts";
+import { extractTraceContext, meter, tracer } from "../telemetry.ts";
+import { kvStateStore } from "./stateStore.ts";
+
+export interface FunctionHostOptions {
+  /** Identifies this instance in event sources and logs. @default "<hostname>-<pid>" */
+  instanceId?: string;
+  /** How long the server waits for an ack before redelivering; the host heartbeats while a handler runs. @default 30000 */
+  ackWaitMs?: number;
+  log?: Logger;
+}
+
+export interface ServedFunction {
+  readonly id: string;
+  /** Stops taking events, lets the ones in flight finish (drain), and returns. */
+  stop(): Promise<void>;
+}
+
+const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 5, backoffMs: 500 };
+const consumed = meter().createCounter("messaging.client.consumed.messages", { description: "events delivered to gangway functions" });
+const duration = meter().createHistogram("messaging.process.duration", { unit: "s", description: "time a function took to handle an event" });
+const deadLetters = meter().createCounter("gangway.function.dead_letters", { description: "events sent to the dead-letter subject" });
+
+export const durableName = (fnId: string) => `fn-${fnId}`;
+const runKey = (fnId: string, eventId: string) => `${fnId}.${createHash("sha256").update(eventId).digest("hex").slice(0, 40)}`;
+/** Ids of emitted events derive from the trigger: a replay emits the same ids. */
+const emittedId = (fnId: string, eventId: string, index: number) => `${fnId}-${createHash("sha256").update(eventId).digest("hex").slice(0, 24)}-${index}`;
+
+function headersRecord(m: JsMsg): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (m.headers) for (const k of m.headers.keys()) out[k] = m.headers.get(k);
+  return out;
+}
+
+export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, opts: FunctionHostOptions = {}): Promise<ServedFunction> {
+  const instanceId = opts.instanceId ?? `${process.env.HOSTNAME ?? "local"}-${process.pid}`;
+  const log = (opts.log ?? createLogger()).child({ function: fn.id, instance: instanceId });
+  const ackWaitMs = opts.ackWaitMs ?? 30_000;
+  const retry: RetryPolicy = { ...DEFAULT_RETRY, ...fn.retry };
+  const durable = durableName(fn.id);
+  const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc);
+  const kvm = new Kvm(js);
+  const runs: KV = await kvm.open(RUNS_BUCKET);
+  const state = kvStateStore(await kvm.open(STATE_BUCKET));
+  const publisher: EventPublisher = createPublisher(js, `gangway/function/${fn.id}`);
+
+  try {
+    await jsm.consumers.info(EVENTS_STREAM, durable);
+  } catch {
+    // Created once; every instance with this function id then shares it.
+    await jsm.consumers.add(EVENTS_STREAM, {
+      durable_name: durable,
+      filter_subject: fn.trigger.filter,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.New,
+      ack_wait: ackWaitMs * 1_000_000,
+      max_deliver: -1,
+      max_ack_pending: 1000,
+    });
+  }
+  const consumer = await js.consumers.get(EVENTS_STREAM, durable);
+  const concurrency = fn.concurrency ?? 1;
+  const messages: ConsumerMessages = await consumer.consume({ max_messages: Math.max(2, concurrency * 2) });
+
+  const toDeadLetter = async (m: JsMsg, reason: string, family: string) => {
+    deadLetters.add(1, { "gangway.function": fn.id, "gangway.family": family });
+    log.warn("dead-lettered", { reason, subject: m.subject, seq: m.seq });
+    await publisher.send(
+      encodeStructured(
+        deadLetter,
+        { family },
+        {
+          reason: reason.slice(0, 8000),
+          function: fn.id,
+          family,
+          originalSubject: m.subject,
+          originalHeaders: headersRecord(m),
+          original: Buffer.from(m.data).toString("base64"),
+          deliveryCount: m.info.deliveryCount,
+          streamSequence: m.seq,
+        },
+        // One dead letter per stream message and function, however often it is retried.
+        { source: publisher.source, id: `dlq-${fn.id}-${m.info.stream}-${m.seq}` },
+      ),
+    );
+    m.term();
+  };
+
+  const handle = async (m: JsMsg): Promise<void> => {
+    const started = performance.now();
+    const decoded = decodeMessage(m.subject, m.data, m.headers);
+    if (!decoded.ok) return toDeadLetter(m, decoded.reason, decoded.family);
+    const event = decoded.event;
+    const key = runKey(fn.id, event.id);
+    if ((await runs.get(key))?.operation === "PUT") {
+      log.debug("duplicate event skipped", { id: event.id });
+      m.ack();
+      return;
+    }
+    const parent = extractTraceContext(m.headers);
+    const span = tracer().startSpan(
+      `process ${fn.trigger.filter}`,
+      {
+        kind: SpanKind.CONSUMER,
+        attributes: {
+          "messaging.system": "nats",
+          "messaging.operation.type": "process",
+          "messaging.destination.name": m.subject,
+          "messaging.consumer.group.name": durable,
+          "messaging.message.id": event.id,
+          "gangway.function": fn.id,
+          "gangway.attempt": m.info.deliveryCount,
+        },
+      },
+      parent,
+    );
+    const heartbeat = setInterval(() => m.working(), Math.max(250, ackWaitMs / 3));
+    const outbox: EncodedMessage[] = [];
+    const emitOpts = () => ({ source: publisher.source, id: emittedId(fn.id, event.id, outbox.length), time: new Date() });
+    const ctx: FunctionContext = {
+      emit: (def, params, data) => outbox.push(encodeStructured(def, params, data, emitOpts())),
+      emitBinary: (def, params, ext, body) => outbox.push(encodeBinary(def, params, ext as Record<string, string | number | boolean>, body, emitOpts())),
+      state,
+      log: log.child({ event: event.id }),
+      now: () => new Date(),
+      attempt: m.info.deliveryCount,
+    };
+    try {
+      await context.with(trace.setSpan(parent, span), async () => {
+        await (fn.handler as (e: unknown, c: FunctionContext) => Promise<void>)(event, ctx);
+        for (const out of outbox) await publisher.send(out);
+      });
+      await runs.put(key, JSON.stringify({ at: new Date().toISOString(), instance: instanceId, emitted: outbox.length }));
+      m.ack();
+      span.setStatus({ code: SpanStatusCode.OK });
+    } catch (err) {
+      const e = err as Error;
+      span.recordException(e);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: e.message });
+      if (isNonRetriable(err)) {
+        await toDeadLetter(m, `${fn.id}: ${e.message}`, decoded.definition.family);
+      } else if (m.info.deliveryCount >= retry.maxAttempts) {
+        await toDeadLetter(m, `${fn.id} failed ${m.info.deliveryCount} times; last error: ${e.message}`, decoded.definition.family);
+      } else {
+        const delay = isRetryAfter(err) ? err.delayMs : retry.backoffMs * 2 ** (m.info.deliveryCount - 1);
+        log.warn("handler failed; will retry", { error: e, attempt: m.info.deliveryCount, delayMs: delay });
+        m.nak(delay);
+      }
+    } finally {
+      clearInterval(heartbeat);
+      span.end();
+      consumed.add(1, { "messaging.system": "nats", "gangway.function": fn.id });
+      duration.record((performance.now() - started) / 1000, { "gangway.function": fn.id });
+    }
+  };
+
+  const inFlight = new Set<Promise<void>>();
+  const loop = (async () => {
+    for await (const m of messages) {
+      const p = handle(m).catch((err: unknown) => {
+        // Publishing a dead letter or an ack failed (NATS away): the server redelivers.
+        log.error("event not settled; it will be redelivered", { error: err, subject: m.subject });
+      });
+      inFlight.add(p);
+      void p.finally(() => inFlight.delete(p));
+      if (inFlight.size >= concurrency) await Promise.race(inFlight);
+    }
+  })();
+  log.info("serving", { durable, filter: fn.trigger.filter });
+
+  return {
+    id: fn.id,
+    async stop() {
+      messages.stop();
+      await loop;
+      await Promise.allSettled([...inFlight]);
+      log.info("stopped");
+    },
+  };
+}
+
+/** Serves several functions on one connection; stop() drains them all. */
+export async function serveFunctions(fns: readonly FunctionDefinition[], nc: NatsConnection, opts: FunctionHostOptions = {}): Promise<{ stop(): Promise<void> }> {
+  const served = await Promise.all(fns.map((f) => serveFunction(f, nc, opts)));
+  return { stop: async () => void (await Promise.all(served.map((s) => s.stop()))) };
+}

@@ -1,0 +1,51 @@
+/**
+ * Commit: the destination proves it holds every page (counts and a digest of the image it
+ * delivered to QEMU); the commit function then resumes the destination and quits the source.
+ * Until then the source is authoritative; any failure before commit rolls back.
+ */
+import { z } from "zod";
+import { defineEvent } from "./cloudevent.ts";
+import { digestHex, hostName, migrationId, reason, vmName } from "./common.ts";
+
+const about = (p: { migrationId: string }) => `migration/${p.migrationId}`;
+
+/** The destination loaded the whole stream into its paused QEMU. */
+export const commitReady = defineEvent({
+  type: "io.gangway.commit.ready.v1",
+  family: "commit",
+  subject: "gw.commit.{migrationId}.ready",
+  about,
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    targetHost: hostName,
+    pagesExpected: z.number().int().nonnegative(),
+    pagesDelivered: z.number().int().nonnegative(),
+    digest: digestHex,
+    downtimeMs: z.number().nonnegative().optional(),
+  }),
+});
+
+/** The source finished sending: what it sent, for the commit function to compare. */
+export const commitSent = defineEvent({
+  type: "io.gangway.commit.sent.v1",
+  family: "commit",
+  subject: "gw.commit.{migrationId}.sent",
+  about,
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    sourceHost: hostName,
+    pages: z.number().int().nonnegative(),
+    digest: digestHex,
+  }),
+});
+
+/** Something failed before commit: roll this VM back. */
+export const commitAbort = defineEvent({
+  type: "io.gangway.commit.abort.v1",
+  family: "commit",
+  subject: "gw.commit.{migrationId}.abort",
+  about,
+  data: z.object({ migrationId, vm: vmName, reason, reportedBy: z.string().min(1).max(256) }),
+});

@@ -1,0 +1,83 @@
+/** Pieces shared by several event families. */
+import { z } from "zod";
+import { token } from "./cloudevent.ts";
+
+export const migrationId = token.describe("migration id; a subject token");
+export const hostName = token.describe("host name; a subject token");
+export const vmName = token.describe("VM name; a subject token");
+export const tenantId = token.describe("tenant; pages of different tenants never dedup");
+
+/** 128-bit content key of a 4 KiB page, keyed per tenant, as 32 lowercase hex digits. */
+export const contentKey = z.string().regex(/^[0-9a-f]{32}$/, "must be 32 lowercase hex digits");
+/** SHA-256 or similar digest, hex. */
+export const digestHex = z.string().regex(/^[0-9a-f]{16,128}$/, "must be lowercase hex");
+
+export const PAGE_SIZE = 4096;
+/** Bytes of one content key on the wire (binary bodies). */
+export const KEY_BYTES = 16;
+
+/** KubeVirt's migration modes. */
+export const MigrationMode = { PreCopy: "PreCopy", PostCopy: "PostCopy", Paused: "Paused" } as const;
+export type MigrationMode = (typeof MigrationMode)[keyof typeof MigrationMode];
+
+/** KubeVirt's migration phases. */
+export const MigrationPhase = {
+  Pending: "Pending",
+  Scheduling: "Scheduling",
+  Scheduled: "Scheduled",
+  PreparingTarget: "PreparingTarget",
+  TargetReady: "TargetReady",
+  Running: "Running",
+  Succeeded: "Succeeded",
+  Failed: "Failed",
+} as const;
+export type MigrationPhase = (typeof MigrationPhase)[keyof typeof MigrationPhase];
+
+/** Migration options, named after `virsh migrate` and KubeVirt's knobs. */
+export const migrationOptions = z.object({
+  /** Link bandwidth cap for this migration, MB/s (virsh --bandwidth is MiB/s). */
+  bandwidthMBps: z.number().positive().optional(),
+  /** Largest acceptable downtime at switch-over. */
+  maxDowntimeMs: z.number().int().positive().default(300),
+  /** Switch to post-copy when pre-copy stops converging (virsh --postcopy-after-precopy). */
+  postcopy: z.boolean().default(false),
+  /** Give up pre-copy after this many rounds (then post-copy or abort). */
+  maxRounds: z.number().int().positive().default(30),
+  autoConverge: z.boolean().default(false),
+  /** KubeVirt progressTimeout: abort after this long without progress. */
+  progressTimeoutSec: z.number().int().positive().default(150),
+  /** KubeVirt completionTimeoutPerGiB. */
+  completionTimeoutPerGiB: z.number().int().positive().default(150),
+});
+export type MigrationOptions = z.infer<typeof migrationOptions>;
+
+/**
+ * Progress and result figures under libvirt's job-statistics names, plus gangway's own.
+ * Counters are monotonic within one migration (no bars running backwards).
+ */
+export const jobStats = z.object({
+  time_elapsed: z.number().nonnegative(),
+  time_remaining: z.number().nonnegative().optional(),
+  setup_time: z.number().nonnegative().optional(),
+  downtime: z.number().nonnegative().optional(),
+  data_total: z.number().nonnegative().optional(),
+  data_processed: z.number().nonnegative(),
+  data_remaining: z.number().nonnegative().optional(),
+  memory_total: z.number().nonnegative().optional(),
+  memory_processed: z.number().nonnegative().optional(),
+  memory_remaining: z.number().nonnegative().optional(),
+  memory_constant: z.number().nonnegative().optional(),
+  memory_normal: z.number().nonnegative().optional(),
+  memory_bps: z.number().nonnegative().optional(),
+  memory_dirty_rate: z.number().nonnegative().optional(),
+  memory_iteration: z.number().int().nonnegative().optional(),
+  pages_deduplicated: z.number().int().nonnegative().optional(),
+  bytes_on_link: z.number().nonnegative().optional(),
+  dedup_ratio: z.number().nonnegative().optional(),
+  compression_ratio: z.number().nonnegative().optional(),
+  percent: z.number().min(0).max(100).optional(),
+});
+export type JobStats = z.infer<typeof jobStats>;
+
+/** A reason for a failure, bounded so it fits any event and log line. */
+export const reason = z.string().min(1).max(2000);

@@ -1,0 +1,30 @@
+/**
+ * Dirty log: per round and per VM, what was sent and how fast memory is dirtied, so the
+ * dirty-log function can decide when to switch over (stop-and-copy or post-copy).
+ */
+import { z } from "zod";
+import { defineEvent } from "./cloudevent.ts";
+import { migrationId, vmName, hostName } from "./common.ts";
+
+export const dirtyRound = defineEvent({
+  type: "io.gangway.dirty.round.v1",
+  family: "dirty",
+  subject: "gw.dirty.{migrationId}.round",
+  about: (p: { migrationId: string }) => `migration/${p.migrationId}`,
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    sourceHost: hostName,
+    round: z.number().int().nonnegative(),
+    pagesSent: z.number().int().nonnegative(),
+    /** Pages dirtied while this round was being sent (the next round's work). */
+    pagesDirtied: z.number().int().nonnegative(),
+    durationMs: z.number().nonnegative(),
+    /** Pages per second dirtied by the guest. */
+    dirtyRate: z.number().nonnegative(),
+    /** Bytes per second actually carried on the link. */
+    transferRate: z.number().nonnegative(),
+    /** Estimated stop-and-copy time for what remains. */
+    expectedDowntimeMs: z.number().nonnegative(),
+  }),
+});

@@ -1,0 +1,67 @@
+/**
+ * Page packs and manifests. A page pack holds unique pages, compressed, stored under its
+ * content address in the object store; the event says it landed. A manifest tells the
+ * destination what to write where: ordered binary batches per VM, each record
+ * be64 page offset | u8 kind | 16-byte key (kind: 0 zero page, 1 page by key).
+ */
+import { z } from "zod";
+import { defineBinaryEvent, defineEvent } from "./cloudevent.ts";
+import { KEY_BYTES, contentKey, hostName, migrationId, tenantId, vmName } from "./common.ts";
+
+export const MANIFEST_RECORD_BYTES = 8 + 1 + KEY_BYTES;
+
+export const ManifestKind = { zero: 0, page: 1 } as const;
+export type ManifestKind = (typeof ManifestKind)[keyof typeof ManifestKind];
+
+export const PackCodec = { raw: "raw", lz4: "lz4", zstd: "zstd" } as const;
+export type PackCodec = (typeof PackCodec)[keyof typeof PackCodec];
+
+type ByVm = { migrationId: string; vm: string };
+const aboutVm = (p: ByVm) => `migration/${p.migrationId}/vm/${p.vm}`;
+
+export const manifestBatch = defineBinaryEvent({
+  type: "io.gangway.manifest.batch.v1",
+  family: "manifest",
+  subject: "gw.manifest.{migrationId}.{vm}",
+  about: aboutVm,
+  extensions: z.object({
+    migrationId,
+    vm: vmName,
+    tenant: tenantId,
+    round: z.coerce.number().int().nonnegative(),
+    seq: z.coerce.number().int().nonnegative(),
+    count: z.coerce.number().int().nonnegative().max(65536),
+    /** Set on the last batch of the VM's last round. */
+    final: z.preprocess((v) => v === true || v === "true", z.boolean()),
+  }),
+  checkBody: (body, ext) => {
+    if (body.byteLength !== ext.count * MANIFEST_RECORD_BYTES) return `body has ${body.byteLength} bytes, expected ${ext.count} records × ${MANIFEST_RECORD_BYTES}`;
+    for (let i = 0; i < ext.count; i++) {
+      const kind = body[i * MANIFEST_RECORD_BYTES + 8];
+      if (kind !== ManifestKind.zero && kind !== ManifestKind.page) return `record ${i} has kind ${kind}`;
+    }
+    return undefined;
+  },
+});
+
+type ByMigration = { migrationId: string };
+
+export const packStored = defineEvent({
+  type: "io.gangway.pack.stored.v1",
+  family: "manifest",
+  subject: "gw.pack.{migrationId}.stored",
+  about: (p: ByMigration) => `migration/${p.migrationId}`,
+  data: z.object({
+    migrationId,
+    sourceHost: hostName,
+    vm: vmName,
+    tenant: tenantId,
+    /** Object name in the pack store: the content address of the packed bytes. */
+    pack: z.string().regex(/^pack-[0-9a-f]{32,64}$/),
+    codec: z.enum(PackCodec),
+    /** Keys of the pages in the pack, in pack order. */
+    keys: z.array(contentKey).min(1).max(1024),
+    rawBytes: z.number().int().positive(),
+    storedBytes: z.number().int().positive(),
+  }),
+});

@@ -1,0 +1,161 @@
+/**
+ * Migration lifecycle: requested → planned → started → round… → switchover →
+ * committed | rolledback | failed | cancelled. Facts on gw.migration.<id>.<kind>;
+ * the cancel command on gw.cmd.migration.<id>.cancel.
+ */
+import { z } from "zod";
+import { defineEvent } from "./cloudevent.ts";
+import { hostName, jobStats, migrationId, migrationOptions, MigrationMode, MigrationPhase, reason, tenantId, vmName, digestHex } from "./common.ts";
+
+type ByMigration = { migrationId: string };
+const about = (p: ByMigration) => `migration/${p.migrationId}`;
+
+/** Someone (operator, platform, plan function of an evacuation) asks for a gang migration. */
+export const migrationRequested = defineEvent({
+  type: "io.gangway.migration.requested.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.requested",
+  about,
+  data: z.object({
+    migrationId,
+    vms: z.array(vmName).min(1).max(256),
+    sourceHost: hostName,
+    /** Destination host; when absent the plan function chooses one. */
+    targetHost: hostName.optional(),
+    requestedBy: z.string().min(1).max(256),
+    reason: z.string().max(2000).optional(),
+    evacuationId: z.string().max(128).optional(),
+    options: migrationOptions.default(migrationOptions.parse({})),
+  }),
+});
+
+export const plannedVm = z.object({ vm: vmName, tenant: tenantId, memoryBytes: z.number().int().positive(), uuid: z.string().optional() });
+
+export const migrationPlanned = defineEvent({
+  type: "io.gangway.migration.planned.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.planned",
+  about,
+  data: z.object({
+    migrationId,
+    sourceHost: hostName,
+    targetHost: hostName,
+    vms: z.array(plannedVm).min(1),
+    options: migrationOptions,
+  }),
+});
+
+export const migrationStarted = defineEvent({
+  type: "io.gangway.migration.started.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.started",
+  about,
+  data: z.object({ migrationId, vm: vmName, sourceHost: hostName, targetHost: hostName, phase: z.enum(MigrationPhase) }),
+});
+
+/** One pre-copy round of one VM finished sending. */
+export const migrationRound = defineEvent({
+  type: "io.gangway.migration.round.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.round",
+  about,
+  data: z.object({ migrationId, vm: vmName, round: z.number().int().nonnegative(), stats: jobStats }),
+});
+
+/** Progress of one VM, or of the gang when vm is absent. */
+export const migrationProgress = defineEvent({
+  type: "io.gangway.migration.progress.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.progress",
+  about,
+  data: z.object({
+    migrationId,
+    vm: vmName.optional(),
+    phase: z.enum(MigrationPhase),
+    mode: z.enum(MigrationMode),
+    stats: jobStats,
+    /** QEMU's query-migrate fields, passed on as they are. */
+    qemu: z.record(z.string(), z.unknown()).optional(),
+  }),
+});
+
+export const migrationSwitchover = defineEvent({
+  type: "io.gangway.migration.switchover.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.switchover",
+  about,
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    mode: z.enum(["stop-and-copy", "post-copy"]),
+    reason: reason,
+    round: z.number().int().nonnegative(),
+  }),
+});
+
+export const migrationCommitted = defineEvent({
+  type: "io.gangway.migration.committed.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.committed",
+  about,
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    targetHost: hostName,
+    pages: z.number().int().nonnegative(),
+    /** Digest of the delivered memory image, as the destination proved it. */
+    digest: digestHex,
+    stats: jobStats,
+  }),
+});
+
+export const migrationRolledBack = defineEvent({
+  type: "io.gangway.migration.rolledback.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.rolledback",
+  about,
+  data: z.object({ migrationId, vm: vmName, reason, phase: z.enum(MigrationPhase), sourceRunning: z.boolean() }),
+});
+
+export const migrationFailed = defineEvent({
+  type: "io.gangway.migration.failed.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.failed",
+  about,
+  data: z.object({ migrationId, vm: vmName.optional(), reason, phase: z.enum(MigrationPhase) }),
+});
+
+/** The whole gang finished: every VM committed. */
+export const migrationSucceeded = defineEvent({
+  type: "io.gangway.migration.succeeded.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.succeeded",
+  about,
+  data: z.object({ migrationId, vms: z.array(vmName), stats: jobStats }),
+});
+
+export const migrationCancelled = defineEvent({
+  type: "io.gangway.migration.cancelled.v1",
+  family: "migration",
+  subject: "gw.migration.{migrationId}.cancelled",
+  about,
+  data: z.object({ migrationId, reason, requestedBy: z.string().min(1).max(256) }),
+});
+
+/** Command: cancel a migration in whatever phase it is (like virsh domjobabort). */
+export const migrationCancel = defineEvent({
+  type: "io.gangway.migration.cancel.v1",
+  family: "migration",
+  subject: "gw.cmd.migration.{migrationId}.cancel",
+  about,
+  data: z.object({ migrationId, reason: reason.default("cancelled by request"), requestedBy: z.string().min(1).max(256) }),
+});
+
+/** Command: stop iterating and switch over now (like Nova's live-migration-force-complete). */
+export const migrationForceComplete = defineEvent({
+  type: "io.gangway.migration.force-complete.v1",
+  family: "migration",
+  subject: "gw.cmd.migration.{migrationId}.force-complete",
+  about,
+  data: z.object({ migrationId, requestedBy: z.string().min(1).max(256) }),
+});

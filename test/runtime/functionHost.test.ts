@@ -1,0 +1,187 @@
+/**
+ * The function runtime against a real nats-server: exactly-once effect with two instances
+ * and duplicate publishes, dead letters for malformed events, redelivery after a crash,
+ * and the audit stream read back in order.
+ */
+import { describe, expect, it } from "vitest";
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { jetstream } from "@nats-io/jetstream";
+import { headers } from "@nats-io/transport-node";
+import { startTestNats, eventually } from "../helpers/nats.ts";
+import { serveFunction } from "../../infra/runtime/functionHost.ts";
+import { createPublisher } from "../../infra/events/publisher.ts";
+import { encodeStructured } from "../../infra/events/binding.ts";
+import { readEvents } from "../../infra/events/reader.ts";
+import { plan, inventory } from "../../functions/index.ts";
+import { hostInventory, migrationRequested, migrationPlanned, deadLetter } from "../../schemas/index.ts";
+import type { FunctionDefinition } from "../../functions/types.ts";
+
+const GiB = 1024 ** 3;
+
+async function seedInventory(pub: ReturnType<typeof createPublisher>) {
+  const vms = Array.from({ length: 4 }, (_, i) => ({ vm: `vm${i}`, tenant: "acme", memoryBytes: 256 * 1024 * 1024, state: "running" as const }));
+  await pub.publish(hostInventory, { host: "hostA" }, { host: "hostA", memoryTotalBytes: 8 * GiB, memoryFreeBytes: 4 * GiB, vms });
+  await pub.publish(hostInventory, { host: "hostB" }, { host: "hostB", memoryTotalBytes: 8 * GiB, memoryFreeBytes: 6 * GiB, vms: [] });
+  await pub.publish(hostInventory, { host: "hostC" }, { host: "hostC", memoryTotalBytes: 8 * GiB, memoryFreeBytes: 0.5 * GiB, vms: [] });
+}
+
+async function countPlanned(nc: Parameters<typeof readEvents>[0]) {
+  const perMigration = new Map<string, number>();
+  for await (const e of readEvents(nc, { filter: "gw.migration.*.planned" })) {
+    if (!e.result.ok) continue;
+    const id = (e.result.event.data as { migrationId: string }).migrationId;
+    perMigration.set(id, (perMigration.get(id) ?? 0) + 1);
+  }
+  return perMigration;
+}
+
+describe("function runtime (real nats-server)", () => {
+  it("two instances handle each event exactly once in effect, even when it is published twice", async () => {
+    await using nats = await startTestNats();
+    const ncA = await nats.connect("instance-a");
+    const ncB = await nats.connect("instance-b");
+    const inv = await serveFunction(inventory as unknown as FunctionDefinition, ncA, { instanceId: "a" });
+    const a = await serveFunction(plan as unknown as FunctionDefinition, ncA, { instanceId: "a" });
+    const b = await serveFunction(plan as unknown as FunctionDefinition, ncB, { instanceId: "b" });
+    const pub = createPublisher(jetstream(nats.nc), "test");
+    await seedInventory(pub);
+    await eventually(async () => (await readAll(nats.nc, "gw.host.*.inventory")).length === 3, 5000, "inventory");
+    await new Promise((r) => setTimeout(r, 500)); // let the inventory function store all three
+
+    const js = jetstream(nats.nc);
+    const ids: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const migrationId = `mig-${i}`;
+      ids.push(migrationId);
+      const msg = encodeStructured(migrationRequested, { migrationId }, { migrationId, vms: ["vm0", "vm1"], sourceHost: "hostA", requestedBy: "test" }, { source: "test", id: randomUUID() });
+      // Same CloudEvent twice, without a JetStream message id: the stream keeps both copies,
+      // so only the runtime's idempotency stands between them and a double plan.
+      await js.publish(msg.subject, msg.payload, { headers: msg.headers });
+      await js.publish(msg.subject, msg.payload, { headers: msg.headers });
+    }
+    const counts = await eventually(async () => {
+      const c = await countPlanned(nats.nc);
+      return c.size === 20 ? c : undefined;
+    }, 20_000, "20 planned events");
+    // Give late duplicates time to show up if they were going to.
+    await new Promise((r) => setTimeout(r, 1500));
+    const final = await countPlanned(nats.nc);
+    expect([...final.keys()].sort()).toEqual([...ids].sort());
+    for (const id of ids) expect(final.get(id), id).toBe(1);
+    // The free-memory rule chose hostB (6 GiB free) over hostC (0.5 GiB, too small).
+    for await (const e of readEvents(nats.nc, { filter: "gw.migration.mig-3.planned" })) {
+      expect(e.result.ok && (e.result.event.data as { targetHost: string }).targetHost).toBe("hostB");
+    }
+    expect(counts.size).toBe(20);
+    await Promise.all([a.stop(), b.stop(), inv.stop()]);
+  });
+
+  it("a malformed event lands in the dead-letter subject with a readable reason, and serving goes on", async () => {
+    await using nats = await startTestNats();
+    const inv = await serveFunction(inventory as unknown as FunctionDefinition, nats.nc, { instanceId: "a" });
+    const p = await serveFunction(plan as unknown as FunctionDefinition, nats.nc, { instanceId: "a" });
+    const js = jetstream(nats.nc);
+    const pub = createPublisher(js, "test");
+    await seedInventory(pub);
+
+    const structured = () => {
+      const h = headers();
+      h.set("Content-Type", "application/cloudevents+json");
+      return h;
+    };
+    const base = { specversion: "1.0", source: "test", time: new Date().toISOString() };
+    // 1: not JSON at all
+    await js.publish("gw.migration.bad1.requested", new TextEncoder().encode("{not json"), { headers: structured() });
+    // 2: wrong types in data
+    await js.publish("gw.migration.bad2.requested", new TextEncoder().encode(JSON.stringify({ ...base, id: "e2", type: "io.gangway.migration.requested.v1", data: { migrationId: "bad2", vms: "vm0", sourceHost: 7, requestedBy: "x" } })), { headers: structured() });
+    // 3: an unknown version of a known type
+    await js.publish("gw.migration.bad3.requested", new TextEncoder().encode(JSON.stringify({ ...base, id: "e3", type: "io.gangway.migration.requested.v9", data: {} })), { headers: structured() });
+    // then a good one: the function must still serve
+    await pub.publish(migrationRequested, { migrationId: "good" }, { migrationId: "good", vms: ["vm0"], sourceHost: "hostA", targetHost: "hostB", requestedBy: "test" });
+
+    const letters = await eventually(async () => {
+      const out = [];
+      for await (const e of readEvents(nats.nc, { filter: "gw.dlq.>" })) if (e.result.ok) out.push(e.result.event.data as ReturnType<typeof deadLetter.data.parse>);
+      return out.length >= 3 ? out : undefined;
+    }, 15_000, "three dead letters");
+    const bySubject = new Map(letters.map((l) => [l.originalSubject, l]));
+    expect(bySubject.get("gw.migration.bad1.requested")?.reason).toMatch(/not JSON/);
+    const r2 = bySubject.get("gw.migration.bad2.requested")?.reason ?? "";
+    expect(r2).toMatch(/vms: /);
+    expect(r2).toMatch(/sourceHost: /);
+    expect(bySubject.get("gw.migration.bad3.requested")?.reason).toMatch(/unknown event type io\.gangway\.migration\.requested\.v9/);
+    expect(Buffer.from(bySubject.get("gw.migration.bad1.requested")!.original, "base64").toString()).toBe("{not json");
+    for (const l of letters) expect(l.family).toBe("migration");
+
+    await eventually(async () => (await countPlanned(nats.nc)).get("good") === 1, 10_000, "the good event planned");
+    await Promise.all([p.stop(), inv.stop()]);
+  });
+
+  it("an instance killed mid-event: the event is redelivered and completes on the other instance", async () => {
+    await using nats = await startTestNats();
+    const pub = createPublisher(jetstream(nats.nc), "test");
+    const inv = await serveFunction(inventory as unknown as FunctionDefinition, nats.nc, { instanceId: "inv" });
+    await seedInventory(pub);
+
+    // Instance A runs in its own process and stalls inside the handler until it is killed.
+    const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/stallingPlanInstance.ts", nats.url], { stdio: ["ignore", "pipe", "inherit"] });
+    const exited = new Promise((r) => child.once("exit", r));
+    try {
+      let out = "";
+      child.stdout!.on("data", (d: Buffer) => (out += d.toString()));
+      await eventually(() => out.includes("SERVING"), 20_000, "child instance serving");
+      await pub.publish(migrationRequested, { migrationId: "crash" }, { migrationId: "crash", vms: ["vm1"], sourceHost: "hostA", targetHost: "hostB", requestedBy: "test" });
+      await eventually(() => out.includes("HANDLING"), 10_000, "child handling the event");
+      child.kill("SIGKILL");
+      await exited;
+    } finally {
+      child.kill("SIGKILL");
+    }
+    // Instance B: the same function id, so the same durable consumer.
+    const b = await serveFunction(plan as unknown as FunctionDefinition, nats.nc, { instanceId: "b", ackWaitMs: 1500 });
+    const planned = await eventually(async () => {
+      for await (const e of readEvents(nats.nc, { filter: "gw.migration.crash.planned" })) if (e.result.ok) return e;
+      return undefined;
+    }, 20_000, "planned after redelivery");
+    expect(planned.result.ok && planned.result.event.source).toBe("gangway/function/plan");
+    expect((await countPlanned(nats.nc)).get("crash")).toBe(1);
+    await Promise.all([b.stop(), inv.stop()]);
+  });
+
+  it("the events of a finished flow read back in order from the audit stream", async () => {
+    await using nats = await startTestNats();
+    const inv = await serveFunction(inventory as unknown as FunctionDefinition, nats.nc);
+    const p = await serveFunction(plan as unknown as FunctionDefinition, nats.nc);
+    const pub = createPublisher(jetstream(nats.nc), "test");
+    await seedInventory(pub);
+    await new Promise((r) => setTimeout(r, 300));
+    await pub.publish(migrationRequested, { migrationId: "flow" }, { migrationId: "flow", vms: ["vm2", "vm3"], sourceHost: "hostA", requestedBy: "test" });
+    await eventually(async () => (await countPlanned(nats.nc)).get("flow") === 1, 10_000, "planned");
+
+    const all = await readAll(nats.nc, "gw.>");
+    const types = all.map((e) => (e.result.ok ? e.result.event.type : "invalid"));
+    expect(types).toEqual([
+      "io.gangway.host.inventory.v1",
+      "io.gangway.host.inventory.v1",
+      "io.gangway.host.inventory.v1",
+      "io.gangway.migration.requested.v1",
+      "io.gangway.migration.planned.v1",
+    ]);
+    const seqs = all.map((e) => e.seq);
+    expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
+    const plannedEvent = all[4]!.result;
+    expect(plannedEvent.ok && plannedEvent.definition).toBe(migrationPlanned);
+    if (plannedEvent.ok) {
+      expect(plannedEvent.event.subject).toBe("migration/flow");
+      expect(plannedEvent.event.data).toMatchObject({ targetHost: "hostB", vms: [{ vm: "vm2" }, { vm: "vm3" }] });
+    }
+    await Promise.all([p.stop(), inv.stop()]);
+  });
+});
+
+async function readAll(nc: Parameters<typeof readEvents>[0], filter: string) {
+  const out = [];
+  for await (const e of readEvents(nc, { filter })) out.push(e);
+  return out;
+}
