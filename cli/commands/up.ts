@@ -1,0 +1,57 @@
+/**
+ * `gangway up`: an embedded nats-server (or an operator's, with --nats), the streams and
+ * stores provisioned, and every function served in one process. Drains on SIGTERM/SIGINT.
+ */
+import { functions } from "../../functions/index.ts";
+import { createLogger } from "../../infra/log.ts";
+import { startEmbeddedServer, type EmbeddedServer } from "../../infra/nats/server.ts";
+import { provision } from "../../infra/nats/provision.ts";
+import { serveFunctions } from "../../infra/runtime/functionHost.ts";
+import { startTelemetry } from "../../infra/telemetry.ts";
+import { parseCommandArgs, printJson } from "../args.ts";
+import { connectFromFlags, natsFlagHelp, natsFlagSpec, natsUrl, untilSignal } from "../natsFlags.ts";
+import { UsageError } from "../errors.ts";
+
+const help = `usage: gangway up [--nats URL] [--store DIR] [--port N] [--json]
+
+Runs every gangway function in this process. Without --nats it starts an embedded
+nats-server with JetStream on 127.0.0.1 (a free port unless --port) and prints its URL.
+
+  --store DIR       JetStream store directory for the embedded server (default: temporary)
+  --port N          client port for the embedded server
+  --json            print {"url":…} as one JSON line once ready
+${natsFlagHelp}`;
+
+export async function run(argv: string[]): Promise<void> {
+  const { values, positionals } = parseCommandArgs(argv, { ...natsFlagSpec, store: { type: "string" }, port: { type: "string" }, json: { type: "boolean" }, help: { type: "boolean" } });
+  if (values.help) return void process.stdout.write(help + "\n");
+  if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+  const port = values.port === undefined ? undefined : Number(values.port);
+  if (port !== undefined && !(Number.isInteger(port) && port > 0 && port < 65536)) throw new UsageError(`--port must be a TCP port number, got "${values.port}"`);
+  const url = natsUrl(values);
+  if (url && (values.store || port)) throw new UsageError("--store and --port are for the embedded server; not with --nats");
+
+  const log = createLogger({ component: "up" });
+  const telemetry = startTelemetry({ serviceName: "gangway-functions" });
+  let server: EmbeddedServer | undefined;
+  try {
+    if (!url) server = await startEmbeddedServer({ ...(values.store ? { storeDir: values.store } : {}), ...(port ? { port } : {}) });
+    const servers = url ?? server!.url;
+    const nc = await connectFromFlags({ ...values, nats: servers }, "gangway-up", { reconnect: true });
+    try {
+      await provision(nc);
+      const served = await serveFunctions(functions, nc);
+      log.info("gangway is up", { url: servers, functions: functions.map((f) => f.id) });
+      if (values.json) printJson({ url: servers, functions: functions.map((f) => f.id), embedded: Boolean(server) });
+      else process.stdout.write(`gangway is up: NATS at ${servers}; functions: ${functions.map((f) => f.id).join(", ")}. Ctrl-C to stop.\n`);
+      const sig = await untilSignal();
+      log.info("draining", { signal: sig });
+      await served.stop();
+    } finally {
+      await nc.drain().catch(() => nc.close());
+    }
+  } finally {
+    await server?.stop();
+    await telemetry.shutdown();
+  }
+}

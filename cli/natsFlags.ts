@@ -1,0 +1,67 @@
+/** The flags every command that talks to NATS shares, and how they become a connection. */
+import type { NatsConnection } from "@nats-io/transport-node";
+import { connectNats } from "../infra/nats/connect.ts";
+import { UsageError } from "./errors.ts";
+
+export const natsFlagSpec = {
+  nats: { type: "string" },
+  creds: { type: "string" },
+  "tls-ca": { type: "string" },
+  "tls-cert": { type: "string" },
+  "tls-key": { type: "string" },
+} as const;
+
+export const natsFlagHelp = [
+  "  --nats URL        NATS server(s), comma separated (env GANGWAY_NATS_URL)",
+  "  --creds FILE      NATS credentials file",
+  "  --tls-ca FILE     CA that signs the servers' certificates (enables TLS)",
+  "  --tls-cert FILE   client certificate (mutual TLS), with --tls-key FILE",
+].join("\n");
+
+export interface NatsFlags {
+  nats?: string;
+  creds?: string;
+  "tls-ca"?: string;
+  "tls-cert"?: string;
+  "tls-key"?: string;
+}
+
+export function natsUrl(flags: NatsFlags): string | undefined {
+  const url = flags.nats ?? process.env.GANGWAY_NATS_URL;
+  if (url !== undefined && !/^(nats|tls|wss?):\/\/[^\s]+$/.test(url.split(",")[0]!.trim())) {
+    throw new UsageError(`--nats must be a URL like nats://127.0.0.1:4222, got "${url}"`);
+  }
+  return url;
+}
+
+/** Connects with the flags; a command that needs a server and got none says so. */
+export async function connectFromFlags(flags: NatsFlags, name: string, opts: { reconnect?: boolean } = {}): Promise<NatsConnection> {
+  const servers = natsUrl(flags);
+  if (!servers) throw new UsageError("needs a NATS server: pass --nats URL (or set GANGWAY_NATS_URL); `gangway up` starts one");
+  if (flags["tls-cert"] && !flags["tls-key"]) throw new UsageError("--tls-cert needs --tls-key");
+  try {
+    return await connectNats({
+      servers,
+      name,
+      reconnect: opts.reconnect ?? false,
+      ...(flags.creds ? { credsFile: flags.creds } : {}),
+      ...(flags["tls-ca"] ? { tlsCaFile: flags["tls-ca"] } : {}),
+      ...(flags["tls-cert"] ? { tlsCertFile: flags["tls-cert"], tlsKeyFile: flags["tls-key"] } : {}),
+    });
+  } catch (err) {
+    throw new Error(`cannot connect to NATS at ${servers}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Resolves on the first SIGINT or SIGTERM (for long-running commands that drain on exit). */
+export function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals) => {
+      process.off("SIGINT", on);
+      process.off("SIGTERM", on);
+      resolve(sig);
+    };
+    process.on("SIGINT", on);
+    process.on("SIGTERM", on);
+  });
+}
