@@ -19,15 +19,18 @@ nats-server with JetStream on 127.0.0.1 (a free port unless --port) and prints i
 
   --store DIR       JetStream store directory for the embedded server (default: temporary)
   --port N          client port for the embedded server
+  --replicas N      stream and bucket replicas when provisioning a cluster (default 1)
   --json            print {"url":…} as one JSON line once ready
 ${natsFlagHelp}`;
 
 export async function run(argv: string[]): Promise<void> {
-  const { values, positionals } = parseCommandArgs(argv, { ...natsFlagSpec, store: { type: "string" }, port: { type: "string" }, json: { type: "boolean" }, help: { type: "boolean" } });
+  const { values, positionals } = parseCommandArgs(argv, { ...natsFlagSpec, store: { type: "string" }, port: { type: "string" }, replicas: { type: "string" }, json: { type: "boolean" }, help: { type: "boolean" } });
   if (values.help) return void process.stdout.write(help + "\n");
   if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
   const port = values.port === undefined ? undefined : Number(values.port);
   if (port !== undefined && !(Number.isInteger(port) && port > 0 && port < 65536)) throw new UsageError(`--port must be a TCP port number, got "${values.port}"`);
+  const replicas = values.replicas === undefined ? 1 : Number(values.replicas);
+  if (!(Number.isInteger(replicas) && replicas >= 1 && replicas <= 5)) throw new UsageError(`--replicas must be 1 to 5, got "${values.replicas}"`);
   const url = natsUrl(values);
   if (url && (values.store || port)) throw new UsageError("--store and --port are for the embedded server; not with --nats");
 
@@ -39,7 +42,7 @@ export async function run(argv: string[]): Promise<void> {
     const servers = url ?? server!.url;
     const nc = await connectFromFlags({ ...values, nats: servers }, "gangway-up", { reconnect: true });
     try {
-      await provision(nc);
+      await provision(nc, { replicas });
       const served = await serveFunctions(functions, nc);
       log.info("gangway is up", { url: servers, functions: functions.map((f) => f.id) });
       if (values.json) printJson({ url: servers, functions: functions.map((f) => f.id), embedded: Boolean(server) });
