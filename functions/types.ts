@@ -61,6 +61,13 @@ export interface FunctionDefinition<D extends AnyStructured | AnyBinary = AnyStr
   retry?: Partial<RetryPolicy>;
   /** Events one instance handles at once. @default 1 */
   concurrency?: number;
+  /** A narrower subject filter than the trigger's (e.g. one shard). @default trigger.filter */
+  filter?: string;
+  /**
+   * One event at a time across all instances (max one unacknowledged): for functions whose
+   * decisions must see every earlier decision, like claims in the dedup index. @default false
+   */
+  exclusive?: boolean;
   handler(event: EventOf<D>, ctx: FunctionContext): Promise<void>;
 }
 

@@ -19,40 +19,52 @@ export const KeyStatus = {
 } as const;
 export type KeyStatus = (typeof KeyStatus)[keyof typeof KeyStatus];
 
-type ByMigration = { migrationId: string; shard: string };
-const about = (p: ByMigration) => `migration/${p.migrationId}`;
+/** Shards of the index: the key's first byte, top 2 bits. */
+export const HASH_SHARDS = 4;
+export const shardOfKey = (firstKeyByte: number): number => firstKeyByte >> 6;
+
+/** Bytes of one resolution record: status byte + key. */
+export const RESOLVED_RECORD_BYTES = 1 + KEY_BYTES;
 
 const lookupExt = z.object({
   migrationId,
   vm: vmName,
   tenant: tenantId,
-  /** The destination whose holdings are asked about (the index is per destination). */
+  /** The destination whose holdings are asked about. */
   targetHost: hostName,
-  shard: z.coerce.number().int().min(0).max(255),
+  shard: z.coerce.number().int().min(0).max(HASH_SHARDS - 1),
   seq: z.coerce.number().int().nonnegative(),
   count: z.coerce.number().int().positive().max(8192),
 });
 
-/** Body: count × 16-byte keys. */
+/** Body: count × 16-byte keys, all of the lookup's shard. */
 export const hashLookup = defineBinaryEvent({
   type: "io.gangway.hash.lookup.v1",
   family: "hash",
   subject: "gw.hash.{migrationId}.lookup.{shard}",
-  about,
+  about: (p: { migrationId: string; shard: string }) => `migration/${p.migrationId}`,
   extensions: lookupExt,
-  checkBody: (body, ext) => (body.byteLength === ext.count * KEY_BYTES ? undefined : `body has ${body.byteLength} bytes, expected ${ext.count} keys × ${KEY_BYTES}`),
+  checkBody: (body, ext) => {
+    if (body.byteLength !== ext.count * KEY_BYTES) return `body has ${body.byteLength} bytes, expected ${ext.count} keys × ${KEY_BYTES}`;
+    for (let i = 0; i < ext.count; i++) if (shardOfKey(body[i * KEY_BYTES]!) !== ext.shard) return `key ${i} is not of shard ${ext.shard}`;
+    return undefined;
+  },
 });
 
-/** Body: count status bytes (KeyStatus), in the order of the look-up's keys. */
+/**
+ * The answer, and the index's log: one subject per shard, so the shard's resolutions are
+ * totally ordered and any instance can rebuild the index by reading them.
+ * Body: count × (status byte + 16-byte key), in the order of the look-up's keys.
+ */
 export const hashResolved = defineBinaryEvent({
   type: "io.gangway.hash.resolved.v1",
   family: "hash",
-  subject: "gw.hash.{migrationId}.resolved.{shard}",
-  about,
+  subject: "gw.hash.resolved.{shard}",
+  about: (p: { shard: string }) => `dedup-index/${p.shard}`,
   extensions: lookupExt.extend({ lookupId: z.string().min(1).max(256) }),
   checkBody: (body, ext) => {
-    if (body.byteLength !== ext.count) return `body has ${body.byteLength} bytes, expected ${ext.count} status bytes`;
-    for (const b of body) if (b > 2) return `status byte ${b} is not a KeyStatus`;
+    if (body.byteLength !== ext.count * RESOLVED_RECORD_BYTES) return `body has ${body.byteLength} bytes, expected ${ext.count} records × ${RESOLVED_RECORD_BYTES}`;
+    for (let i = 0; i < ext.count; i++) if (body[i * RESOLVED_RECORD_BYTES]! > 2) return `record ${i}: status ${body[i * RESOLVED_RECORD_BYTES]} is not a KeyStatus`;
     return undefined;
   },
 });

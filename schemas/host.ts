@@ -5,6 +5,7 @@
 import { z } from "zod";
 import { defineEvent } from "./cloudevent.ts";
 import { hostName, reason, tenantId, vmName } from "./common.ts";
+import { vmSpec } from "./agent.ts";
 
 const about = (p: { host: string }) => `host/${p.host}`;
 
@@ -20,7 +21,7 @@ export const hostInventory = defineEvent({
     host: hostName,
     memoryTotalBytes: z.number().int().nonnegative(),
     memoryFreeBytes: z.number().int().nonnegative(),
-    vms: z.array(z.object({ vm: vmName, tenant: tenantId, memoryBytes: z.number().int().positive(), state: z.enum(VmState), uuid: z.string().optional() })),
+    vms: z.array(z.object({ vm: vmName, tenant: tenantId, memoryBytes: z.number().int().positive(), state: z.enum(VmState), uuid: z.string().optional(), spec: vmSpec.optional() })),
   }),
 });
 

@@ -2,13 +2,15 @@
  * Page packs and manifests. A page pack holds unique pages, compressed, stored under its
  * content address in the object store; the event says it landed. A manifest tells the
  * destination what to write where: ordered binary batches per VM, each record
- * be64 page offset | u8 kind | 16-byte key (kind: 0 zero page, 1 page by key).
+ * be64 page offset | u8 RAM block index | u8 kind | 16-byte key (kind: 0 zero page with
+ * the fill byte in the key's first byte, 1 page by key). Block indexes refer to the
+ * block list of the VM's manifest header.
  */
 import { z } from "zod";
 import { defineBinaryEvent, defineEvent } from "./cloudevent.ts";
 import { KEY_BYTES, contentKey, hostName, migrationId, tenantId, vmName } from "./common.ts";
 
-export const MANIFEST_RECORD_BYTES = 8 + 1 + KEY_BYTES;
+export const MANIFEST_RECORD_BYTES = 8 + 1 + 1 + KEY_BYTES;
 
 export const ManifestKind = { zero: 0, page: 1 } as const;
 export type ManifestKind = (typeof ManifestKind)[keyof typeof ManifestKind];
@@ -37,11 +39,52 @@ export const manifestBatch = defineBinaryEvent({
   checkBody: (body, ext) => {
     if (body.byteLength !== ext.count * MANIFEST_RECORD_BYTES) return `body has ${body.byteLength} bytes, expected ${ext.count} records × ${MANIFEST_RECORD_BYTES}`;
     for (let i = 0; i < ext.count; i++) {
-      const kind = body[i * MANIFEST_RECORD_BYTES + 8];
+      const kind = body[i * MANIFEST_RECORD_BYTES + 9];
       if (kind !== ManifestKind.zero && kind !== ManifestKind.page) return `record ${i} has kind ${kind}`;
     }
     return undefined;
   },
+});
+
+/**
+ * What the destination needs before any page: the machine and the RAM blocks (in the
+ * order block indexes refer to), and, once the source finished, where the device state is.
+ */
+export const manifestHeader = defineEvent({
+  type: "io.gangway.manifest.header.v1",
+  family: "manifest",
+  subject: "gw.manifest.{migrationId}.{vm}.header",
+  about: aboutVm,
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    tenant: tenantId,
+    sourceHost: hostName,
+    machine: z.string().min(1).max(256),
+    blocks: z.array(z.object({ id: z.string().min(1).max(255), usedBytes: z.number().int().nonnegative() })).min(1).max(255),
+    /** The ram section's setup word (total bytes | flags), passed on verbatim. */
+    ramSetupWord: z.string().regex(/^[0-9]+$/),
+  }),
+});
+
+/** The source finished: the device state (everything after the RAM) and the totals. */
+export const manifestCompleted = defineEvent({
+  type: "io.gangway.manifest.completed.v1",
+  family: "manifest",
+  subject: "gw.manifest.{migrationId}.{vm}.completed",
+  about: aboutVm,
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    /** Object holding the device-state bytes (the stream from the first non-RAM section on). */
+    deviceState: z.string().min(1).max(256),
+    deviceStateBytes: z.number().int().nonnegative(),
+    rounds: z.number().int().nonnegative(),
+    batches: z.number().int().nonnegative(),
+    records: z.number().int().nonnegative(),
+    /** Digest of the image the stream implies (last content of every page of every block). */
+    digest: z.string().regex(/^[0-9a-f]{64}$/),
+  }),
 });
 
 type ByMigration = { migrationId: string };

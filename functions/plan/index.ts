@@ -4,9 +4,13 @@
  * free memory that fits the whole gang — a gang goes to one place so its shared pages
  * cross the link once (IRLM, gang migration). What cannot be planned fails with a reason.
  */
-import { migrationFailed, migrationPlanned, migrationRequested, MigrationPhase } from "../../schemas/index.ts";
+import { agentPrepareTarget, agentStartSource, migrationFailed, migrationPlanned, migrationRequested, MigrationPhase, type VmSpec } from "../../schemas/index.ts";
 import { defineFunction } from "../types.ts";
+import type { z } from "zod";
 import { inventoryKey, type HostInventory } from "../inventory/index.ts";
+
+export type Plan = z.infer<typeof migrationPlanned.data>;
+export const planKey = (migrationId: string) => `migration.${migrationId}.plan`;
 
 export default defineFunction({
   id: "plan",
@@ -21,10 +25,12 @@ export default defineFunction({
     const source = await ctx.state.get<HostInventory>(inventoryKey(req.sourceHost));
     if (!source) return fail(`source host ${req.sourceHost} has not reported its inventory`);
     const vms = [];
+    const specs = new Map<string, VmSpec>();
     for (const name of req.vms) {
       const vm = source.vms.find((v) => v.vm === name);
       if (!vm) return fail(`VM ${name} is not on host ${req.sourceHost}`);
       if (vm.state !== "running" && vm.state !== "paused") return fail(`VM ${name} is ${vm.state}, not running or paused`);
+      if (vm.spec) specs.set(vm.vm, vm.spec);
       vms.push({ vm: vm.vm, tenant: vm.tenant, memoryBytes: vm.memoryBytes, ...(vm.uuid ? { uuid: vm.uuid } : {}) });
     }
     if (new Set(req.vms).size !== req.vms.length) return fail("a VM is named twice");
@@ -46,7 +52,18 @@ export default defineFunction({
       if (!best) return fail(`no host has ${need} bytes free for the gang`);
       target = best.host;
     }
+    const plan = { migrationId: req.migrationId, sourceHost: req.sourceHost, targetHost: target, vms, options: req.options };
+    // Later decisions (commit, rollback, gang outcome) need the plan: keep it in state.
+    await ctx.state.put(planKey(req.migrationId), plan);
     ctx.log.info("planned", { migrationId: req.migrationId, target, vms: req.vms.length });
-    ctx.emit(migrationPlanned, params, { migrationId: req.migrationId, sourceHost: req.sourceHost, targetHost: target, vms, options: req.options });
+    ctx.emit(migrationPlanned, params, plan);
+    // Start both sides of every VM: the destination prepares a paused VM of the same
+    // configuration, the source starts streaming (what it sends waits in the stream).
+    for (const v of vms) {
+      const spec = specs.get(v.vm);
+      if (!spec) continue; // inventory without specs (tests of planning alone)
+      ctx.emit(agentPrepareTarget, { host: target }, { host: target, migrationId: req.migrationId, sourceHost: req.sourceHost, spec, options: req.options });
+      ctx.emit(agentStartSource, { host: req.sourceHost }, { host: req.sourceHost, migrationId: req.migrationId, targetHost: target, vm: v.vm, options: req.options });
+    }
   },
 });

@@ -70,12 +70,12 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
     // Created once; every instance with this function id then shares it.
     await jsm.consumers.add(EVENTS_STREAM, {
       durable_name: durable,
-      filter_subject: fn.trigger.filter,
+      filter_subject: fn.filter ?? fn.trigger.filter,
       ack_policy: AckPolicy.Explicit,
       deliver_policy: DeliverPolicy.New,
       ack_wait: ackWaitMs * 1_000_000,
       max_deliver: -1,
-      max_ack_pending: 1000,
+      max_ack_pending: fn.exclusive ? 1 : 1000,
     });
   }
   const consumer = await js.consumers.get(EVENTS_STREAM, durable);
@@ -119,7 +119,7 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
     }
     const parent = extractTraceContext(m.headers);
     const span = tracer().startSpan(
-      `process ${fn.trigger.filter}`,
+      `process ${fn.filter ?? fn.trigger.filter}`,
       {
         kind: SpanKind.CONSUMER,
         attributes: {
@@ -186,7 +186,7 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
       if (inFlight.size >= concurrency) await Promise.race(inFlight);
     }
   })();
-  log.info("serving", { durable, filter: fn.trigger.filter });
+  log.info("serving", { durable, filter: fn.filter ?? fn.trigger.filter });
 
   return {
     id: fn.id,

@@ -1,0 +1,68 @@
+/**
+ * hash: the dedup index answers batched look-ups. Identical pages across the VMs of a gang
+ * are sent once: the first VM to ask for a key claims it and sends the page; every later
+ * ask, from any VM, references it (gang migration, HPDC'11). Keys already stored in a page
+ * pack for the tenant are present and never sent again (IRLM's per-rack index: a second
+ * gang to the same place sends only what is new).
+ *
+ * One function per shard of the key space, each handling its look-ups one at a time across
+ * all instances (exclusive), so claims are decided in one order: the shard's resolutions
+ * are its log, and any instance rebuilds the index from that log before it answers.
+ */
+import { hashLookup, hashResolved, HASH_SHARDS, KeyStatus, KEY_BYTES, RESOLVED_RECORD_BYTES } from "../../schemas/index.ts";
+import { defineFunction, type FunctionDefinition } from "../types.ts";
+
+/** What the index knows of one key in one tenant's scope. */
+export interface IndexedKey {
+  /** A page pack holding it is stored. */
+  stored: boolean;
+  /** The migration whose VM claimed it (and will store it), if not stored yet. */
+  claimedBy?: string;
+}
+
+/** The index as the hash function sees it: a view of the log, brought up to date on demand. */
+export interface DedupIndexView {
+  /** Reads every resolution (and stored pack) logged so far for this shard into the view. */
+  sync(shard: number): Promise<void>;
+  get(tenant: string, key: Uint8Array): IndexedKey | undefined;
+}
+
+const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+
+export function createHashFunctions(index: DedupIndexView): FunctionDefinition<typeof hashLookup>[] {
+  return Array.from({ length: HASH_SHARDS }, (_, shard) =>
+    defineFunction({
+      id: `hash-${shard}`,
+      description: `dedup index, shard ${shard}: claim or reference each looked-up key`,
+      trigger: hashLookup,
+      filter: `gw.hash.*.lookup.${shard}`,
+      exclusive: true,
+      retry: { maxAttempts: 10, backoffMs: 100 },
+      async handler(event, ctx) {
+        const { ext, data } = event;
+        await index.sync(shard);
+        const out = new Uint8Array(ext.count * RESOLVED_RECORD_BYTES);
+        const inThisBatch = new Set<string>();
+        let claimed = 0;
+        for (let i = 0; i < ext.count; i++) {
+          const key = data.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES);
+          const k = hex(key);
+          const known = index.get(ext.tenant, key);
+          let status: KeyStatus;
+          if (known?.stored) status = KeyStatus.present;
+          else if (inThisBatch.has(k) || known?.claimedBy === ext.migrationId) status = KeyStatus.inFlight;
+          else {
+            // Unknown, or claimed by another migration that may never store it: claim it.
+            status = KeyStatus.claimed;
+            claimed++;
+          }
+          inThisBatch.add(k);
+          out[i * RESOLVED_RECORD_BYTES] = status;
+          out.set(key, i * RESOLVED_RECORD_BYTES + 1);
+        }
+        ctx.log.debug("resolved", { shard, count: ext.count, claimed });
+        ctx.emitBinary(hashResolved, { shard: String(shard) }, { ...ext, lookupId: event.id }, out);
+      },
+    }),
+  );
+}
