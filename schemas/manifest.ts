@@ -24,7 +24,7 @@ const aboutVm = (p: ByVm) => `migration/${p.migrationId}/vm/${p.vm}`;
 export const manifestBatch = defineBinaryEvent({
   type: "io.gangway.manifest.batch.v1",
   family: "manifest",
-  subject: "gw.manifest.{migrationId}.{vm}",
+  subject: "gw.manifest.{migrationId}.{vm}.batch",
   about: aboutVm,
   extensions: z.object({
     migrationId,
@@ -64,6 +64,10 @@ export const manifestHeader = defineEvent({
     blocks: z.array(z.object({ id: z.string().min(1).max(255), usedBytes: z.number().int().nonnegative() })).min(1).max(255),
     /** The ram section's setup word (total bytes | flags), passed on verbatim. */
     ramSetupWord: z.string().regex(/^[0-9]+$/),
+    /** The CONFIGURATION record as the source sent it (base64). */
+    configRaw: z.string().max(65536),
+    /** The ram section's id, instance and version as the source numbered them. */
+    ramSection: z.object({ id: z.number().int().nonnegative(), instance: z.number().int().nonnegative(), version: z.number().int().nonnegative() }),
   }),
 });
 

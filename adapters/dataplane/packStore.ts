@@ -17,6 +17,9 @@ export interface PackStore {
   get(name: string): Promise<Uint8Array | null>;
   /** Overwrites a pack as it is (fault injection in tests, nothing else). */
   putUnchecked(name: string, bytes: Uint8Array): Promise<void>;
+  /** Other migration objects (device state): stored and read as they are. */
+  putObject(name: string, bytes: Uint8Array): Promise<void>;
+  getObject(name: string): Promise<Uint8Array | null>;
 }
 
 export async function openPackStore(nc: NatsConnection, opts: { domain?: string } = {}): Promise<PackStore> {
@@ -38,5 +41,9 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string 
     async putUnchecked(name, bytes) {
       await os.putBlob({ name }, bytes);
     },
+    async putObject(name, bytes) {
+      await os.putBlob({ name }, bytes);
+    },
+    getObject: (name) => os.getBlob(name),
   };
 }

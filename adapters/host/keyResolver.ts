@@ -1,0 +1,105 @@
+/**
+ * Asks the dedup index about content keys, batched and split by shard, and waits for the
+ * answers (the hash function's resolutions, seen on a plain subscription). One resolver
+ * serves every VM of a gang on this host, so look-ups of different VMs interleave.
+ */
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { HASH_SHARDS, hashLookup, KEY_BYTES, RESOLVED_RECORD_BYTES, shardOfKey } from "../../schemas/index.ts";
+import { decodeMessage } from "../../infra/events/binding.ts";
+import type { EventPublisher } from "../../infra/events/publisher.ts";
+
+export class KeyLookupTimeoutError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "KeyLookupTimeoutError";
+  }
+}
+
+export interface KeyResolver {
+  /** Status (KeyStatus) of each of `count` keys packed in `keys`, in order. */
+  resolve(vm: string, tenant: string, keys: Uint8Array): Promise<Uint8Array>;
+  /** Bytes of look-ups published (they cross the link too). */
+  readonly bytesSent: number;
+  close(): void;
+}
+
+export interface KeyResolverOptions {
+  migrationId: string;
+  targetHost: string;
+  /** Give up on an answer after this long. @default 60000 */
+  timeoutMs?: number;
+}
+
+export function createKeyResolver(nc: NatsConnection, publisher: EventPublisher, opts: KeyResolverOptions): KeyResolver {
+  const waiters = new Map<string, { resolve: (body: Uint8Array) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  const sub: Subscription = nc.subscribe("gw.hash.resolved.*", {
+    callback: (err, m) => {
+      if (err) return;
+      const d = decodeMessage(m.subject, m.data, m.headers);
+      if (!d.ok || d.event.mode !== "binary") return;
+      const ext = d.event.ext as { lookupId?: string; migrationId?: string };
+      if (ext.migrationId !== opts.migrationId || !ext.lookupId) return;
+      const w = waiters.get(ext.lookupId);
+      if (!w) return;
+      waiters.delete(ext.lookupId);
+      clearTimeout(w.timer);
+      w.resolve(d.event.data);
+    },
+  });
+  let seq = 0;
+  let bytesSent = 0;
+
+  const lookupShard = (vm: string, tenant: string, shard: number, keys: Uint8Array): Promise<Uint8Array> => {
+    const id = `lk-${opts.migrationId}-${vm}-${seq++}`;
+    const answer = new Promise<Uint8Array>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        waiters.delete(id);
+        reject(new KeyLookupTimeoutError(`dedup index did not answer look-up ${id} within ${opts.timeoutMs ?? 60000} ms`));
+      }, opts.timeoutMs ?? 60_000);
+      waiters.set(id, { resolve, reject, timer });
+    });
+    const count = keys.byteLength / KEY_BYTES;
+    bytesSent += keys.byteLength;
+    publisher
+      .publishBinary(hashLookup, { migrationId: opts.migrationId, shard: String(shard) }, { migrationId: opts.migrationId, vm, tenant, targetHost: opts.targetHost, shard, seq, count }, keys, { id })
+      .catch((err: Error) => {
+        const w = waiters.get(id);
+        if (w) {
+          waiters.delete(id);
+          clearTimeout(w.timer);
+          w.reject(err);
+        }
+      });
+    return answer;
+  };
+
+  return {
+    get bytesSent() {
+      return bytesSent;
+    },
+    async resolve(vm, tenant, keys) {
+      const count = keys.byteLength / KEY_BYTES;
+      const byShard: number[][] = Array.from({ length: HASH_SHARDS }, () => []);
+      for (let i = 0; i < count; i++) byShard[shardOfKey(keys[i * KEY_BYTES]!)]!.push(i);
+      const statuses = new Uint8Array(count);
+      await Promise.all(
+        byShard.map(async (idx, shard) => {
+          if (idx.length === 0) return;
+          const part = new Uint8Array(idx.length * KEY_BYTES);
+          idx.forEach((i, j) => part.set(keys.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES), j * KEY_BYTES));
+          const body = await lookupShard(vm, tenant, shard, part);
+          idx.forEach((i, j) => (statuses[i] = body[j * RESOLVED_RECORD_BYTES]!));
+        }),
+      );
+      return statuses;
+    },
+    close() {
+      sub.unsubscribe();
+      for (const [, w] of waiters) {
+        clearTimeout(w.timer);
+        w.reject(new Error("key resolver closed"));
+      }
+      waiters.clear();
+    },
+  };
+}

@@ -1,0 +1,115 @@
+/**
+ * Where each page lives on the destination side: a page cache by content key (pages that
+ * another VM of this or an earlier gang brought are not fetched again) and, behind it, the
+ * page packs, found through the `gw.pack.*.stored` log. A fetched pack is checked page by
+ * page against its keys before any of its pages is used: a corrupted or wrong-key pack can
+ * never reach a VM.
+ */
+import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { z } from "zod";
+import { packStored } from "../../schemas/index.ts";
+import { decodeMessage } from "../../infra/events/binding.ts";
+import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
+import { KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { decodePack, PagePackError } from "../dataplane/pagePack.ts";
+import type { PackStore } from "../dataplane/packStore.ts";
+
+export class PageUnavailableError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "PageUnavailableError";
+  }
+}
+
+export interface PageSource {
+  /** The page with this key (hex) for this tenant; waits for its pack to be stored. */
+  page(tenant: string, keyHexStr: string, keyer: PageKeyer, timeoutMs: number): Promise<Buffer>;
+  /** Packs fetched and their bytes (what crossed into the destination). */
+  readonly stats: { packsFetched: number; bytesFetched: number; cacheHits: number };
+  close(): Promise<void>;
+}
+
+export async function openPageSource(nc: NatsConnection, packs: PackStore): Promise<PageSource> {
+  const cache = new Map<string, Buffer>();
+  const located = new Map<string, string>(); // tenant/key → pack
+  const waiting = new Map<string, (() => void)[]>();
+  const fetching = new Map<string, Promise<void>>();
+  const stats = { packsFetched: 0, bytesFetched: 0, cacheHits: 0 };
+
+  const js = jetstream(nc);
+  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: "gw.pack.*.stored", deliver_policy: DeliverPolicy.All });
+  const messages: ConsumerMessages = await consumer.consume();
+  const follow = (async () => {
+    for await (const m of messages) {
+      const d = decodeMessage(m.subject, m.data, m.headers);
+      if (!d.ok || d.event.mode !== "structured") continue;
+      const data = d.event.data as z.infer<typeof packStored.data>;
+      for (const k of data.keys) {
+        const id = `${data.tenant}/${k}`;
+        if (!located.has(id)) located.set(id, data.pack);
+        const w = waiting.get(id);
+        if (w) {
+          waiting.delete(id);
+          for (const f of w) f();
+        }
+      }
+    }
+  })();
+
+  const fetchPack = (tenant: string, name: string, keyer: PageKeyer): Promise<void> => {
+    let f = fetching.get(name);
+    if (!f) {
+      f = (async () => {
+        const bytes = await packs.get(name);
+        if (!bytes) throw new PageUnavailableError(`page pack ${name} is announced but not in the store`);
+        const pack = decodePack(bytes);
+        stats.packsFetched++;
+        stats.bytesFetched += bytes.byteLength;
+        const check = new Uint8Array(KEY_BYTES);
+        for (let i = 0; i < pack.count; i++) {
+          const page = Buffer.from(pack.pages.buffer, pack.pages.byteOffset + i * PAGE_SIZE, PAGE_SIZE);
+          keyer.keyInto(page, check, 0);
+          const want = keyHex(pack.keys, i * KEY_BYTES);
+          if (keyHex(check) !== want) throw new PagePackError(`page pack ${name}: page ${i} does not match its key ${want}`);
+          cache.set(`${tenant}/${want}`, Buffer.from(page)); // own copy: the pack buffer can go
+        }
+      })();
+      fetching.set(name, f);
+      // A failed fetch may be retried by a later request.
+      f.catch(() => fetching.delete(name));
+    }
+    return f;
+  };
+
+  return {
+    stats,
+    async page(tenant, k, keyer, timeoutMs) {
+      const id = `${tenant}/${k}`;
+      const hit = cache.get(id);
+      if (hit) {
+        stats.cacheHits++;
+        return hit;
+      }
+      if (!located.has(id)) {
+        await new Promise<void>((resolve, reject) => {
+          const t = setTimeout(() => reject(new PageUnavailableError(`no page pack holds key ${k} after ${timeoutMs} ms`)), timeoutMs);
+          const list = waiting.get(id) ?? [];
+          list.push(() => {
+            clearTimeout(t);
+            resolve();
+          });
+          waiting.set(id, list);
+        });
+      }
+      await fetchPack(tenant, located.get(id)!, keyer);
+      const page = cache.get(id);
+      if (!page) throw new PageUnavailableError(`page pack ${located.get(id)} does not hold key ${k}`);
+      return page;
+    },
+    async close() {
+      messages.stop();
+      await follow.catch(() => undefined);
+    },
+  };
+}

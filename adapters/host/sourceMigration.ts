@@ -1,0 +1,307 @@
+/**
+ * The source side of one VM's migration: takes the records QEMU's migration stream parses
+ * into, keys every page, asks the dedup index about keys this gang has not met yet, packs
+ * the pages this VM claimed, and publishes the VM's manifest (header, batches by round,
+ * completion with the device state and the image digest). Look-ups of several batches are
+ * in flight at once; manifest batches still go out in stream order.
+ */
+import { KeyStatus, manifestBatch, manifestCompleted, manifestHeader, packStored } from "../../schemas/index.ts";
+import type { EventPublisher } from "../../infra/events/publisher.ts";
+import type { StreamRecord, PageBatch } from "../qemu/stream/records.ts";
+import { isZeroPage, KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { ImageDigest } from "../dataplane/imageDigest.ts";
+import { ManifestWriter } from "../dataplane/manifestRecords.ts";
+import { encodePack } from "../dataplane/pagePack.ts";
+import type { PackStore } from "../dataplane/packStore.ts";
+import type { KeyResolver } from "./keyResolver.ts";
+
+/** Counters of one VM's migration, under libvirt's names where one exists. */
+export interface SourceProgress {
+  vm: string;
+  round: number;
+  memory_total: number;
+  /** Pages the stream carried so far (all rounds). */
+  pages: number;
+  /** Zero (and uniform) pages: one record, no data. */
+  memory_constant: number;
+  /** Pages referenced instead of sent: seen before in this gang or held by the destination. */
+  pages_deduplicated: number;
+  /** Pages this VM sent in packs. */
+  pages_sent: number;
+  /** Bytes of QEMU's own stream (what native migration would have carried). */
+  native_bytes: number;
+  /** Bytes this VM put on the link: packs, manifest, look-ups' share, device state. */
+  bytes_on_link: number;
+  /** Raw bytes of the pages it packed, before compression. */
+  packed_raw_bytes: number;
+  packed_bytes: number;
+}
+
+export interface SourceMigrationOptions {
+  migrationId: string;
+  vm: string;
+  tenant: string;
+  sourceHost: string;
+  records: AsyncIterable<StreamRecord>;
+  publisher: EventPublisher;
+  packs: PackStore;
+  keyer: PageKeyer;
+  resolver: KeyResolver;
+  /** Keys this gang already resolved (shared by the gang's VMs on this host): hex → status. */
+  gangKeys: Map<string, number>;
+  /** Raw bytes QEMU has sent so far (from the proxy), for progress. */
+  nativeBytes: () => number;
+  onProgress?: (p: SourceProgress) => void;
+  /** Pages per manifest batch. @default 4096 */
+  batchPages?: number;
+  /** Pages per page pack. @default 256 (1 MiB raw) */
+  packPages?: number;
+}
+
+export interface SourceResult {
+  progress: SourceProgress;
+  digest: string;
+  rounds: number;
+}
+
+const UNIFORM_CACHE = new Map<number, Buffer>();
+/** A page whose bytes are all the same value travels as a fill record. */
+function uniformByte(page: Uint8Array): number | undefined {
+  const b = page[0]!;
+  if (page[PAGE_SIZE - 1] !== b || page[PAGE_SIZE >> 1] !== b) return undefined;
+  if (b === 0) return isZeroPage(page) ? 0 : undefined;
+  let ref = UNIFORM_CACHE.get(b);
+  if (!ref) UNIFORM_CACHE.set(b, (ref = Buffer.alloc(PAGE_SIZE, b)));
+  return ref.equals(page) ? b : undefined;
+}
+
+interface Prepared {
+  batch: PageBatch;
+  blockIndex: number;
+  /** per page: fill byte, or -1 for keyed pages */
+  fills: Int16Array;
+  keys: Uint8Array;
+  /** statuses of the keys that needed a look-up, by page index (255: no look-up needed) */
+  statuses: Promise<Uint8Array>;
+}
+
+export async function runSourceMigration(o: SourceMigrationOptions): Promise<SourceResult> {
+  const p: SourceProgress = {
+    vm: o.vm, round: 0, memory_total: 0, pages: 0, memory_constant: 0, pages_deduplicated: 0, pages_sent: 0,
+    native_bytes: 0, bytes_on_link: 0, packed_raw_bytes: 0, packed_bytes: 0,
+  };
+  const batchPages = o.batchPages ?? 4096;
+  const packPages = o.packPages ?? 256;
+  const ext = { migrationId: o.migrationId, vm: o.vm, tenant: o.tenant };
+  const vmParams = { migrationId: o.migrationId, vm: o.vm };
+  let blocks: { id: string; usedBytes: number }[] = [];
+  let blockIndex = new Map<string, number>();
+  let digest: ImageDigest | undefined;
+  let configRaw: Buffer | undefined;
+  let machine = "unknown";
+  let ramSection = { id: 0, instance: 0, version: 4 };
+  let headerSent = false;
+  const deviceState: Buffer[] = [];
+  let manifestSeq = 0;
+  const writer = new ManifestWriter(batchPages);
+  let packKeys = new Uint8Array(packPages * KEY_BYTES);
+  let packData = new Uint8Array(packPages * PAGE_SIZE);
+  let packCount = 0;
+  let pendingPackWrites: Promise<void>[] = [];
+  /** Keys this VM claimed and has packed (or is packing): hex set, to never pack one twice. */
+  const packedHere = new Set<string>();
+
+  const report = () => {
+    p.native_bytes = o.nativeBytes();
+    o.onProgress?.({ ...p });
+  };
+
+  const flushPack = () => {
+    if (packCount === 0) return;
+    const keys = packKeys.slice(0, packCount * KEY_BYTES);
+    const pages = packData.slice(0, packCount * PAGE_SIZE);
+    const n = packCount;
+    packCount = 0;
+    const write = (async () => {
+      const pack = encodePack(keys, pages);
+      await o.packs.put(pack.name, pack.bytes);
+      const keyList = Array.from({ length: n }, (_, i) => keyHex(keys, i * KEY_BYTES));
+      await o.publisher.publish(packStored, { migrationId: o.migrationId }, {
+        migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, pack: pack.name, codec: pack.codec, keys: keyList, rawBytes: pack.rawBytes, storedBytes: pack.bytes.byteLength,
+      }, { id: `${o.migrationId}-${o.vm}-${pack.name}` });
+      p.packed_raw_bytes += pack.rawBytes;
+      p.packed_bytes += pack.bytes.byteLength;
+      p.bytes_on_link += pack.bytes.byteLength + 40 * n; // + the keys listed in the event
+    })();
+    pendingPackWrites.push(write);
+  };
+
+  const flushManifest = async (round: number, final: boolean) => {
+    if (writer.count === 0 && !final) return;
+    const { count, body } = writer.take();
+    const seq = manifestSeq++;
+    await o.publisher.publishBinary(manifestBatch, vmParams, { ...ext, round, seq, count, final }, body, { id: `${o.migrationId}-${o.vm}-m${seq}` });
+    p.bytes_on_link += body.byteLength + 300;
+  };
+
+  const prepare = (batch: PageBatch): Prepared => {
+    const bi = blockIndex.get(batch.block);
+    if (bi === undefined) throw new Error(`page of unknown RAM block "${batch.block}"`);
+    const fills = new Int16Array(batch.count);
+    const keys = new Uint8Array(batch.count * KEY_BYTES);
+    const ask: number[] = [];
+    let d = 0;
+    for (let i = 0; i < batch.count; i++) {
+      if (batch.kinds[i] === 0) {
+        fills[i] = batch.fills[i]!;
+        continue;
+      }
+      const page = batch.data.subarray(d, d + PAGE_SIZE);
+      d += PAGE_SIZE;
+      const u = uniformByte(page);
+      if (u !== undefined) {
+        fills[i] = u;
+        continue;
+      }
+      fills[i] = -1;
+      o.keyer.keyInto(page, keys, i * KEY_BYTES);
+      if (!o.gangKeys.has(keyHex(keys, i * KEY_BYTES))) ask.push(i);
+    }
+    let statuses: Promise<Uint8Array>;
+    if (ask.length === 0) statuses = Promise.resolve(new Uint8Array(batch.count).fill(255));
+    else {
+      const askKeys = new Uint8Array(ask.length * KEY_BYTES);
+      ask.forEach((i, j) => askKeys.set(keys.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES), j * KEY_BYTES));
+      statuses = o.resolver.resolve(o.vm, o.tenant, askKeys).then((s) => {
+        const all = new Uint8Array(batch.count).fill(255);
+        ask.forEach((i, j) => (all[i] = s[j]!));
+        return all;
+      });
+    }
+    return { batch, blockIndex: bi, fills, keys, statuses };
+  };
+
+  const finish = async (pr: Prepared) => {
+    const statuses = await pr.statuses;
+    const { batch } = pr;
+    let d = 0;
+    for (let i = 0; i < batch.count; i++) {
+      const offset = batch.offsets[i]!;
+      const isNormal = batch.kinds[i] === 1;
+      const page = isNormal ? batch.data.subarray(d, d + PAGE_SIZE) : undefined;
+      if (isNormal) d += PAGE_SIZE;
+      p.pages++;
+      const fill = pr.fills[i]!;
+      if (fill >= 0) {
+        writer.addZero(offset, pr.blockIndex, fill);
+        digest!.fill(pr.blockIndex, offset, fill);
+        p.memory_constant++;
+      } else {
+        const k = keyHex(pr.keys, i * KEY_BYTES);
+        // 255: the gang knew the key before this batch asked: someone else sends it.
+        const status = statuses[i]!;
+        if (status !== 255) o.gangKeys.set(k, status);
+        if (status === KeyStatus.claimed && !packedHere.has(k)) {
+          packedHere.add(k);
+          packKeys.set(pr.keys.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES), packCount * KEY_BYTES);
+          packData.set(page!, packCount * PAGE_SIZE);
+          packCount++;
+          p.pages_sent++;
+          if (packCount === packPages) {
+            flushPack();
+            packKeys = new Uint8Array(packPages * KEY_BYTES);
+            packData = new Uint8Array(packPages * PAGE_SIZE);
+          }
+        } else p.pages_deduplicated++;
+        writer.addPage(offset, pr.blockIndex, pr.keys, i * KEY_BYTES);
+        digest!.keyed(pr.blockIndex, offset, pr.keys, i * KEY_BYTES);
+      }
+      if (writer.full) await flushManifest(batch.round, false);
+    }
+  };
+
+  const inFlight: Prepared[] = [];
+  let inFlightPages = 0;
+  const MAX_IN_FLIGHT_PAGES = 16384;
+  let lastReport = 0;
+
+  for await (const r of o.records) {
+    switch (r.type) {
+      case "header":
+        break;
+      case "config":
+        configRaw = r.raw;
+        machine = r.config.machine || machine;
+        break;
+      case "ramSection":
+        if (r.section === "start") ramSection = { id: r.sectionId, instance: r.instanceId, version: r.versionId };
+        break;
+      case "ramSetup":
+        blocks = r.blocks.map((b) => ({ id: b.id, usedBytes: b.usedLength }));
+        blockIndex = new Map(blocks.map((b, i) => [b.id, i]));
+        digest = new ImageDigest(blocks.map((b) => b.usedBytes));
+        p.memory_total = blocks.reduce((n, b) => n + b.usedBytes, 0);
+        await o.publisher.publish(manifestHeader, vmParams, {
+          ...ext, sourceHost: o.sourceHost, machine, blocks, ramSetupWord: String(r.totalBytes), configRaw: (configRaw ?? Buffer.alloc(0)).toString("base64"), ramSection,
+        }, { id: `${o.migrationId}-${o.vm}-header` });
+        headerSent = true;
+        break;
+      case "round":
+        // Manifest batches never span rounds: the destination keeps each round's order.
+        while (inFlight.length) {
+          const pr = inFlight.shift()!;
+          inFlightPages -= pr.batch.count;
+          await finish(pr);
+        }
+        await flushManifest(p.round, false);
+        p.round = r.round;
+        break;
+      case "pages": {
+        if (!headerSent) throw new Error("page records before the RAM setup");
+        const pr = prepare(r);
+        inFlight.push(pr);
+        inFlightPages += r.count;
+        while (inFlightPages > MAX_IN_FLIGHT_PAGES) {
+          const first = inFlight.shift()!;
+          inFlightPages -= first.batch.count;
+          await finish(first);
+        }
+        if (Date.now() - lastReport > 250) {
+          lastReport = Date.now();
+          report();
+        }
+        break;
+      }
+      case "ramSectionEnd":
+        break;
+      case "device":
+        deviceState.push(r.raw);
+        break;
+      case "command":
+        throw new Error(`migration command ${r.command.cmd} is not supported in a pre-copy migration through gangway`);
+      case "eof":
+        // The destination writes its own EOF after the device state.
+        break;
+      case "vmdesc":
+        // Droppable: QEMU's own destination ignores it; not sent.
+        break;
+    }
+  }
+  while (inFlight.length) await finish(inFlight.shift()!);
+  if (!digest) throw new Error("the stream ended before the RAM setup");
+  flushPack();
+  await Promise.all(pendingPackWrites);
+  pendingPackWrites = [];
+  await flushManifest(p.round, true);
+
+  const state = Buffer.concat(deviceState);
+  const stateName = `state-${o.migrationId}-${o.vm}`;
+  await o.packs.putObject(stateName, state);
+  p.bytes_on_link += state.byteLength;
+  const result = { progress: { ...p, native_bytes: o.nativeBytes() }, digest: digest.digest(), rounds: p.round };
+  await o.publisher.publish(manifestCompleted, vmParams, {
+    migrationId: o.migrationId, vm: o.vm, deviceState: stateName, deviceStateBytes: state.byteLength, rounds: p.round, batches: manifestSeq, records: p.pages, digest: result.digest,
+  }, { id: `${o.migrationId}-${o.vm}-completed` });
+  o.onProgress?.(result.progress);
+  return result;
+}

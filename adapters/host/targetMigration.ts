@@ -1,0 +1,161 @@
+/**
+ * The destination side of one VM's migration: follows the VM's manifest on the stream and
+ * rebuilds a valid QEMU migration stream from it, page contents coming from the local page
+ * cache or the page packs. It is a generator of stream records, so the destination proxy
+ * writes each manifest batch into QEMU as soon as its pages are at hand: the destination
+ * loads while the source is still sending.
+ */
+import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { z } from "zod";
+import { ManifestKind, manifestBatch, manifestCompleted, manifestHeader } from "../../schemas/index.ts";
+import { decodeMessage } from "../../infra/events/binding.ts";
+import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
+import { PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { ImageDigest } from "../dataplane/imageDigest.ts";
+import { readManifestRecords } from "../dataplane/manifestRecords.ts";
+import type { PackStore } from "../dataplane/packStore.ts";
+import type { PageBatch, StreamRecord } from "../qemu/stream/records.ts";
+import type { PageSource } from "./packLocator.ts";
+
+export type ManifestHeader = z.infer<typeof manifestHeader.data>;
+export type ManifestCompleted = z.infer<typeof manifestCompleted.data>;
+
+export class ManifestError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ManifestError";
+  }
+}
+
+export interface TargetMigrationOptions {
+  nc: NatsConnection;
+  migrationId: string;
+  vm: string;
+  tenant: string;
+  keyer: PageKeyer;
+  pages: PageSource;
+  packs: PackStore;
+  /** Give up when nothing arrives for this long. @default 150000 (KubeVirt's progressTimeout) */
+  progressTimeoutMs?: number;
+  onProgress?: (p: { round: number; pages: number; batches: number }) => void;
+}
+
+/** What the rebuild learned, for the commit proof once QEMU has loaded the stream. */
+export interface TargetState {
+  header?: ManifestHeader;
+  completed?: ManifestCompleted;
+  /** The image as delivered (last content per page). */
+  delivered?: ImageDigest;
+  pagesWritten: number;
+}
+
+/** Reads the VM's manifest events in order, with a progress time-out. */
+async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<ReturnType<typeof decodeMessage>> {
+  const js = jetstream(o.nc);
+  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: `gw.manifest.${o.migrationId}.${o.vm}.>`, deliver_policy: DeliverPolicy.All });
+  const timeout = o.progressTimeoutMs ?? 150_000;
+  const messages: ConsumerMessages = await consumer.consume({ idle_heartbeat: 1000 });
+  let last = Date.now();
+  const timer = setInterval(() => {
+    if (Date.now() - last > timeout) messages.stop(new ManifestError(`no manifest progress for ${Math.round(timeout / 1000)} s`));
+  }, 500);
+  try {
+    for await (const m of messages) {
+      last = Date.now();
+      yield decodeMessage(m.subject, m.data, m.headers);
+    }
+    throw new ManifestError("manifest stream ended before the source completed");
+  } finally {
+    clearInterval(timer);
+    messages.stop();
+  }
+}
+
+export async function* targetRecords(o: TargetMigrationOptions, state: TargetState): AsyncGenerator<StreamRecord> {
+  let blocks: ManifestHeader["blocks"] = [];
+  let ram = { id: 0, instance: 0, version: 4 };
+  let batches = 0;
+  let round = 0;
+  for await (const d of manifestEvents(o)) {
+    if (!d.ok) throw new ManifestError(`unreadable manifest event: ${d.reason}`);
+    const ev = d.event;
+    if (ev.type === manifestHeader.type) {
+      const h = ev.data as ManifestHeader;
+      state.header = h;
+      blocks = h.blocks;
+      ram = h.ramSection;
+      state.delivered = new ImageDigest(blocks.map((b) => b.usedBytes));
+      const raw = Buffer.from(h.configRaw, "base64");
+      yield { type: "header", offset: 0, version: 3 };
+      // The config record is passed on as the source sent it (machine name and subsections).
+      yield { type: "config", offset: 0, config: { machine: h.machine }, raw };
+      yield { type: "ramSection", offset: 0, section: "start", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
+      yield { type: "ramSetup", offset: 0, totalBytes: Number(h.ramSetupWord), blocks: blocks.map((b) => ({ id: b.id, usedLength: b.usedBytes })) };
+      yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };
+    } else if (ev.type === manifestBatch.type && ev.mode === "binary") {
+      if (!state.delivered) throw new ManifestError("manifest batch before its header");
+      const ext = ev.ext as { count: number; round: number; final: boolean };
+      round = ext.round;
+      const recs = [...readManifestRecords(ev.data, ext.count)];
+      // Fetch every page this batch needs at once; packs are fetched once for all their pages.
+      const needed = new Map<string, Promise<Buffer>>();
+      for (const r of recs) {
+        if (r.kind !== ManifestKind.page) continue;
+        const k = keyHex(ev.data, r.keyAt);
+        if (!needed.has(k)) needed.set(k, o.pages.page(o.tenant, k, o.keyer, o.progressTimeoutMs ?? 150_000));
+      }
+      const got = new Map<string, Buffer>();
+      await Promise.all([...needed].map(async ([k, p]) => got.set(k, await p)));
+      if (recs.length) yield { type: "ramSection", offset: 0, section: "part", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
+      // One page batch per run of records in the same block.
+      let i = 0;
+      while (i < recs.length) {
+        let j = i;
+        while (j < recs.length && recs[j]!.block === recs[i]!.block) j++;
+        const run = recs.slice(i, j);
+        const block = blocks[run[0]!.block];
+        if (!block) throw new ManifestError(`manifest names RAM block ${run[0]!.block}, the header has ${blocks.length}`);
+        const normal = run.filter((r) => r.kind === ManifestKind.page).length;
+        const batch: PageBatch = {
+          type: "pages", offset: 0, block: block.id, round: ext.round, count: run.length,
+          offsets: new Float64Array(run.length), kinds: new Uint8Array(run.length), fills: new Uint8Array(run.length),
+          named: new Uint8Array(run.length), positions: new Float64Array(run.length), data: Buffer.allocUnsafe(normal * PAGE_SIZE),
+        };
+        let at = 0;
+        run.forEach((r, n) => {
+          if (r.offset + PAGE_SIZE > block.usedBytes) throw new ManifestError(`manifest page at ${r.offset} is outside block ${block.id} (${block.usedBytes} bytes)`);
+          batch.offsets[n] = r.offset;
+          batch.named[n] = n === 0 ? 1 : 0;
+          if (r.kind === ManifestKind.page) {
+            batch.kinds[n] = 1;
+            got.get(keyHex(ev.data, r.keyAt))!.copy(batch.data, at);
+            at += PAGE_SIZE;
+            state.delivered!.keyed(run[0]!.block, r.offset, ev.data, r.keyAt);
+          } else {
+            batch.kinds[n] = 0;
+            batch.fills[n] = r.fill;
+            state.delivered!.fill(run[0]!.block, r.offset, r.fill);
+          }
+        });
+        state.pagesWritten += run.length;
+        yield batch;
+        i = j;
+      }
+      if (recs.length) yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };
+      batches++;
+      o.onProgress?.({ round, pages: state.pagesWritten, batches });
+    } else if (ev.type === manifestCompleted.type) {
+      const c = ev.data as ManifestCompleted;
+      state.completed = c;
+      if (!state.header) throw new ManifestError("manifest completed without a header");
+      const device = await o.packs.getObject(c.deviceState);
+      if (!device || device.byteLength !== c.deviceStateBytes) throw new ManifestError(`device state ${c.deviceState} is missing or has the wrong size`);
+      yield { type: "ramSection", offset: 0, section: "end", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
+      yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };
+      yield { type: "device", offset: 0, section: "full", sectionId: 0, idstr: "", instanceId: 0, versionId: 0, raw: Buffer.from(device) };
+      yield { type: "eof", offset: 0 };
+      return;
+    }
+  }
+}
