@@ -1,0 +1,404 @@
+/**
+ * The host agent: owns this host's VMs, publishes its inventory, answers liveness pings,
+ * and acts on the commands addressed to it (gw.cmd.agent.<host>.>): start and stop VMs,
+ * play source or destination of a migration, resume, quit or roll back. It decides
+ * nothing about a migration's outcome: it reports facts, and the functions decide.
+ */
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from "@nats-io/jetstream";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { SpanKind, context, trace } from "@opentelemetry/api";
+import { freemem, totalmem } from "node:os";
+import { open } from "node:fs/promises";
+import type { z } from "zod";
+import {
+  agentPrepareTarget, agentQuitSource, agentResumeTarget, agentRollback, agentStartSource, agentVmStart, agentVmStop,
+  commitAbort, commitReady, hostInventory, migrationProgress, migrationStarted, migrationSwitchover, MigrationPhase, MigrationMode,
+  type VmSpec,
+} from "../../schemas/index.ts";
+import { decodeMessage } from "../../infra/events/binding.ts";
+import { createPublisher, type EventPublisher } from "../../infra/events/publisher.ts";
+import { createLogger, type Logger } from "../../infra/log.ts";
+import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
+import { extractTraceContext, meter, tracer } from "../../infra/telemetry.ts";
+import { createPageKeyer, PAGE_SIZE, type PageKeyer } from "../dataplane/contentKey.ts";
+import { openPackStore, type PackStore } from "../dataplane/packStore.ts";
+import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
+import { openPageSource, type PageSource } from "./packLocator.ts";
+import type { QemuDriver, RunningVm } from "./qemuDriver.ts";
+import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
+import { targetRecords, type TargetState } from "./targetMigration.ts";
+
+export interface AgentOptions {
+  host: string;
+  nc: NatsConnection;
+  driver: QemuDriver;
+  log?: Logger;
+  /** Seconds between inventory reports. @default 10 */
+  inventoryIntervalSec?: number;
+  /** Liveness pings of the peer host during a migration; this many misses abort it. @default 3 */
+  peerMisses?: number;
+}
+
+type Cmd<D extends { data: z.ZodType }> = z.infer<D["data"]>;
+
+interface OwnedVm {
+  spec: VmSpec;
+  vm: RunningVm;
+  state: "running" | "paused" | "migrating" | "incoming";
+}
+
+interface SourceSession {
+  migrationId: string;
+  vm: string;
+  targetHost: string;
+  cancel(): Promise<void>;
+  done: Promise<unknown>;
+}
+
+interface TargetSession {
+  migrationId: string;
+  vm: RunningVm;
+  spec: VmSpec;
+  aborted: boolean;
+}
+
+interface GangContext {
+  resolver: KeyResolver;
+  gangKeys: Map<string, number>;
+  users: number;
+}
+
+const bytesOnLink = meter().createCounter("gangway.migration.bytes_on_link", { unit: "By", description: "bytes a source host put on the link for migrations" });
+const pagesCounter = meter().createCounter("gangway.migration.pages", { description: "pages carried by migrations, by outcome (zero, deduplicated, sent)" });
+
+export interface Agent {
+  readonly host: string;
+  stop(): Promise<void>;
+}
+
+export async function startAgent(o: AgentOptions): Promise<Agent> {
+  const log = (o.log ?? createLogger()).child({ component: "agent", host: o.host });
+  const js = jetstream(o.nc);
+  const jsm = await jetstreamManager(o.nc);
+  const pub: EventPublisher = createPublisher(js, `gangway/host/${o.host}`);
+  const packs: PackStore = await openPackStore(o.nc);
+  const keyers = new Map<string, PageKeyer>();
+  const keyerFor = (tenant: string) => keyers.get(tenant) ?? keyers.set(tenant, createPageKeyer(tenant)).get(tenant)!;
+  let pageSource: PageSource | undefined;
+  const pages = async () => (pageSource ??= await openPageSource(o.nc, packs));
+  const owned = new Map<string, OwnedVm>();
+  const sources = new Map<string, SourceSession>(); // key: migration/vm
+  const targets = new Map<string, TargetSession>();
+  const gangs = new Map<string, GangContext>();
+  const started = Date.now();
+
+  // --- inventory ---------------------------------------------------------------
+  const publishInventory = async () => {
+    const vms = [...owned.values()].map((v) => ({ vm: v.spec.name, tenant: v.spec.tenant, memoryBytes: v.spec.memoryMiB * 1024 * 1024, state: v.state, ...(v.spec.uuid ? { uuid: v.spec.uuid } : {}), spec: v.spec }));
+    const used = vms.reduce((n, v) => n + v.memoryBytes, 0);
+    await pub.publish(hostInventory, { host: o.host }, { host: o.host, memoryTotalBytes: totalmem(), memoryFreeBytes: Math.max(0, Math.min(freemem(), totalmem() - used)), vms });
+  };
+  const inventoryTimer = setInterval(() => void publishInventory().catch((e: Error) => log.warn("inventory not published", { error: e })), (o.inventoryIntervalSec ?? 10) * 1000);
+
+  // --- liveness: request-reply outside the retained stream (pings are not facts) ---
+  const statusSub: Subscription = o.nc.subscribe(`gwsvc.agent.${o.host}.status`, {
+    callback: (_err, msg) => void msg.respond(JSON.stringify({ host: o.host, uptimeSec: (Date.now() - started) / 1000, vms: owned.size, migrations: sources.size + targets.size })),
+  });
+  const peerAlive = async (peer: string) => {
+    try {
+      await o.nc.request(`gwsvc.agent.${peer}.status`, "", { timeout: 1000 });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  /** Resolves with a reason when the peer misses several pings in a row. */
+  const watchPeer = (peer: string, until: Promise<unknown>) =>
+    new Promise<string | undefined>((resolve) => {
+      let misses = 0;
+      let over = false;
+      void until.finally(() => {
+        over = true;
+        resolve(undefined);
+      });
+      const tick = async () => {
+        while (!over) {
+          await new Promise((r) => setTimeout(r, 1000));
+          if (over) return;
+          if (await peerAlive(peer)) misses = 0;
+          else if (++misses >= (o.peerMisses ?? 3)) return resolve(`host ${peer} stopped answering (${misses} liveness pings missed)`);
+        }
+      };
+      void tick();
+    });
+
+  const abort = async (migrationId: string, vm: string, reason: string) => {
+    log.warn("aborting", { migrationId, vm, reason });
+    await pub.publish(commitAbort, { migrationId }, { migrationId, vm, reason: reason.slice(0, 2000), reportedBy: `host ${o.host}` }, { id: `abort-${migrationId}-${vm}-${o.host}` }).catch((e: Error) => log.error("abort not published", { error: e }));
+  };
+
+  // --- commands ----------------------------------------------------------------
+  const vmStart = async (c: Cmd<typeof agentVmStart>) => {
+    if (owned.has(c.spec.name)) throw new Error(`VM ${c.spec.name} already runs on ${o.host}`);
+    const vm = await o.driver.startVm(c.spec, "source", "vm");
+    owned.set(c.spec.name, { spec: c.spec, vm, state: "running" });
+    await publishInventory();
+  };
+
+  const vmStop = async (c: Cmd<typeof agentVmStop>) => {
+    const v = owned.get(c.vm);
+    if (!v) return;
+    owned.delete(c.vm);
+    await v.vm.quit();
+    await publishInventory();
+  };
+
+  const startSource = async (c: Cmd<typeof agentStartSource>) => {
+    const key = `${c.migrationId}/${c.vm}`;
+    const v = owned.get(c.vm);
+    if (!v) return abort(c.migrationId, c.vm, `VM ${c.vm} is not on ${o.host}`);
+    if (v.state === "migrating" || sources.has(key)) return abort(c.migrationId, c.vm, `VM ${c.vm} is already migrating`);
+    v.state = "migrating";
+    let gang = gangs.get(c.migrationId);
+    if (!gang) gangs.set(c.migrationId, (gang = { resolver: createKeyResolver(o.nc, pub, { migrationId: c.migrationId, targetHost: c.targetHost }), gangKeys: new Map(), users: 0 }));
+    gang.users++;
+    const t0 = Date.now();
+    const params = { migrationId: c.migrationId };
+    let last: SourceProgress | undefined;
+    let out: Awaited<ReturnType<QemuDriver["migrateOut"]>> | undefined;
+    const done = (async () => {
+      await pub.publish(migrationStarted, params, { migrationId: c.migrationId, vm: c.vm, sourceHost: o.host, targetHost: c.targetHost, phase: MigrationPhase.Running });
+      out = await o.driver.migrateOut(v.vm);
+      void out.stopped.then((at) =>
+        pub.publish(migrationSwitchover, params, { migrationId: c.migrationId, vm: c.vm, mode: "stop-and-copy", reason: "QEMU's remaining pages fit its downtime limit", round: last?.round ?? 0 }, { id: `${c.migrationId}-${c.vm}-switchover`, time: new Date(at) }),
+      ).catch(() => undefined);
+      const emitProgress = (p: SourceProgress) => {
+        last = p;
+        const elapsed = (Date.now() - t0) / 1000;
+        const processedBytes = p.pages * PAGE_SIZE;
+        const rate = elapsed > 0 ? processedBytes / elapsed : 0;
+        const remaining = Math.max(0, p.memory_total - processedBytes);
+        void pub.publish(migrationProgress, params, {
+          migrationId: c.migrationId, vm: c.vm, phase: MigrationPhase.Running, mode: MigrationMode.PreCopy,
+          stats: {
+            time_elapsed: Math.round(elapsed * 1000), memory_total: p.memory_total, memory_processed: processedBytes, memory_remaining: remaining,
+            time_remaining: rate > 0 ? Math.round((remaining / rate) * 1000) : undefined, memory_constant: p.memory_constant, memory_normal: p.pages - p.memory_constant,
+            memory_bps: Math.round(rate), memory_iteration: p.round, pages_deduplicated: p.pages_deduplicated, bytes_on_link: p.bytes_on_link, data_processed: p.native_bytes,
+            dedup_ratio: p.pages - p.memory_constant > 0 ? p.pages_sent / (p.pages - p.memory_constant) : 1,
+            compression_ratio: p.packed_raw_bytes > 0 ? p.packed_bytes / p.packed_raw_bytes : 1,
+            percent: p.memory_total ? Math.min(99, (100 * Math.min(processedBytes, p.memory_total)) / p.memory_total) : 0,
+          },
+        }).catch(() => undefined);
+      };
+      const result = await runSourceMigration({
+        migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: o.host, records: out.records, publisher: pub, packs,
+        vm: c.vm, keyer: keyerFor(v.spec.tenant), resolver: gang!.resolver, gangKeys: gang!.gangKeys, nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
+      });
+      bytesOnLink.add(result.progress.bytes_on_link, { "gangway.host": o.host });
+      pagesCounter.add(result.progress.memory_constant, { outcome: "zero" });
+      pagesCounter.add(result.progress.pages_deduplicated, { outcome: "deduplicated" });
+      pagesCounter.add(result.progress.pages_sent, { outcome: "sent" });
+      emitProgress(result.progress);
+      log.info("source sent everything", { migrationId: c.migrationId, ...result.progress });
+    })();
+    const session: SourceSession = { migrationId: c.migrationId, vm: c.vm, targetHost: c.targetHost, done, cancel: async () => void (await out?.cancel()) };
+    sources.set(key, session);
+    const lost = watchPeer(c.targetHost, done.catch(() => undefined));
+    void lost.then((reason) => (reason ? abort(c.migrationId, c.vm, reason) : undefined));
+    done.catch(async (err: Error) => {
+      await out?.cancel().catch(() => undefined);
+      await abort(c.migrationId, c.vm, `source: ${err.message}`);
+    });
+  };
+
+  const prepareTarget = async (c: Cmd<typeof agentPrepareTarget>) => {
+    const key = `${c.migrationId}/${c.spec.name}`;
+    if (targets.has(key)) return;
+    if (owned.has(c.spec.name)) return abort(c.migrationId, c.spec.name, `a VM named ${c.spec.name} already runs on ${o.host}`);
+    const vm = await o.driver.startVm(c.spec, "destination", c.migrationId).catch(async (err: Error) => {
+      await abort(c.migrationId, c.spec.name, `destination VM did not start: ${err.message}`);
+      return undefined;
+    });
+    if (!vm) return;
+    const session: TargetSession = { migrationId: c.migrationId, vm, spec: c.spec, aborted: false };
+    targets.set(key, session);
+    const state: TargetState = { pagesWritten: 0 };
+    const run = (async () => {
+      const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: await pages(), packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000 }, state);
+      await o.driver.migrateIn(vm, records);
+      const status = await vm.status();
+      if (status !== "paused" && status !== "prelaunch") throw new Error(`destination QEMU is ${status} after loading, expected paused`);
+      // The proof: read back what QEMU holds (block m0 from its RAM file) and digest it.
+      const proof = await proveImage(state, vm.ramPath, keyerFor(c.spec.tenant));
+      await pub.publish(commitReady, { migrationId: c.migrationId }, {
+        migrationId: c.migrationId, vm: c.spec.name, targetHost: o.host, pagesExpected: proof.expected, pagesDelivered: proof.delivered, digest: proof.digest,
+      }, { id: `${c.migrationId}-${c.spec.name}-ready` });
+      log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered });
+    })();
+    const lost = watchPeer(c.sourceHost, run.catch(() => undefined));
+    void lost.then((reason) => (reason ? abort(c.migrationId, c.spec.name, reason) : undefined));
+    run.catch(async (err: Error) => {
+      log.warn("destination failed", { migrationId: c.migrationId, vm: c.spec.name, error: err });
+      await abort(c.migrationId, c.spec.name, `destination: ${err.message}`);
+    });
+  };
+
+  const resumeTarget = async (c: Cmd<typeof agentResumeTarget>) => {
+    const key = `${c.migrationId}/${c.vm}`;
+    const t = targets.get(key);
+    if (!t) return;
+    targets.delete(key);
+    await t.vm.cont();
+    owned.set(c.vm, { spec: t.spec, vm: t.vm, state: "running" });
+    await pub.publish(migrationProgress, { migrationId: c.migrationId }, {
+      migrationId: c.migrationId, vm: c.vm, phase: MigrationPhase.Succeeded, mode: MigrationMode.PreCopy, stats: { time_elapsed: 0, data_processed: 0, percent: 100 },
+    }, { id: `${c.migrationId}-${c.vm}-resumed` });
+    await publishInventory();
+  };
+
+  const quitSource = async (c: Cmd<typeof agentQuitSource>) => {
+    const key = `${c.migrationId}/${c.vm}`;
+    const s = sources.get(key);
+    sources.delete(key);
+    await s?.done.catch(() => undefined);
+    const v = owned.get(c.vm);
+    if (v && v.state === "migrating") {
+      owned.delete(c.vm);
+      await v.vm.quit();
+    }
+    releaseGang(c.migrationId);
+    await publishInventory();
+  };
+
+  const rollback = async (c: Cmd<typeof agentRollback>) => {
+    const key = `${c.migrationId}/${c.vm}`;
+    const t = targets.get(key);
+    if (t) {
+      targets.delete(key);
+      t.aborted = true;
+      await t.vm.quit().catch(() => undefined);
+    }
+    const s = sources.get(key);
+    if (s) {
+      sources.delete(key);
+      await s.cancel().catch(() => undefined);
+      await s.done.catch(() => undefined);
+      releaseGang(c.migrationId);
+    }
+    const v = owned.get(c.vm);
+    if (v && v.state === "migrating") {
+      // The source is authoritative: resume it wherever the migration left it.
+      const status = await v.vm.status().catch(() => "gone");
+      if (status === "postmigrate" || status === "paused" || status === "finish-migrate") await v.vm.cont();
+      v.state = "running";
+      log.warn("rolled back: source resumed", { migrationId: c.migrationId, vm: c.vm, was: status, reason: c.reason });
+      await publishInventory();
+    }
+  };
+
+  const releaseGang = (migrationId: string) => {
+    const g = gangs.get(migrationId);
+    if (g && --g.users <= 0) {
+      g.resolver.close();
+      gangs.delete(migrationId);
+    }
+  };
+
+  const handlers: Record<string, (data: never) => Promise<void>> = {
+    [agentVmStart.type]: vmStart,
+    [agentVmStop.type]: vmStop,
+    [agentStartSource.type]: startSource,
+    [agentPrepareTarget.type]: prepareTarget,
+    [agentResumeTarget.type]: resumeTarget,
+    [agentQuitSource.type]: quitSource,
+    [agentRollback.type]: rollback,
+  };
+
+  const durable = `agent-${o.host}`;
+  try {
+    await jsm.consumers.info(EVENTS_STREAM, durable);
+  } catch {
+    await jsm.consumers.add(EVENTS_STREAM, { durable_name: durable, filter_subject: `gw.cmd.agent.${o.host}.>`, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.New, ack_wait: 30_000_000_000 });
+  }
+  const consumer = await js.consumers.get(EVENTS_STREAM, durable);
+  const messages: ConsumerMessages = await consumer.consume({ max_messages: 64 });
+  const inFlight = new Set<Promise<void>>();
+  const seen = new Set<string>();
+  const loop = (async () => {
+    for await (const m of messages) {
+      const d = decodeMessage(m.subject, m.data, m.headers);
+      // Commands start long work (a migration) whose failure is reported as an event, not
+      // retried: accept each once, ack at once.
+      m.ack();
+      if (!d.ok) {
+        log.warn("bad command", { subject: m.subject, reason: d.reason });
+        continue;
+      }
+      if (seen.has(d.event.id)) continue;
+      seen.add(d.event.id);
+      const handler = handlers[d.event.type];
+      if (!handler || d.event.mode !== "structured") continue;
+      const span = tracer().startSpan(`process ${m.subject}`, { kind: SpanKind.CONSUMER, attributes: { "messaging.system": "nats", "messaging.operation.type": "process", "messaging.destination.name": m.subject, "messaging.message.id": d.event.id, "gangway.host": o.host } }, extractTraceContext(m.headers));
+      const p = context.with(trace.setSpan(extractTraceContext(m.headers), span), () => handler(d.event.data as never))
+        .catch((err: Error) => {
+          span.recordException(err);
+          log.error("command failed", { type: d.event.type, error: err });
+        })
+        .finally(() => span.end());
+      inFlight.add(p);
+      void p.finally(() => inFlight.delete(p));
+    }
+  })();
+
+  await publishInventory();
+  log.info("agent up", { durable });
+
+  return {
+    host: o.host,
+    async stop() {
+      clearInterval(inventoryTimer);
+      messages.stop();
+      await loop.catch(() => undefined);
+      await Promise.allSettled([...inFlight]);
+      statusSub.unsubscribe();
+      for (const g of gangs.values()) g.resolver.close();
+      await pageSource?.close();
+      await Promise.allSettled([...targets.values()].map((t) => t.vm.quit()));
+      await Promise.allSettled([...owned.values()].map((v) => v.vm.quit()));
+    },
+  };
+}
+
+/**
+ * The destination's proof: the digest of the image QEMU loaded. Block m0 (guest RAM, a
+ * file) is read back and keyed page by page; the other blocks (ROMs) count as delivered.
+ */
+async function proveImage(state: TargetState, ramPath: string, keyer: PageKeyer): Promise<{ digest: string; expected: number; delivered: number }> {
+  const img = state.delivered;
+  const header = state.header;
+  if (!img || !header) throw new Error("nothing was delivered");
+  const m0 = header.blocks.findIndex((b) => b.id === "m0");
+  if (m0 >= 0) {
+    const fh = await open(ramPath, "r");
+    try {
+      const chunk = Buffer.allocUnsafe(1 << 20);
+      const key = new Uint8Array(16);
+      const size = header.blocks[m0]!.usedBytes;
+      for (let off = 0; off < size; off += chunk.byteLength) {
+        const { bytesRead } = await fh.read(chunk, 0, Math.min(chunk.byteLength, size - off), off);
+        for (let p = 0; p < bytesRead; p += PAGE_SIZE) {
+          const page = chunk.subarray(p, p + PAGE_SIZE);
+          const b = page[0]!;
+          if (page[PAGE_SIZE - 1] === b && page.every((x) => x === b)) img.fill(m0, off + p, b);
+          else {
+            keyer.keyInto(page, key, 0);
+            img.keyed(m0, off + p, key, 0);
+          }
+        }
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+  return { digest: img.digest(), expected: img.totalPages(), delivered: img.pages() };
+}
