@@ -19,6 +19,8 @@ export const vmSpec = z.object({
   initrd: z.string().min(1).optional(),
   append: z.string().max(4096).optional(),
   uuid: z.string().uuid().optional(),
+  /** The agent reports the VM running once its serial console printed this (e.g. "READY"). */
+  readyPattern: z.string().max(256).optional(),
 });
 export type VmSpec = z.infer<typeof vmSpec>;
 

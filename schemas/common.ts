@@ -72,6 +72,11 @@ export const jobStats = z.object({
   memory_dirty_rate: z.number().nonnegative().optional(),
   memory_iteration: z.number().int().nonnegative().optional(),
   pages_deduplicated: z.number().int().nonnegative().optional(),
+  /** Pages sent as content (in page packs). */
+  pages_sent: z.number().int().nonnegative().optional(),
+  /** Bytes of the pages packed, before and after compression. */
+  packed_raw_bytes: z.number().nonnegative().optional(),
+  packed_bytes: z.number().nonnegative().optional(),
   bytes_on_link: z.number().nonnegative().optional(),
   dedup_ratio: z.number().nonnegative().optional(),
   compression_ratio: z.number().nonnegative().optional(),

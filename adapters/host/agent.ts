@@ -183,7 +183,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           stats: {
             time_elapsed: Math.round(elapsed * 1000), memory_total: p.memory_total, memory_processed: processedBytes, memory_remaining: remaining,
             time_remaining: rate > 0 ? Math.round((remaining / rate) * 1000) : undefined, memory_constant: p.memory_constant, memory_normal: p.pages - p.memory_constant,
-            memory_bps: Math.round(rate), memory_iteration: p.round, pages_deduplicated: p.pages_deduplicated, bytes_on_link: p.bytes_on_link, data_processed: p.native_bytes,
+            memory_bps: Math.round(rate), memory_iteration: p.round, pages_deduplicated: p.pages_deduplicated, pages_sent: p.pages_sent, packed_raw_bytes: p.packed_raw_bytes, packed_bytes: p.packed_bytes, bytes_on_link: p.bytes_on_link, data_processed: p.native_bytes,
             dedup_ratio: p.pages - p.memory_constant > 0 ? p.pages_sent / (p.pages - p.memory_constant) : 1,
             compression_ratio: p.packed_raw_bytes > 0 ? p.packed_bytes / p.packed_raw_bytes : 1,
             percent: p.memory_total ? Math.min(99, (100 * Math.min(processedBytes, p.memory_total)) / p.memory_total) : 0,

@@ -1,18 +1,47 @@
-/** `gangway migrate VM... --from HOST --to HOST`: live-migrate VMs as a gang. */
-import { parseCommandArgs } from "../args.ts";
-import { UsageError } from "../errors.ts";
-import { natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
-import { NotBuiltYetError } from "../notYet.ts";
+/** `gangway migrate VM... --from HOST [--to HOST]`: live-migrate VMs as a gang. */
+import { parseCommandArgs, numberFlag, printJson } from "../args.ts";
+import { CheckFailedError, UsageError } from "../errors.ts";
+import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
+import { migrateGang } from "../gangMigration.ts";
+import { progressPrinter, summaryTable } from "../progressView.ts";
 
-const help = `usage: gangway migrate VM... --from HOST [--to HOST] [--json] [--max-downtime-ms N] [--bandwidth MBps]
+const help = `usage: gangway migrate VM... --from HOST [--to HOST] [options]
+
+Live-migrates the VMs as one gang: each distinct page crosses the link once.
+
+  --from HOST            the host the VMs run on
+  --to HOST              destination (default: the host with most free memory)
+  --max-downtime-ms N    largest acceptable downtime (default 300)
+  --progress-timeout S   abort after S seconds without progress (default 150)
+  --reason TEXT          recorded in the audit trail
+  --json                 one JSON line per progress update, then the summary
 ${natsFlagHelp}`;
+
+const TOKEN = /^[A-Za-z0-9_-]{1,128}$/;
 
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parseCommandArgs(argv, {
-    ...natsFlagSpec, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" }, "max-downtime-ms": { type: "string" }, bandwidth: { type: "string" }, help: { type: "boolean" },
+    ...natsFlagSpec, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" }, "max-downtime-ms": { type: "string" }, "progress-timeout": { type: "string" }, reason: { type: "string" }, help: { type: "boolean" },
   });
   if (values.help) return void process.stdout.write(help + "\n");
   if (positionals.length === 0) throw new UsageError("name at least one VM to migrate");
+  for (const v of positionals) if (!TOKEN.test(v)) throw new UsageError(`VM name "${v}" must be letters, digits, _ or -`);
   if (!values.from) throw new UsageError("--from HOST is required");
-  throw new NotBuiltYetError("migrate", "gang migration");
+  for (const h of [values.from, values.to]) if (h !== undefined && !TOKEN.test(h)) throw new UsageError(`host "${h}" must be letters, digits, _ or -`);
+  const maxDowntimeMs = numberFlag("max-downtime-ms", values["max-downtime-ms"], 300);
+  const progressTimeoutSec = numberFlag("progress-timeout", values["progress-timeout"], 150);
+  const nc = await connectFromFlags(values, "gangway-migrate");
+  try {
+    const printer = progressPrinter({ json: Boolean(values.json), tty: Boolean(process.stderr.isTTY) });
+    const summary = await migrateGang({
+      nc, vms: positionals, sourceHost: values.from, ...(values.to ? { targetHost: values.to } : {}), ...(values.reason ? { reason: values.reason } : {}),
+      options: { maxDowntimeMs, progressTimeoutSec }, onUpdate: (v) => printer.update(v), idleTimeoutMs: progressTimeoutSec * 1000 + 30_000,
+    });
+    printer.done();
+    if (values.json) printJson({ type: "summary", ...summary });
+    else process.stdout.write(summaryTable(summary) + "\n");
+    if (summary.outcome !== "succeeded") throw new CheckFailedError(`migration ${summary.migrationId} failed${summary.reason ? `: ${summary.reason}` : ""}`);
+  } finally {
+    await nc.close();
+  }
 }

@@ -1,0 +1,213 @@
+/**
+ * Requesting a gang migration and following it to its end from the retained events: the
+ * library behind `gangway migrate` and the demo. Progress is folded into one view per VM
+ * and for the gang; counters only grow, and percentages never run backwards.
+ */
+import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { randomUUID } from "node:crypto";
+import type { z } from "zod";
+import { migrationRequested, type JobStats, type MigrationOptions } from "../schemas/index.ts";
+import { decodeMessage } from "../infra/events/binding.ts";
+import { createPublisher } from "../infra/events/publisher.ts";
+import { EVENTS_STREAM } from "../infra/nats/resources.ts";
+
+export interface VmView {
+  vm: string;
+  phase: string;
+  outcome?: "committed" | "rolledback";
+  reason?: string;
+  stats: JobStats;
+  switchoverAt?: number;
+  resumedAt?: number;
+  downtime_ms?: number;
+}
+
+export interface GangView {
+  migrationId: string;
+  sourceHost: string;
+  targetHost?: string;
+  startedAt: number;
+  vms: Map<string, VmView>;
+  outcome?: "succeeded" | "failed";
+  reason?: string;
+}
+
+export interface GangSummary {
+  migrationId: string;
+  outcome: "succeeded" | "failed";
+  reason?: string;
+  sourceHost: string;
+  targetHost?: string;
+  time_elapsed_ms: number;
+  vms: {
+    vm: string; outcome: string; reason?: string; pages: number; memory_constant: number; pages_deduplicated: number; pages_sent: number;
+    native_bytes: number; bytes_on_link: number; rounds: number; downtime_ms?: number;
+  }[];
+  native_bytes: number;
+  bytes_on_link: number;
+  /** bytes_on_link / native_bytes */
+  link_ratio: number;
+  /** pages sent / non-zero pages carried: what page dedup (within and across VMs) left */
+  dedup_ratio: number;
+  /** packed bytes / raw bytes of the packed pages */
+  compression_ratio: number;
+  pages_deduplicated: number;
+}
+
+export interface GangMigrationOptions {
+  nc: NatsConnection;
+  vms: string[];
+  sourceHost: string;
+  targetHost?: string;
+  requestedBy?: string;
+  reason?: string;
+  options?: Partial<MigrationOptions>;
+  migrationId?: string;
+  onUpdate?: (view: GangView) => void;
+  /** Stop following after this long without any event. @default 180000 */
+  idleTimeoutMs?: number;
+}
+
+export class MigrationTimeoutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "MigrationTimeoutError";
+  }
+}
+
+export const newMigrationId = () => `mig-${new Date().toISOString().replace(/[-:T.Z]/g, "").slice(0, 14)}-${randomUUID().slice(0, 8)}`;
+
+/** Publishes the request, follows the migration's events, returns the summary. */
+export async function migrateGang(o: GangMigrationOptions): Promise<GangSummary> {
+  const migrationId = o.migrationId ?? newMigrationId();
+  const pub = createPublisher(jetstream(o.nc), "gangway/cli");
+  await pub.publish(migrationRequested, { migrationId }, {
+    migrationId, vms: o.vms, sourceHost: o.sourceHost, ...(o.targetHost ? { targetHost: o.targetHost } : {}),
+    requestedBy: o.requestedBy ?? `gangway-cli@${process.env.USER ?? "unknown"}`, ...(o.reason ? { reason: o.reason } : {}), options: o.options ?? {},
+  }, { id: `${migrationId}-requested` });
+  return followGang(o.nc, migrationId, o);
+}
+
+export async function followGang(nc: NatsConnection, migrationId: string, o: Pick<GangMigrationOptions, "onUpdate" | "idleTimeoutMs"> = {}): Promise<GangSummary> {
+  const view: GangView = { migrationId, sourceHost: "", startedAt: Date.now(), vms: new Map() };
+  const js = jetstream(nc);
+  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: `gw.migration.${migrationId}.>`, deliver_policy: DeliverPolicy.All });
+  const messages: ConsumerMessages = await consumer.consume();
+  const idle = o.idleTimeoutMs ?? 180_000;
+  let last = Date.now();
+  let timedOut = false;
+  const timer = setInterval(() => {
+    if (Date.now() - last > idle) {
+      timedOut = true;
+      messages.stop();
+    }
+  }, 500);
+  const vmView = (vm: string) => view.vms.get(vm) ?? view.vms.set(vm, { vm, phase: "Pending", stats: { time_elapsed: 0, data_processed: 0 } }).get(vm)!;
+  try {
+    for await (const m of messages) {
+      last = Date.now();
+      const d = decodeMessage(m.subject, m.data, m.headers);
+      if (!d.ok || d.event.mode !== "structured") continue;
+      const data = d.event.data as Record<string, unknown> & { vm?: string };
+      const at = Date.parse(d.event.time);
+      switch (d.event.type) {
+        case "io.gangway.migration.requested.v1":
+          view.sourceHost = data.sourceHost as string;
+          view.startedAt = at;
+          for (const v of data.vms as string[]) vmView(v);
+          break;
+        case "io.gangway.migration.planned.v1":
+          view.targetHost = data.targetHost as string;
+          for (const v of view.vms.values()) v.phase = "Scheduled";
+          break;
+        case "io.gangway.migration.started.v1":
+          vmView(data.vm!).phase = "Running";
+          break;
+        case "io.gangway.migration.progress.v1": {
+          if (!data.vm) break;
+          const v = vmView(data.vm);
+          const s = data.stats as JobStats;
+          if (data.phase === "Succeeded") {
+            v.resumedAt = at;
+            if (v.switchoverAt) v.downtime_ms = at - v.switchoverAt;
+            v.phase = "Succeeded";
+            v.stats = { ...v.stats, percent: 100 };
+          } else {
+            // Progress never runs backwards: keep the larger of old and new counters.
+            v.stats = { ...v.stats, ...s, percent: Math.max(v.stats.percent ?? 0, s.percent ?? 0) };
+          }
+          break;
+        }
+        case "io.gangway.migration.switchover.v1":
+          vmView(data.vm!).switchoverAt = at;
+          break;
+        case "io.gangway.migration.committed.v1":
+          vmView(data.vm!).outcome = "committed";
+          break;
+        case "io.gangway.migration.rolledback.v1": {
+          const v = vmView(data.vm!);
+          v.outcome = "rolledback";
+          v.reason = data.reason as string;
+          v.phase = "Failed";
+          break;
+        }
+        case "io.gangway.migration.succeeded.v1":
+          view.outcome = "succeeded";
+          break;
+        case "io.gangway.migration.failed.v1":
+          view.outcome = "failed";
+          view.reason = data.reason as string;
+          break;
+      }
+      o.onUpdate?.(view);
+      const allResumed = [...view.vms.values()].every((v) => v.outcome === "rolledback" || v.resumedAt !== undefined);
+      if (view.outcome === "failed" || (view.outcome === "succeeded" && allResumed)) break;
+    }
+  } finally {
+    clearInterval(timer);
+    messages.stop();
+  }
+  if (timedOut && !view.outcome) throw new MigrationTimeoutError(`no event of migration ${migrationId} for ${Math.round(idle / 1000)} s`);
+  return summarize(view);
+}
+
+export function summarize(view: GangView): GangSummary {
+  const vms = [...view.vms.values()].map((v) => ({
+    vm: v.vm,
+    outcome: v.outcome ?? "unknown",
+    ...(v.reason ? { reason: v.reason } : {}),
+    pages: (v.stats.memory_normal ?? 0) + (v.stats.memory_constant ?? 0),
+    memory_constant: v.stats.memory_constant ?? 0,
+    pages_deduplicated: v.stats.pages_deduplicated ?? 0,
+    pages_sent: v.stats.pages_sent ?? 0,
+    native_bytes: v.stats.data_processed ?? 0,
+    bytes_on_link: v.stats.bytes_on_link ?? 0,
+    rounds: v.stats.memory_iteration ?? 0,
+    ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}),
+  }));
+  const sum = (f: (v: (typeof vms)[number]) => number) => vms.reduce((n, v) => n + f(v), 0);
+  const stats = [...view.vms.values()].map((v) => v.stats);
+  const packedRaw = stats.reduce((n, s) => n + (s.packed_raw_bytes ?? 0), 0);
+  const packed = stats.reduce((n, s) => n + (s.packed_bytes ?? 0), 0);
+  const nonZero = sum((v) => v.pages - v.memory_constant);
+  const native = sum((v) => v.native_bytes);
+  const link = sum((v) => v.bytes_on_link);
+  return {
+    migrationId: view.migrationId,
+    outcome: view.outcome ?? "failed",
+    ...(view.reason ? { reason: view.reason } : {}),
+    sourceHost: view.sourceHost,
+    ...(view.targetHost ? { targetHost: view.targetHost } : {}),
+    time_elapsed_ms: Math.max(...[...view.vms.values()].map((v) => v.resumedAt ?? Date.now())) - view.startedAt,
+    vms,
+    native_bytes: native,
+    bytes_on_link: link,
+    link_ratio: native ? link / native : 0,
+    dedup_ratio: nonZero ? sum((v) => v.pages_sent) / nonZero : 0,
+    compression_ratio: packedRaw ? packed / packedRaw : 1,
+    pages_deduplicated: sum((v) => v.pages_deduplicated),
+  };
+}
+
+export type MigrationRequest = z.input<typeof migrationRequested.data>;
