@@ -58,6 +58,7 @@ export async function* readableGroups(readable: Readable, options: ReadableGroup
   readable.once("end", onEnd);
   readable.once("error", onError);
   readable.once("close", onClose);
+  readable.resume();
   try {
     for (;;) {
       if (queue.length > 0) {

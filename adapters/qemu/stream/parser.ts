@@ -164,7 +164,7 @@ export class StreamParser {
 
   /** True once the stream is complete (EOF seen, and VMDESC if any). */
   get complete(): boolean {
-    return this.state === State.done || this.state === State.afterEof;
+    return this.state === State.done || (this.state === State.afterEof && this.q.length === 0);
   }
 
   /** Appends input and parses as far as it goes. Records are taken with drain(). */
@@ -186,7 +186,7 @@ export class StreamParser {
     this.run();
     this.closeBatch();
     const s = this.state;
-    if (s === State.done || s === State.afterEof) return;
+    if (s === State.done || (s === State.afterEof && this.q.length === 0)) return;
     if (this.nested && s === State.top && this.q.length === 0) return;
     throw new TruncatedStreamError(this.describeIncomplete(), this.q.offset + this.q.length);
   }
