@@ -81,13 +81,26 @@ export const isProxyMigrationError = (e: unknown): e is ProxyMigrationError => e
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
+/** A QMP command that gives up after `ms`: a QEMU that died must not hang the rollback. */
+async function exec(qmp: QmpCommander, command: string, args?: Record<string, unknown>, ms = 10_000): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`QMP ${command}: no answer within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([qmp.execute(command, args), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function migrationStatus(qmp: QmpCommander): Promise<string> {
-  const r = (await qmp.execute("query-migrate")) as { status?: string };
+  const r = (await exec(qmp, "query-migrate")) as { status?: string };
   return r.status ?? "none";
 }
 
 async function runState(qmp: QmpCommander): Promise<{ status: string; running: boolean }> {
-  return (await qmp.execute("query-status")) as { status: string; running: boolean };
+  return (await exec(qmp, "query-status")) as { status: string; running: boolean };
 }
 
 /** Polls query-migrate until it reports a terminal status or the time is up. */
@@ -134,7 +147,7 @@ export async function migrateThroughProxies(o: ProxyMigrationOptions): Promise<P
   // Let each side report; a source still sending after a failure is cancelled.
   let srcMigration = await settle(o.sourceQmp, error ? Math.min(timeout, 10_000) : timeout);
   if (!TERMINAL.has(srcMigration) && error) {
-    await o.sourceQmp.execute("migrate_cancel").catch(() => undefined);
+    await exec(o.sourceQmp, "migrate_cancel").catch(() => undefined);
     srcMigration = await settle(o.sourceQmp, timeout);
   }
   const dstMigration = error ? await migrationStatus(o.destinationQmp).catch(() => "unreachable") : await settle(o.destinationQmp, timeout);
@@ -145,7 +158,7 @@ export async function migrateThroughProxies(o: ProxyMigrationOptions): Promise<P
   let state = await runState(o.sourceQmp).catch(() => ({ status: "unreachable", running: false }));
   if (error && wasRunning && !state.running && state.status !== "unreachable") {
     // Rollback: QEMU restarts a failed source itself, but not one that finished sending.
-    await o.sourceQmp.execute("cont");
+    await exec(o.sourceQmp, "cont");
     resumed = true;
     state = await runState(o.sourceQmp);
   }

@@ -31,7 +31,8 @@ export function checkBoundary(q: ByteQueue, a: number, ctx: ScanContext, ended: 
     case RecordTag.eof: {
       if (!need(2)) return ended ? "yes" : "more";
       if (q.byteAt(a + 1) !== RecordTag.vmdesc) return "no";
-      if (!need(7)) return ended ? "no" : "more";
+      // At the end of input, EOF + a cut VMDESC: split here, so the error names the VMDESC.
+      if (!need(7)) return ended ? "yes" : "more";
       return q.byteAt(a + 6) === 0x7b /* "{" */ ? "yes" : "no";
     }
     case RecordTag.sectionStart:

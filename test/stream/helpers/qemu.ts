@@ -71,6 +71,7 @@ export class TestQmp {
 
   execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
     const id = this.nextId++;
+    if (this.socket.destroyed || !this.socket.writable) return Promise.reject(new Error(`QMP connection closed before ${command}`));
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject, cmd: command });
       this.socket.write(JSON.stringify({ execute: command, ...(args ? { arguments: args } : {}), id }) + "\n");

@@ -1,0 +1,153 @@
+/**
+ * End to end with real QEMU: an idle VM holding a known image migrates through the source
+ * proxy, the codec and the destination proxy; the destination's RAM must equal the image
+ * byte for byte. A stream corrupted or cut in the proxy path must fail with the offset
+ * named, and leave the source running.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { migrateThroughProxies, isProxyMigrationError, type ProxyMigrationError } from "../../adapters/qemu/proxyPipe.ts";
+import { isTruncatedStream, isUnsupportedRamFlag, type MigrationStreamError } from "../../adapters/qemu/stream/errors.ts";
+import { IMAGE_ADDR, launchVm, mixedImage, readGuestMemory, runState, type TestVm } from "./helpers/qemu.ts";
+
+let dir: string;
+let image: Buffer;
+let imageFile: string;
+const vms: TestVm[] = [];
+
+async function vm(o: Parameters<typeof launchVm>[0]): Promise<TestVm> {
+  const v = await launchVm(o);
+  vms.push(v);
+  return v;
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "gw-proxy-"));
+  image = mixedImage(2048, 11); // 8 MiB
+  imageFile = join(dir, "image.bin");
+  await writeFile(imageFile, image);
+});
+
+afterAll(async () => {
+  await Promise.allSettled(vms.map((v) => v.kill()));
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+/** A filter that sets `bits` in the flags byte of the first page record matching `header` (8 bytes). */
+function corruptRecord(header: Buffer, bits: number): { filter: (c: Buffer, at: number) => Buffer; hit: () => number } {
+  let tail = Buffer.alloc(0);
+  let hitAt = -1;
+  return {
+    hit: () => hitAt,
+    filter: (chunk, at) => {
+      if (hitAt >= 0) return chunk;
+      const hay = Buffer.concat([tail, chunk]);
+      const i = hay.indexOf(header);
+      tail = Buffer.from(hay.subarray(Math.max(0, hay.length - 7)));
+      if (i < 0) return chunk;
+      const start = at - (hay.length - chunk.length) + i; // stream offset of the record
+      const copy = Buffer.from(chunk);
+      copy[start + 7 - at] |= bits; // the flags byte always lies in this chunk
+      hitAt = start;
+      return copy;
+    },
+  };
+}
+
+describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
+  it("an idle VM's RAM arrives byte for byte; the destination stays paused until cont", async () => {
+    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
+    const dst = await vm({ incoming: true });
+    const report = await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp });
+    expect(report.ok).toBe(true);
+    expect(report.nativeBytes).toBeGreaterThan(image.length / 2);
+    expect(report.bytesWritten).toBe(report.nativeBytes); // records re-encoded as they came
+    expect(report.source.runState).toBe("postmigrate");
+    expect(await runState(dst.qmp)).toBe("paused");
+    expect((await readGuestMemory(dst, IMAGE_ADDR, image.length)).equals(image)).toBe(true);
+    await dst.qmp.execute("cont");
+    expect(await runState(dst.qmp)).toBe("running");
+  });
+
+  it("with rounds collapsed into one PART the destination gets the same RAM from fewer bytes", async () => {
+    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
+    const dst = await vm({ incoming: true });
+    const report = await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, destination: { collapseRounds: true, encode: { continueMode: "auto", vmdesc: false } } });
+    expect(report.ok).toBe(true);
+    expect(report.bytesWritten!).toBeLessThan(report.nativeBytes!);
+    expect((await readGuestMemory(dst, IMAGE_ADDR, image.length)).equals(image)).toBe(true);
+    await dst.qmp.execute("cont");
+    expect(await runState(dst.qmp)).toBe("running");
+  });
+
+  it("a corrupted page record (XBZRLE flag set on the way) fails with its offset; the source keeps running", async () => {
+    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
+    const dst = await vm({ incoming: true });
+    // The first random page of the image: offset 0x2000000 + 3 pages, PAGE|CONTINUE.
+    const header = Buffer.alloc(8);
+    header.writeUInt32BE(IMAGE_ADDR + 3 * 4096 + 0x28, 4);
+    const c = corruptRecord(header, 0x40);
+    let err: unknown;
+    try {
+      await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, sourceProxy: { inputFilter: c.filter } });
+    } catch (e) {
+      err = e;
+    }
+    expect(isProxyMigrationError(err)).toBe(true);
+    const report = (err as ProxyMigrationError).report;
+    expect(c.hit()).toBeGreaterThan(0);
+    expect(isUnsupportedRamFlag(report.error)).toBe(true);
+    expect((report.error as MigrationStreamError).offset).toBe(c.hit());
+    expect((err as Error).message).toContain(`XBZRLE (0x40) at byte ${c.hit()}`);
+    expect(report.source.migration).toBe("failed");
+    expect(await runState(src.qmp)).toBe("running");
+  });
+
+  it("a stream cut mid-RAM fails as truncated at the cut; the source keeps running", async () => {
+    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
+    const dst = await vm({ incoming: true });
+    const cut = 1_000_003;
+    const filter = (chunk: Buffer, at: number): Buffer | null => (at >= cut ? null : at + chunk.length > cut ? chunk.subarray(0, cut - at) : chunk);
+    let err: unknown;
+    try {
+      await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, sourceProxy: { inputFilter: filter } });
+    } catch (e) {
+      err = e;
+    }
+    expect(isProxyMigrationError(err)).toBe(true);
+    const report = (err as ProxyMigrationError).report;
+    expect(isTruncatedStream(report.error)).toBe(true);
+    expect((report.error as MigrationStreamError).offset).toBe(cut);
+    expect((err as Error).message).toMatch(new RegExp(`truncated at byte ${cut}`));
+    expect(await runState(src.qmp)).toBe("running");
+  });
+
+  it("a stream cut after QEMU sent everything (inside VMDESC): the adapter resumes the source from postmigrate", async () => {
+    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
+    const dst = await vm({ incoming: true });
+    const marker = Buffer.from('{"page_size"');
+    let cutAt = -1;
+    const filter = (chunk: Buffer, at: number): Buffer | null => {
+      if (cutAt >= 0) return null;
+      const i = chunk.indexOf(marker);
+      if (i < 0) return chunk;
+      cutAt = at + i;
+      return chunk.subarray(0, i);
+    };
+    let err: unknown;
+    try {
+      await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, sourceProxy: { inputFilter: filter } });
+    } catch (e) {
+      err = e;
+    }
+    expect(isProxyMigrationError(err)).toBe(true);
+    const report = (err as ProxyMigrationError).report;
+    expect(isTruncatedStream(report.error)).toBe(true);
+    expect((report.error as MigrationStreamError).offset).toBe(cutAt);
+    expect(report.source.migration).toBe("completed");
+    expect(report.source.resumed).toBe(true);
+    expect(await runState(src.qmp)).toBe("running");
+  });
+});
