@@ -53,19 +53,26 @@ export async function reencodeFile(input: string, output: string, options: { vmd
   let inputBytes = 0;
   const tmp = `${output}.tmp-${process.pid}`;
   const out = createWriteStream(tmp);
+  let writeError: Error | undefined;
+  // Keep a write error (disk full) from being an unhandled 'error' event; it is rethrown below.
+  out.on("error", (err) => (writeError ??= err));
+  const closed = new Promise<void>((resolve) => out.once("close", () => resolve()));
   const enc = new StreamEncoder({ continueMode: "auto" });
   try {
     const records = parseStream(readable, { onChunk: (c) => (inputBytes += c.length) });
     const canon = canonicalize(records, { store: (blocks) => new FilePageStore(input, blocks), vmdesc: options.vmdesc }, stats);
     for await (const r of canon) {
+      if (writeError) throw writeError;
       for (const b of enc.encode(r)) if (!out.write(b)) await once(out, "drain");
     }
     for (const b of enc.finish()) out.write(b);
     out.end();
-    await once(out, "finish");
+    if (!out.writableFinished) await once(out, "finish");
+    if (writeError) throw writeError;
     await rename(tmp, output);
   } catch (err) {
     out.destroy();
+    await closed; // the file may still be opening: remove it only once it is closed
     await rm(tmp, { force: true });
     throw err;
   } finally {
