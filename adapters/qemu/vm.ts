@@ -1,0 +1,420 @@
+/**
+ * Starts QEMU VMs for gangway: a VmConfig becomes one QEMU command line (the same on both
+ * ends of a migration; the destination adds `-incoming defer -S`). Guest RAM lives in a
+ * shared file under /dev/shm, so a scanner can read it at the offsets the migration
+ * stream uses. Each VM gets a run directory with its sockets, logs and pid file; QMP and
+ * the serial console come connected. QEMU dies with the Node process that started it.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { accessSync, constants as fsConstants, createWriteStream, rmSync } from "node:fs";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { createServer, type Server, type Socket } from "node:net";
+import { hostname, tmpdir } from "node:os";
+import { delimiter, join } from "node:path";
+import { VmAlreadyRunningError, VmConfigError, VmStartError } from "./errors.ts";
+import { connectQmp, type QmpClient } from "./qmp.ts";
+import { SerialConsole } from "./serial.ts";
+
+export const VmRole = { Source: "source", Destination: "destination" } as const;
+export type VmRole = (typeof VmRole)[keyof typeof VmRole];
+
+/**
+ * What makes a VM: the same config started on two hosts makes two migration-compatible
+ * QEMUs. Structurally compatible with schemas' VmSpec.
+ */
+export interface VmConfig {
+  /** A token (letters, digits, `_`, `-`, `.`): names the run directory, memory file and `-name`. */
+  name: string;
+  /** Tenant the VM belongs to; recorded in the run directory's vm.json. @default "default" */
+  tenant?: string;
+  /** Guest RAM in MiB (`-m`, and the size of the memory file). */
+  memoryMiB: number;
+  /** Kernel for `-kernel` (multiboot test guest or Linux). Either this or `disk`. */
+  kernel?: string;
+  /** Kernel command line (`-append`). */
+  append?: string;
+  /** Initial ramdisk (`-initrd`). */
+  initrd?: string;
+  /** Disk image, attached as a virtio disk. Either this or `kernel`. */
+  disk?: string;
+  /** Format of `disk`. @default "raw" */
+  diskFormat?: "raw" | "qcow2";
+  /** SMBIOS UUID (`-uuid`). @default derived from tenant and name, so both ends agree */
+  uuid?: string;
+  /** Virtual CPUs (`-smp`). @default 1 */
+  cpus?: number;
+  /** CPU model (`-cpu`). @default QEMU's default (qemu64) */
+  cpu?: string;
+  /** More QEMU arguments, appended verbatim (both ends must get the same). @default [] */
+  extraArgs?: readonly string[];
+}
+
+/** Where a VM's files are. */
+export interface VmPaths {
+  runDir: string;
+  qmpSocket: string;
+  serialSocket: string;
+  /** Everything the guest printed on its serial port. */
+  serialLog: string;
+  /** QEMU's stdout and stderr. */
+  qemuLog: string;
+  pidFile: string;
+  /** The guest RAM file (memory-backend-file m0): offset = guest-physical address below the PCI hole. */
+  ramPath: string;
+}
+
+export interface StartVmOptions {
+  /** Source runs the guest; destination waits paused for `migrate-incoming`. @default "source" */
+  role?: VmRole;
+  /** The VM's run directory. @default join(baseDir, host, name, role) */
+  runDir?: string;
+  /** Parent of run directories. @default join(os.tmpdir(), "gangway-run") */
+  baseDir?: string;
+  /** Host name in the default run directory (several simulated hosts may share a machine). @default os.hostname() */
+  host?: string;
+  /** Tag in the memory file's name, e.g. a migration id. @default 8 random hex digits */
+  runId?: string;
+  /** Directory of the guest RAM file; must be a RAM-backed file system to be fast. @default "/dev/shm" */
+  shmDir?: string;
+  /** The QEMU binary. @default "qemu-system-x86_64" */
+  qemuBinary?: string;
+  /** Start the source paused too (`-S`); a destination always is. @default false */
+  paused?: boolean;
+  /** Incoming URI of a destination; "defer" means: given later with migrate-incoming. @default "defer" */
+  incoming?: string;
+  /** Time for QEMU to open its sockets. @default 20_000 */
+  startTimeoutMs?: number;
+  /** How long stop() waits after `quit` before SIGKILL. @default 5_000 */
+  stopTimeoutMs?: number;
+  /** Default time for each QMP command. @default 30_000 */
+  commandTimeoutMs?: number;
+  /** Kill QEMU when the process that started it dies (setpriv --pdeathsig, when available). @default true */
+  dieWithParent?: boolean;
+  /** Leave the run directory (logs) after disposal. @default false */
+  keepRunDir?: boolean;
+}
+
+export interface VmExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+export interface VmHandle extends AsyncDisposable {
+  /** The config as started (uuid and tenant filled in). */
+  readonly config: Readonly<VmConfig & { uuid: string; tenant: string }>;
+  readonly role: VmRole;
+  readonly pid: number;
+  readonly qmp: QmpClient;
+  readonly serial: SerialConsole;
+  /** The guest RAM file (see VmPaths.ramPath); removed when QEMU exits. */
+  readonly ramPath: string;
+  readonly runDir: string;
+  readonly paths: VmPaths;
+  /** QEMU's full argument list. */
+  readonly args: readonly string[];
+  /** Settles when QEMU has exited and its files are cleaned up. */
+  readonly exited: Promise<VmExit>;
+  readonly isRunning: boolean;
+  /** The last part of QEMU's stderr and stdout. */
+  stderrTail(): string;
+  /** Sends a signal now (default SIGKILL); does not wait. */
+  kill(signal?: NodeJS.Signals): void;
+  /** `quit` over QMP, then SIGKILL after stopTimeoutMs; resolves when QEMU is gone and cleaned up. */
+  stop(opts?: { timeoutMs?: number }): Promise<VmExit>;
+  /** stop(), then removes the run directory unless keepRunDir. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+/** sun_path is 108 bytes on Linux, including the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+const TAIL_BYTES = 16 * 1024;
+
+/** The files of a VM in `runDir`, with its RAM file in `shmDir`. */
+export function vmPaths(name: string, role: VmRole, runDir: string, runId: string, shmDir = "/dev/shm"): VmPaths {
+  return {
+    runDir,
+    qmpSocket: join(runDir, "qmp.sock"),
+    serialSocket: join(runDir, "serial.sock"),
+    serialLog: join(runDir, "serial.log"),
+    qemuLog: join(runDir, "qemu.log"),
+    pidFile: join(runDir, "qemu.pid"),
+    ramPath: join(shmDir, `gangway-${runId}-${name}-${role === "source" ? "src" : "dst"}`),
+  };
+}
+
+/** A stable UUID (version 5 layout) from tenant and name: both ends of a migration agree. */
+export function defaultVmUuid(tenant: string, name: string): string {
+  const h = createHash("sha1").update(`gangway:${tenant}/${name}`).digest();
+  h[6] = (h[6]! & 0x0f) | 0x50;
+  h[8] = (h[8]! & 0x3f) | 0x80;
+  const x = h.subarray(0, 16).toString("hex");
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
+}
+
+/**
+ * The QEMU arguments for `config` (without the binary). Pure: both ends of a migration
+ * differ only in the paths and, on the destination, `-incoming <uri> -S`.
+ */
+export function buildQemuArgs(
+  config: VmConfig,
+  paths: VmPaths,
+  opts: { role?: VmRole; paused?: boolean; incoming?: string } = {},
+): string[] {
+  validateConfig(config);
+  for (const p of [paths.qmpSocket, paths.serialSocket, paths.serialLog, paths.ramPath, paths.pidFile]) {
+    if (p.includes(",")) throw new VmConfigError(config.name, `path ${p} contains a comma, which QEMU options cannot carry`);
+  }
+  const tenant = config.tenant ?? "default";
+  const mem = `${config.memoryMiB}M`;
+  const args = [
+    "-name", config.name,
+    "-uuid", config.uuid ?? defaultVmUuid(tenant, config.name),
+    "-machine", "pc,memory-backend=m0",
+    "-accel", "tcg",
+    "-m", mem,
+    "-object", `memory-backend-file,id=m0,size=${mem},mem-path=${paths.ramPath},share=on`,
+    "-smp", String(config.cpus ?? 1),
+    ...(config.cpu ? ["-cpu", config.cpu] : []),
+    "-nodefaults", "-no-user-config", "-display", "none",
+    "-qmp", `unix:${paths.qmpSocket},server=on,wait=off`,
+    // QEMU connects to a socket we already listen on: nothing it prints is lost, even
+    // before we attach, and the log file keeps it all.
+    "-chardev", `socket,id=ser0,path=${paths.serialSocket},server=off,logfile=${paths.serialLog},logappend=on`,
+    "-serial", "chardev:ser0",
+    "-pidfile", paths.pidFile,
+  ];
+  if (config.kernel) {
+    args.push("-kernel", config.kernel);
+    if (config.append) args.push("-append", config.append);
+    if (config.initrd) args.push("-initrd", config.initrd);
+  } else if (config.disk) {
+    args.push("-drive", `file=${config.disk.replaceAll(",", ",,")},format=${config.diskFormat ?? "raw"},if=virtio`);
+  }
+  args.push(...(config.extraArgs ?? []));
+  if ((opts.role ?? "source") === "destination") args.push("-incoming", opts.incoming ?? "defer", "-S");
+  else if (opts.paused) args.push("-S");
+  return args;
+}
+
+function validateConfig(c: VmConfig): void {
+  if (!NAME_RE.test(c.name)) throw new VmConfigError(c.name, "name must be 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit");
+  if (!Number.isInteger(c.memoryMiB) || c.memoryMiB < 16) throw new VmConfigError(c.name, `memoryMiB must be an integer >= 16 (got ${c.memoryMiB})`);
+  if (!c.kernel === !c.disk) throw new VmConfigError(c.name, "give exactly one of kernel and disk");
+  if (!c.kernel && (c.append || c.initrd)) throw new VmConfigError(c.name, "append and initrd need a kernel");
+  if (c.cpus !== undefined && (!Number.isInteger(c.cpus) || c.cpus < 1)) throw new VmConfigError(c.name, `cpus must be a positive integer (got ${c.cpus})`);
+}
+
+// ---- process bookkeeping: no orphans --------------------------------------------------
+
+interface Live {
+  child: ChildProcess;
+  ramPath: string;
+}
+const live = new Set<Live>();
+let exitHookInstalled = false;
+
+/** On any normal exit of Node, kill what we started and remove its RAM files (sync: 'exit' allows nothing else). */
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on("exit", () => {
+    for (const l of live) {
+      try {
+        l.child.kill("SIGKILL");
+      } catch {
+        /* already gone */
+      }
+      rmSync(l.ramPath, { force: true });
+    }
+  });
+}
+
+let setprivPath: string | null | undefined;
+/** setpriv(1) from util-linux, if installed: it sets PR_SET_PDEATHSIG, then execs QEMU. */
+function findSetpriv(): string | null {
+  if (setprivPath !== undefined) return setprivPath;
+  setprivPath = null;
+  for (const dir of (process.env.PATH ?? "/usr/bin:/bin").split(delimiter)) {
+    const p = join(dir, "setpriv");
+    try {
+      accessSync(p, fsConstants.X_OK);
+      setprivPath = p;
+      break;
+    } catch {
+      /* next */
+    }
+  }
+  return setprivPath;
+}
+
+/** Refuses a run directory whose pid file names a live QEMU. */
+async function refuseIfRunning(name: string, paths: VmPaths): Promise<void> {
+  const text = await readFile(paths.pidFile, "utf8").catch(() => "");
+  const pid = Number.parseInt(text.trim(), 10);
+  if (!Number.isInteger(pid) || pid <= 0) return;
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  if (cmdline.includes("qemu") && cmdline.includes(paths.qmpSocket)) throw new VmAlreadyRunningError(name, pid, paths.runDir);
+}
+
+function listenUnix(path: string): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(path, () => {
+      server.off("error", reject);
+      resolve(server);
+    });
+  });
+}
+
+// ---- starting -------------------------------------------------------------------------
+
+/**
+ * Starts QEMU for `config` and returns once QMP is negotiated and the serial console is
+ * attached. A destination starts paused with `-incoming defer`: call
+ * `qmp.migrateIncoming(uri)` next.
+ * @throws VmConfigError for a config that cannot work
+ * @throws VmAlreadyRunningError when a live QEMU owns the run directory
+ * @throws VmStartError (with the tail of QEMU's stderr) when QEMU does not come up
+ */
+export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Promise<VmHandle> {
+  validateConfig(config);
+  const role = opts.role ?? "source";
+  const host = opts.host ?? hostname();
+  const runDir = opts.runDir ?? join(opts.baseDir ?? join(tmpdir(), "gangway-run"), host, config.name, role);
+  const runId = opts.runId ?? randomBytes(4).toString("hex");
+  const paths = vmPaths(config.name, role, runDir, runId, opts.shmDir);
+  for (const s of [paths.qmpSocket, paths.serialSocket]) {
+    if (Buffer.byteLength(s) > MAX_SOCKET_PATH) {
+      throw new VmConfigError(config.name, `socket path ${s} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter runDir or baseDir`);
+    }
+  }
+  const tenant = config.tenant ?? "default";
+  const resolved = { ...config, tenant, uuid: config.uuid ?? defaultVmUuid(tenant, config.name) };
+  const args = buildQemuArgs(resolved, paths, { role, paused: opts.paused, incoming: opts.incoming });
+
+  await mkdir(runDir, { recursive: true });
+  await refuseIfRunning(config.name, paths);
+  // A RAM file left behind would become the new guest's memory: start from nothing.
+  await Promise.all([paths.qmpSocket, paths.serialSocket, paths.pidFile, paths.ramPath].map((p) => rm(p, { force: true })));
+  await writeFile(join(runDir, "vm.json"), JSON.stringify({ config: resolved, role, runId, host, args }, null, 2) + "\n");
+
+  const serialServer = await listenUnix(paths.serialSocket);
+  const serialConnected = new Promise<Socket>((resolve) => serialServer.once("connection", resolve));
+
+  const binary = opts.qemuBinary ?? "qemu-system-x86_64";
+  const setpriv = opts.dieWithParent === false ? null : findSetpriv();
+  const [cmd, argv] = setpriv ? [setpriv, ["--pdeathsig", "KILL", "--", binary, ...args]] : [binary, args];
+  installExitHook();
+  const child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"], cwd: runDir });
+  const entry: Live = { child, ramPath: paths.ramPath };
+  live.add(entry);
+
+  // Output: all of it to qemu.log, the tail in memory for error messages.
+  const log = createWriteStream(paths.qemuLog, { flags: "a" });
+  let tail = "";
+  const onOutput = (chunk: Buffer) => {
+    log.write(chunk);
+    tail = (tail + chunk.toString("utf8")).slice(-TAIL_BYTES);
+  };
+  child.stdout!.on("data", onOutput);
+  child.stderr!.on("data", onOutput);
+  let spawnError: Error | undefined;
+  child.once("error", (err) => (spawnError = err));
+
+  // 'close' comes after the exit and the end of stdout/stderr: the tail is then complete.
+  const closedProcess = new Promise<VmExit>((resolve) => {
+    child.once("close", (code, signal) => resolve({ code, signal }));
+  });
+  let cleanupPromise: Promise<void> | undefined;
+  let qmp: QmpClient | undefined;
+  let serial: SerialConsole | undefined;
+  const cleanup = () =>
+    (cleanupPromise ??= (async () => {
+      live.delete(entry);
+      serialServer.close();
+      await Promise.allSettled([qmp?.close(), serial?.close(), new Promise<void>((r) => log.end(r))]);
+      await Promise.all([paths.ramPath, paths.qmpSocket, paths.serialSocket, paths.pidFile].map((p) => rm(p, { force: true })));
+    })());
+  const exited = closedProcess.then(async (exit) => {
+    await cleanup();
+    return exit;
+  });
+
+  const abort = new AbortController();
+  void closedProcess.then(() => abort.abort(new Error("QEMU exited")));
+  const startTimeoutMs = opts.startTimeoutMs ?? 20_000;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const ready = Promise.all([
+      connectQmp(paths.qmpSocket, { timeoutMs: startTimeoutMs, signal: abort.signal, commandTimeoutMs: opts.commandTimeoutMs }),
+      serialConnected,
+    ]);
+    const failed = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`QEMU did not open its sockets within ${startTimeoutMs} ms`)), startTimeoutMs);
+      void closedProcess.then((e) =>
+        reject(new Error(spawnError ? `cannot run ${binary}: ${spawnError.message}` : `QEMU exited during start-up (${describeExit(e)})`)),
+      );
+    });
+    failed.catch(() => undefined); // after a successful start it still settles, unobserved
+    const [client, socket] = await Promise.race([ready, failed]);
+    qmp = client;
+    serial = new SerialConsole(socket);
+    serialServer.close(); // one guest, one connection
+  } catch (err) {
+    child.kill("SIGKILL");
+    await exited;
+    throw new VmStartError(config.name, (err as Error).message, tail, { cause: err });
+  } finally {
+    clearTimeout(timer);
+  }
+
+  const qmpClient = qmp;
+  const serialConsole = serial;
+  const stopTimeoutMs = opts.stopTimeoutMs ?? 5_000;
+  const isAlive = () => child.exitCode === null && child.signalCode === null;
+  const handle: VmHandle = {
+    config: resolved,
+    role,
+    pid: child.pid!,
+    qmp: qmpClient,
+    serial: serialConsole,
+    ramPath: paths.ramPath,
+    runDir,
+    paths,
+    args,
+    exited,
+    get isRunning() {
+      return isAlive();
+    },
+    stderrTail: () => tail,
+    kill(signal: NodeJS.Signals = "SIGKILL") {
+      if (isAlive()) child.kill(signal);
+    },
+    async stop(o: { timeoutMs?: number } = {}) {
+      if (isAlive()) {
+        const timeoutMs = o.timeoutMs ?? stopTimeoutMs;
+        const killer = setTimeout(() => handle.kill("SIGKILL"), timeoutMs);
+        try {
+          if (!qmpClient.isClosed) await qmpClient.quit({ timeoutMs }).catch(() => handle.kill("SIGKILL"));
+          else handle.kill("SIGTERM");
+          await exited;
+        } finally {
+          clearTimeout(killer);
+        }
+      }
+      return exited;
+    },
+    async [Symbol.asyncDispose]() {
+      await handle.stop();
+      if (!opts.keepRunDir) await rm(runDir, { recursive: true, force: true });
+    },
+  };
+  return handle;
+}
+
+function describeExit(e: VmExit): string {
+  return e.signal ? `signal ${e.signal}` : `exit code ${e.code}`;
+}
