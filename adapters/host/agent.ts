@@ -104,6 +104,22 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const statusSub: Subscription = o.nc.subscribe(`gwsvc.agent.${o.host}.status`, {
     callback: (_err, msg) => void msg.respond(JSON.stringify({ host: o.host, uptimeSec: (Date.now() - started) / 1000, vms: owned.size, migrations: sources.size + targets.size })),
   });
+  // The serial console of a VM, for operators and the demo's self-checks.
+  const consoleSub: Subscription = o.nc.subscribe(`gwsvc.agent.${o.host}.console`, {
+    callback: (_err, msg) => {
+      void (async () => {
+        try {
+          const req = JSON.parse(new TextDecoder().decode(msg.data)) as { vm: string; send: string; expect: string; timeoutMs?: number };
+          const v = owned.get(req.vm);
+          if (!v) throw new Error(`no VM ${req.vm} on ${o.host}`);
+          const line = await v.vm.console(req.send, new RegExp(req.expect), Math.min(req.timeoutMs ?? 30_000, 120_000));
+          msg.respond(JSON.stringify({ ok: true, line }));
+        } catch (err) {
+          msg.respond(JSON.stringify({ ok: false, error: (err as Error).message }));
+        }
+      })();
+    },
+  });
   const peerAlive = async (peer: string) => {
     try {
       await o.nc.request(`gwsvc.agent.${peer}.status`, "", { timeout: 1000 });
@@ -361,6 +377,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       await loop.catch(() => undefined);
       await Promise.allSettled([...inFlight]);
       statusSub.unsubscribe();
+      consoleSub.unsubscribe();
       for (const g of gangs.values()) g.resolver.close();
       await pageSource?.close();
       await Promise.allSettled([...targets.values()].map((t) => t.vm.quit()));

@@ -20,6 +20,8 @@ export interface RunningVm {
   stop(): Promise<void>;
   /** Quit QEMU (quit, then SIGKILL if it lingers) and remove its files. */
   quit(): Promise<void>;
+  /** Sends text to the serial console and waits for a line matching `expect`. */
+  console(send: string, expect: RegExp, timeoutMs: number): Promise<string>;
   /** Resolves when the QEMU process is gone. */
   readonly exited: Promise<unknown>;
 }

@@ -178,6 +178,8 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
         return all;
       });
     }
+    // Observed in finish(); until then a failure must not count as unhandled.
+    statuses.catch(() => undefined);
     return { batch, blockIndex: bi, fills, keys, statuses };
   };
 

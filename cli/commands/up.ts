@@ -2,7 +2,8 @@
  * `gangway up`: an embedded nats-server (or an operator's, with --nats), the streams and
  * stores provisioned, and every function served in one process. Drains on SIGTERM/SIGINT.
  */
-import { functions } from "../../functions/index.ts";
+import { allFunctions } from "../../functions/index.ts";
+import { createDedupIndex } from "../../infra/dedupIndex.ts";
 import { createLogger } from "../../infra/log.ts";
 import { startEmbeddedServer, type EmbeddedServer } from "../../infra/nats/server.ts";
 import { provision } from "../../infra/nats/provision.ts";
@@ -43,6 +44,7 @@ export async function run(argv: string[]): Promise<void> {
     const nc = await connectFromFlags({ ...values, nats: servers }, "gangway-up", { reconnect: true });
     try {
       await provision(nc, { replicas });
+      const functions = allFunctions({ dedupIndex: createDedupIndex(nc) });
       const served = await serveFunctions(functions, nc);
       log.info("gangway is up", { url: servers, functions: functions.map((f) => f.id) });
       if (values.json) printJson({ url: servers, functions: functions.map((f) => f.id), embedded: Boolean(server) });

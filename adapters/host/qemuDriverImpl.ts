@@ -1,0 +1,113 @@
+/**
+ * The QemuDriver on real QEMU: the launcher starts VMs (file-backed RAM, QMP, serial), the
+ * source proxy takes a VM's outgoing stream, and the destination proxy writes a rebuilt
+ * stream into a VM started with -incoming defer -S.
+ */
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "../../infra/log.ts";
+import type { VmSpec } from "../../schemas/index.ts";
+import { startVm, type VmHandle } from "../qemu/vm.ts";
+import { createSourceProxy } from "../qemu/sourceProxy.ts";
+import { writeToDestination } from "../qemu/destinationProxy.ts";
+import type { StreamRecord } from "../qemu/stream/records.ts";
+import type { OutgoingStream, QemuDriver, RunningVm, VmRole } from "./qemuDriver.ts";
+
+export interface QemuDriverOptions {
+  host: string;
+  /** Parent of this host's VM run directories. */
+  runDir: string;
+  log: Logger;
+  /** Time for a guest to print its ready pattern. @default 120000 */
+  readyTimeoutMs?: number;
+}
+
+/** QEMU 7.2 caps outgoing migration at 32 MiB/s by default; the proxy is local, so lift it. */
+const UNLIMITED_BPS = 100 * 1024 ** 3;
+
+export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
+  const handles = new WeakMap<RunningVm, VmHandle>();
+  const wrap = (h: VmHandle, spec: VmSpec, role: VmRole): RunningVm => {
+    const vm: RunningVm = {
+      name: spec.name,
+      spec,
+      role,
+      ramPath: h.ramPath,
+      exited: h.exited,
+      status: async () => (await h.qmp.queryStatus()).status,
+      cont: () => h.qmp.cont(),
+      stop: () => h.qmp.stop(),
+      quit: async () => {
+        await h[Symbol.asyncDispose]();
+      },
+      console: async (send, expect, timeoutMs) => (await h.serial.request(send, expect, timeoutMs))[0],
+    };
+    handles.set(vm, h);
+    return vm;
+  };
+
+  return {
+    async startVm(spec, role, tag) {
+      const runDir = join(o.runDir, `${spec.name}-${role === "source" ? "src" : "dst"}-${tag}`.slice(0, 60));
+      await mkdir(o.runDir, { recursive: true });
+      const h = await startVm(
+        { name: spec.name, tenant: spec.tenant, memoryMiB: spec.memoryMiB, ...(spec.kernel ? { kernel: spec.kernel } : {}), ...(spec.append ? { append: spec.append } : {}), ...(spec.initrd ? { initrd: spec.initrd } : {}), ...(spec.uuid ? { uuid: spec.uuid } : {}) },
+        { role, runDir, host: o.host, runId: `${o.host}-${tag}`.slice(0, 40) },
+      );
+      try {
+        if (role === "source" && spec.readyPattern) await h.serial.waitFor(new RegExp(spec.readyPattern), o.readyTimeoutMs ?? 120_000);
+      } catch (err) {
+        await h[Symbol.asyncDispose]().catch(() => undefined);
+        throw err;
+      }
+      o.log.info("VM started", { vm: spec.name, role, pid: h.pid });
+      return wrap(h, spec, role);
+    },
+
+    async migrateOut(vm): Promise<OutgoingStream> {
+      const h = handles.get(vm);
+      if (!h) throw new Error(`VM ${vm.name} is not one of this driver's`);
+      await h.qmp.migrateSetParameters({ "max-bandwidth": UNLIMITED_BPS });
+      const proxy = await createSourceProxy({ socketPath: join(h.runDir, "out.sock") });
+      // The guest stops for the final pass: the start of the downtime, by QEMU's clock.
+      const stopped = h.qmp
+        .waitForEvent((e) => e.event === "STOP", { timeoutMs: 24 * 3600_000 })
+        .then((e) => e.timestamp.seconds * 1000 + Math.round(e.timestamp.microseconds / 1000));
+      stopped.catch(() => undefined);
+      try {
+        await h.qmp.migrate(proxy.uri);
+      } catch (err) {
+        await proxy.close();
+        throw err;
+      }
+      const records = (async function* (): AsyncGenerator<StreamRecord> {
+        try {
+          yield* proxy.records();
+        } finally {
+          await proxy.close();
+        }
+      })();
+      return {
+        records,
+        nativeBytes: () => proxy.nativeBytes(),
+        stopped,
+        cancel: async () => {
+          const info = await h.qmp.queryMigrate().catch(() => undefined);
+          if (info?.status && !["completed", "failed", "cancelled", "none"].includes(info.status)) await h.qmp.migrateCancel().catch(() => undefined);
+          await proxy.close();
+        },
+      };
+    },
+
+    async migrateIn(vm, records) {
+      const h = handles.get(vm);
+      if (!h) throw new Error(`VM ${vm.name} is not one of this driver's`);
+      const sock = join(h.runDir, "in.sock");
+      await h.qmp.migrateIncoming(`unix:${sock}`);
+      const written = await writeToDestination(records, { socketPath: sock });
+      const info = await h.qmp.waitForMigration({ timeoutMs: 120_000 });
+      if (info.status !== "completed") throw new Error(`the destination QEMU did not load the stream (status ${info.status}); ${h.stderrTail().slice(-300)}`);
+      return { bytes: written.bytes };
+    },
+  };
+}
