@@ -10,8 +10,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { migrateThroughProxies, isProxyMigrationError, type ProxyMigrationError } from "../../adapters/qemu/proxyPipe.ts";
 import { isTruncatedStream, isUnsupportedRamFlag, type MigrationStreamError } from "../../adapters/qemu/stream/errors.ts";
+import { createLogger } from "../../infra/log.ts";
+import type { PageBatch, StreamRecord } from "../../adapters/qemu/stream/records.ts";
 import { IMAGE_ADDR, launchVm, mixedImage, readGuestMemory, runState, type TestVm } from "./helpers/qemu.ts";
 
+/** Failures are expected in some tests: keep their warnings out of the test output. */
+const quiet = createLogger({}, () => undefined);
 let dir: string;
 let image: Buffer;
 let imageFile: string;
@@ -56,6 +60,47 @@ function corruptRecord(header: Buffer, bits: number): { filter: (c: Buffer, at: 
   };
 }
 
+/** The batch with its pages in reverse order. */
+function reversed(b: PageBatch): PageBatch {
+  const n = b.count;
+  const r: PageBatch = { ...b, offsets: new Float64Array(n), kinds: new Uint8Array(n), fills: new Uint8Array(n), named: new Uint8Array(n), positions: new Float64Array(n), data: Buffer.alloc(b.data.length) };
+  let d = 0;
+  const starts: number[] = [];
+  for (let i = 0; i < n; i++) {
+    starts.push(d);
+    if (b.kinds[i] === 1) d += 4096;
+  }
+  let o = 0;
+  for (let i = n - 1, k = 0; i >= 0; i--, k++) {
+    r.offsets[k] = b.offsets[i];
+    r.kinds[k] = b.kinds[i];
+    r.fills[k] = b.fills[i];
+    if (b.kinds[i] === 1) {
+      b.data.copy(r.data, o, starts[i], starts[i] + 4096);
+      o += 4096;
+    }
+  }
+  r.named[0] = 1;
+  return r;
+}
+
+/** Pages of each ram section in reverse order (batches and pages within them), never across a round boundary. */
+async function* backwards(records: AsyncIterable<StreamRecord>): AsyncGenerator<StreamRecord> {
+  let held: PageBatch[] = [];
+  const release = function* () {
+    for (const b of held.reverse()) yield reversed(b);
+    held = [];
+  };
+  for await (const r of records) {
+    if (r.type === "pages") {
+      held.push(r);
+      continue;
+    }
+    if (r.type === "round" || r.type === "ramSectionEnd") yield* release();
+    yield r;
+  }
+}
+
 describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
   it("an idle VM's RAM arrives byte for byte; the destination stays paused until cont", async () => {
     const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
@@ -82,6 +127,16 @@ describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
     expect(await runState(dst.qmp)).toBe("running");
   });
 
+  it("pages may arrive in any order within a round", async () => {
+    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
+    const dst = await vm({ incoming: true });
+    const report = await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, transform: backwards });
+    expect(report.ok).toBe(true);
+    expect((await readGuestMemory(dst, IMAGE_ADDR, image.length)).equals(image)).toBe(true);
+    await dst.qmp.execute("cont");
+    expect(await runState(dst.qmp)).toBe("running");
+  });
+
   it("a corrupted page record (XBZRLE flag set on the way) fails with its offset; the source keeps running", async () => {
     const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
     const dst = await vm({ incoming: true });
@@ -91,7 +146,7 @@ describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
     const c = corruptRecord(header, 0x40);
     let err: unknown;
     try {
-      await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, sourceProxy: { inputFilter: c.filter } });
+      await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, sourceProxy: { inputFilter: c.filter, logger: quiet }, logger: quiet });
     } catch (e) {
       err = e;
     }
@@ -112,7 +167,7 @@ describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
     const filter = (chunk: Buffer, at: number): Buffer | null => (at >= cut ? null : at + chunk.length > cut ? chunk.subarray(0, cut - at) : chunk);
     let err: unknown;
     try {
-      await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, sourceProxy: { inputFilter: filter } });
+      await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, sourceProxy: { inputFilter: filter, logger: quiet }, logger: quiet });
     } catch (e) {
       err = e;
     }
@@ -138,7 +193,7 @@ describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
     };
     let err: unknown;
     try {
-      await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, sourceProxy: { inputFilter: filter } });
+      await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, sourceProxy: { inputFilter: filter, logger: quiet }, logger: quiet });
     } catch (e) {
       err = e;
     }
