@@ -28,6 +28,10 @@ export interface KeyResolverOptions {
   targetHost: string;
   /** Give up on an answer after this long. @default 60000 */
   timeoutMs?: number;
+  /** Send a shard's look-up once this many keys wait. @default 4096 */
+  coalesceKeys?: number;
+  /** …or once the first waited this long. @default 3 */
+  coalesceMs?: number;
 }
 
 export function createKeyResolver(nc: NatsConnection, publisher: EventPublisher, opts: KeyResolverOptions): KeyResolver {
@@ -73,6 +77,51 @@ export function createKeyResolver(nc: NatsConnection, publisher: EventPublisher,
     return answer;
   };
 
+  /**
+   * Look-ups are coalesced per tenant and shard: batches of different VMs and pages that
+   * arrive within a moment travel as one message, because each shard answers one look-up
+   * at a time and a round trip costs far more than a key.
+   */
+  type Part = { keys: Uint8Array; resolve: (s: Uint8Array) => void; reject: (e: Error) => void };
+  const queues = new Map<string, { vm: string; tenant: string; shard: number; parts: Part[]; keys: number; timer?: NodeJS.Timeout }>();
+  const flush = (qk: string) => {
+    const q = queues.get(qk);
+    if (!q || q.parts.length === 0) return;
+    queues.delete(qk);
+    if (q.timer) clearTimeout(q.timer);
+    const all = new Uint8Array(q.keys * KEY_BYTES);
+    let at = 0;
+    for (const p of q.parts) {
+      all.set(p.keys, at);
+      at += p.keys.byteLength;
+    }
+    lookupShard(q.vm, q.tenant, q.shard, all).then(
+      (body) => {
+        let k = 0;
+        for (const p of q.parts) {
+          const n = p.keys.byteLength / KEY_BYTES;
+          const st = new Uint8Array(n);
+          for (let j = 0; j < n; j++) st[j] = body[(k + j) * RESOLVED_RECORD_BYTES]!;
+          k += n;
+          p.resolve(st);
+        }
+      },
+      (err: Error) => q.parts.forEach((p) => p.reject(err)),
+    );
+  };
+  const enqueue = (vm: string, tenant: string, shard: number, keys: Uint8Array) =>
+    new Promise<Uint8Array>((resolve, reject) => {
+      const qk = `${tenant}/${shard}`;
+      // A look-up carries at most 8192 keys: send what waits before it would overflow.
+      if ((queues.get(qk)?.keys ?? 0) + keys.byteLength / KEY_BYTES > 8192) flush(qk);
+      let q = queues.get(qk);
+      if (!q) queues.set(qk, (q = { vm, tenant, shard, parts: [], keys: 0 }));
+      q.parts.push({ keys, resolve, reject });
+      q.keys += keys.byteLength / KEY_BYTES;
+      if (q.keys >= (opts.coalesceKeys ?? 4096)) flush(qk);
+      else q.timer ??= setTimeout(() => flush(qk), opts.coalesceMs ?? 3);
+    });
+
   return {
     get bytesSent() {
       return bytesSent;
@@ -87,8 +136,8 @@ export function createKeyResolver(nc: NatsConnection, publisher: EventPublisher,
           if (idx.length === 0) return;
           const part = new Uint8Array(idx.length * KEY_BYTES);
           idx.forEach((i, j) => part.set(keys.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES), j * KEY_BYTES));
-          const body = await lookupShard(vm, tenant, shard, part);
-          idx.forEach((i, j) => (statuses[i] = body[j * RESOLVED_RECORD_BYTES]!));
+          const st = await enqueue(vm, tenant, shard, part);
+          idx.forEach((i, j) => (statuses[i] = st[j]!));
         }),
       );
       return statuses;
