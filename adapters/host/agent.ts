@@ -91,6 +91,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const targets = new Map<string, TargetSession>();
   const gangs = new Map<string, GangContext>();
   const started = Date.now();
+  const reclaimed = await o.driver.reclaim();
+  if (reclaimed.length) log.warn("removed what an earlier agent of this host left behind", { files: reclaimed });
 
   // --- inventory ---------------------------------------------------------------
   const publishInventory = async () => {

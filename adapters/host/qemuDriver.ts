@@ -38,6 +38,11 @@ export interface OutgoingStream {
 }
 
 export interface QemuDriver {
+  /**
+   * Removes what an earlier agent of this host left behind when it died (its QEMUs die
+   * with it; their guest-RAM files do not). Returns what was removed.
+   */
+  reclaim(): Promise<string[]>;
   startVm(spec: VmSpec, role: VmRole, tag: string): Promise<RunningVm>;
   /** Starts migrating a source VM into a proxy this host owns. */
   migrateOut(vm: RunningVm): Promise<OutgoingStream>;

@@ -3,7 +3,7 @@
  * source proxy takes a VM's outgoing stream, and the destination proxy writes a rebuilt
  * stream into a VM started with -incoming defer -S.
  */
-import { mkdir } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "../../infra/log.ts";
 import type { VmSpec } from "../../schemas/index.ts";
@@ -21,6 +21,8 @@ export interface QemuDriverOptions {
   /** Time for a guest to print its ready pattern. @default 120000 */
   readyTimeoutMs?: number;
 }
+
+const SHM = "/dev/shm";
 
 /** QEMU 7.2 caps outgoing migration at 32 MiB/s by default; the proxy is local, so lift it. */
 const UNLIMITED_BPS = 100 * 1024 ** 3;
@@ -47,6 +49,13 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
   };
 
   return {
+    async reclaim() {
+      const prefix = `gangway-${o.host}-`;
+      const stale = (await readdir(SHM).catch(() => [] as string[])).filter((f) => f.startsWith(prefix));
+      await Promise.all(stale.map((f) => rm(join(SHM, f), { force: true })));
+      await rm(o.runDir, { recursive: true, force: true });
+      return stale;
+    },
     async startVm(spec, role, tag) {
       const runDir = join(o.runDir, `${spec.name}-${role === "source" ? "src" : "dst"}-${tag}`.slice(0, 60));
       await mkdir(o.runDir, { recursive: true });

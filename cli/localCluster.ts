@@ -1,0 +1,108 @@
+/**
+ * A gangway cluster on this machine: the functions and host agents as separate processes
+ * against one NATS server. Used by the demo and by end-to-end tests.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { resolve, join } from "node:path";
+import { jetstream } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { agentVmStart, hostInventory, type VmSpec } from "../schemas/index.ts";
+import { createPublisher } from "../infra/events/publisher.ts";
+import { readEvents } from "../infra/events/reader.ts";
+
+const BIN = resolve(import.meta.dirname, "../bin/gangway.mjs");
+
+export interface GangwayProcess {
+  readonly name: string;
+  readonly child: ChildProcess;
+  readonly exited: Promise<unknown>;
+  /** SIGTERM, then SIGKILL after a grace period; resolves when gone. */
+  stop(): Promise<void>;
+  /** SIGKILL now (fault tests). */
+  kill(): Promise<void>;
+}
+
+export function spawnGangway(name: string, args: string[], readyLine: RegExp, env: Record<string, string> = {}): Promise<GangwayProcess> {
+  const child = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, GANGWAY_LOG_LEVEL: process.env.GANGWAY_LOG_LEVEL ?? "warn", ...env } });
+  const exited = new Promise((r) => child.once("exit", r));
+  child.stderr!.on("data", (d: Buffer) => process.stderr.write(d));
+  const proc: GangwayProcess = {
+    name,
+    child,
+    exited,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGTERM");
+      const t = setTimeout(() => child.kill("SIGKILL"), 20_000);
+      await exited;
+      clearTimeout(t);
+    },
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await exited;
+    },
+  };
+  return new Promise((resolveP, reject) => {
+    let out = "";
+    const t = setTimeout(() => reject(new Error(`${name} did not start within 30 s`)), 30_000);
+    child.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+      if (readyLine.test(out)) {
+        clearTimeout(t);
+        resolveP(proc);
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(t);
+      reject(new Error(`${name} exited with code ${code} before it was ready`));
+    });
+  });
+}
+
+export const startFunctions = (natsUrl: string) => spawnGangway("functions", ["up", "--nats", natsUrl, "--json"], /"url"/);
+export const startAgentProcess = (natsUrl: string, host: string, runDir: string) =>
+  spawnGangway(`agent ${host}`, ["agent", "--host", host, "--nats", natsUrl, "--run-dir", join(runDir, host), "--json"], /"ready"/);
+
+/** The VMs a host last reported, with their states. */
+export async function hostVms(nc: NatsConnection, host: string): Promise<Map<string, string>> {
+  let vms = new Map<string, string>();
+  for await (const e of readEvents(nc, { filter: hostInventory.subject({ host }) })) {
+    if (e.result.ok && e.result.event.mode === "structured") vms = new Map((e.result.event.data as { vms: { vm: string; state: string }[] }).vms.map((v) => [v.vm, v.state]));
+  }
+  return vms;
+}
+
+/** Asks a host's agent to start VMs and waits until its inventory shows them running. */
+export async function startVms(nc: NatsConnection, host: string, specs: VmSpec[], timeoutMs = 120_000): Promise<void> {
+  const pub = createPublisher(jetstream(nc), "gangway/cli");
+  for (const spec of specs) await pub.publish(agentVmStart, { host }, { host, spec });
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    const vms = await hostVms(nc, host);
+    if (specs.every((s) => vms.get(s.name) === "running")) return;
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  throw new Error(`VMs ${specs.map((s) => s.name).join(", ")} were not all running on ${host} within ${timeoutMs / 1000} s`);
+}
+
+/** Runs the test guest's self-check on a VM through its host's agent. */
+export async function verifyGuest(nc: NatsConnection, host: string, vm: string): Promise<{ vm: string; ok: boolean; line: string }> {
+  const reply = await nc.request(`gwsvc.agent.${host}.console`, JSON.stringify({ vm, send: "v", expect: "VERIFY (OK|FAIL)", timeoutMs: 60_000 }), { timeout: 65_000 });
+  const r = JSON.parse(new TextDecoder().decode(reply.data)) as { ok: boolean; line?: string; error?: string };
+  const line = r.line ?? r.error ?? "";
+  return { vm, ok: r.ok && /VERIFY OK/.test(line), line };
+}
+
+export const GUEST_KERNEL = resolve(import.meta.dirname, "../guest/build/gangway-guest.elf");
+
+/** A test-guest VM spec. */
+export function testGuestSpec(name: string, o: { tenant?: string; memoryMiB?: number; seed: number; image?: number; zero?: number; shared?: number; rate?: number }): VmSpec {
+  return {
+    name,
+    tenant: o.tenant ?? "demo",
+    memoryMiB: o.memoryMiB ?? 256,
+    kernel: GUEST_KERNEL,
+    append: `seed=${o.seed} image=${o.image ?? 7} zero=${o.zero ?? 25} shared=${o.shared ?? 50} rate=${o.rate ?? 1000}`,
+    readyPattern: "READY",
+  };
+}

@@ -1,0 +1,138 @@
+/**
+ * Gang migration end to end: real nats-server, real QEMU (TCG), the functions and host
+ * agents as separate processes, test guests that check their own memory.
+ */
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { execFileSync } from "node:child_process";
+import { startTestNats, eventually, type TestNats } from "../helpers/nats.ts";
+import { hostVms, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../../cli/localCluster.ts";
+import { migrateGang, newMigrationId, followGang } from "../../cli/gangMigration.ts";
+import { readEvents } from "../../infra/events/reader.ts";
+
+let nats: TestNats;
+let work: string;
+let procs: GangwayProcess[];
+
+beforeEach(async () => {
+  nats = await startTestNats();
+  work = await mkdtemp(join(tmpdir(), "gangway-e2e-"));
+  procs = [];
+});
+
+afterEach(async () => {
+  for (const p of procs.reverse()) await p.stop().catch(() => undefined);
+  await nats[Symbol.asyncDispose]();
+  await rm(work, { recursive: true, force: true });
+});
+
+async function cluster(functions = 1) {
+  for (let i = 0; i < functions; i++) procs.push(await startFunctions(nats.url));
+  const a = await startAgentProcess(nats.url, "hostA", work);
+  const b = await startAgentProcess(nats.url, "hostB", work);
+  procs.push(a, b);
+  return { a, b };
+}
+
+const qemuOf = (host: string) => {
+  try {
+    return execFileSync("pgrep", ["-f", `qemu-system.*gangway-${host}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
+  } catch {
+    return [];
+  }
+};
+
+describe("gang migration (real QEMU, real nats-server)", () => {
+  it("migrates 4 VMs as a gang: all verify on the destination, far fewer bytes than QEMU's own stream; a second gang sends no shared page again", async () => {
+    await cluster();
+    const gang1 = ["g1", "g2", "g3", "g4"];
+    await startVms(nats.nc, "hostA", gang1.map((n, i) => testGuestSpec(n, { memoryMiB: 128, seed: i + 1, image: 7, rate: 500 })));
+    const s = await migrateGang({ nc: nats.nc, vms: gang1, sourceHost: "hostA", targetHost: "hostB" });
+    expect(s.outcome, s.reason).toBe("succeeded");
+    for (const v of gang1) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+    const onA = await hostVms(nats.nc, "hostA");
+    for (const v of gang1) expect(onA.has(v)).toBe(false); // exactly one copy: the source quit
+    // Shared pages (half of each guest) crossed once for the gang; zero pages never.
+    expect(s.bytes_on_link).toBeLessThan(0.75 * s.native_bytes);
+    expect(s.pages_deduplicated).toBeGreaterThan(3 * 0.4 * (128 * 256)); // ≥ 3 VMs' worth of shared pages
+    expect(s.dedup_ratio).toBeLessThan(0.75);
+    expect(s.compression_ratio).toBeGreaterThan(0);
+    expect(s.compression_ratio).toBeLessThanOrEqual(1.01);
+
+    // A second gang from the same image: its shared pages are present at the destination side.
+    const gang2 = ["h1", "h2"];
+    await startVms(nats.nc, "hostA", gang2.map((n, i) => testGuestSpec(n, { memoryMiB: 128, seed: 10 + i, image: 7, rate: 0 })));
+    const s2 = await migrateGang({ nc: nats.nc, vms: gang2, sourceHost: "hostA", targetHost: "hostB" });
+    expect(s2.outcome, s2.reason).toBe("succeeded");
+    for (const v of gang2) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+    const nonZero = s2.vms.reduce((n, v) => n + v.pages - v.memory_constant, 0);
+    const sent = s2.vms.reduce((n, v) => n + v.pages_sent, 0);
+    // Two thirds of the non-zero pages are the shared image: only the unique third is sent.
+    expect(sent).toBeLessThan(0.45 * nonZero);
+  }, 300_000);
+
+  it("two tenants with identical memory: no page of one is deduplicated against the other", async () => {
+    await cluster();
+    // Same seed and image, no dirtying: byte-identical guests, different tenants.
+    await startVms(nats.nc, "hostA", [testGuestSpec("t1", { tenant: "alpha", memoryMiB: 64, seed: 3, rate: 0 }), testGuestSpec("t2", { tenant: "beta", memoryMiB: 64, seed: 3, rate: 0 })]);
+    const s = await migrateGang({ nc: nats.nc, vms: ["t1", "t2"], sourceHost: "hostA", targetHost: "hostB" });
+    expect(s.outcome, s.reason).toBe("succeeded");
+    const [a, b] = s.vms;
+    // Each tenant sent its own copy of every distinct page: nothing crossed tenants.
+    expect(Math.min(a!.pages_sent, b!.pages_sent)).toBeGreaterThan(0.95 * Math.max(a!.pages_sent, b!.pages_sent));
+    expect(a!.pages_sent).toBeGreaterThan(0.5 * (a!.pages - a!.memory_constant));
+    for (const v of ["t1", "t2"]) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+  }, 180_000);
+
+  it("destination agent killed mid-migration: every source VM runs again, rolled-back events say why, nothing is left half-started", async () => {
+    const { b } = await cluster();
+    const vms = ["k1", "k2"];
+    await startVms(nats.nc, "hostA", vms.map((n, i) => testGuestSpec(n, { memoryMiB: 128, seed: i + 1, rate: 500 })));
+    const migrationId = newMigrationId();
+    const done = migrateGang({ nc: nats.nc, vms, sourceHost: "hostA", targetHost: "hostB", migrationId });
+    // Kill hostB's agent once pages are flowing.
+    await eventually(async () => {
+      for await (const e of readEvents(nats.nc, { filter: `gw.migration.${migrationId}.progress` })) if (e.result.ok) return true;
+      return undefined;
+    }, 60_000, "migration progress");
+    await b.kill();
+    const s = await done;
+    expect(s.outcome).toBe("failed");
+    for (const v of s.vms) {
+      expect(v.outcome).toBe("rolledback");
+      expect(v.reason).toMatch(/hostB/);
+    }
+    await eventually(async () => {
+      const onA = await hostVms(nats.nc, "hostA");
+      return vms.every((v) => onA.get(v) === "running") || undefined;
+    }, 30_000, "source VMs running again");
+    for (const v of vms) expect(await verifyGuest(nats.nc, "hostA", v)).toMatchObject({ ok: true });
+    // The destination's QEMUs died with their agent; a restarted agent reclaims their RAM files.
+    await eventually(() => qemuOf("hostB").length === 0 || undefined, 15_000, "no QEMU of hostB");
+    procs.push(await startAgentProcess(nats.url, "hostB", work));
+    expect((await readdir("/dev/shm")).filter((f) => f.startsWith("gangway-hostB-"))).toEqual([]);
+    // And the VMs can leave again, to the restarted host.
+    const again = await migrateGang({ nc: nats.nc, vms, sourceHost: "hostA", targetHost: "hostB" });
+    expect(again.outcome, again.reason).toBe("succeeded");
+    for (const v of vms) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+  }, 240_000);
+
+  it("one function instance killed mid-migration: the migration still completes and verifies", async () => {
+    await cluster(2);
+    const vms = ["f1", "f2"];
+    await startVms(nats.nc, "hostA", vms.map((n, i) => testGuestSpec(n, { memoryMiB: 128, seed: i + 1, rate: 500 })));
+    const migrationId = newMigrationId();
+    const done = migrateGang({ nc: nats.nc, vms, sourceHost: "hostA", targetHost: "hostB", migrationId });
+    await eventually(async () => {
+      for await (const e of readEvents(nats.nc, { filter: `gw.migration.${migrationId}.progress` })) if (e.result.ok) return true;
+      return undefined;
+    }, 60_000, "migration progress");
+    await procs[0]!.kill(); // the first functions process
+    const s = await done;
+    expect(s.outcome, s.reason).toBe("succeeded");
+    for (const v of vms) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+    expect((await followGang(nats.nc, migrationId)).outcome).toBe("succeeded");
+  }, 240_000);
+});
