@@ -12,27 +12,26 @@ import { parseArgs } from "node:util";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { StreamParser } from "../adapters/qemu/stream/parser.ts";
 import { StreamEncoder } from "../adapters/qemu/stream/encoder.ts";
 import { parseStream } from "../adapters/qemu/stream/stream.ts";
 import { encodeStream } from "../adapters/qemu/stream/encoder.ts";
-import { captureStream, launchVm } from "../test/stream/helpers/qemu.ts";
-import { TestSerial } from "../test/stream/helpers/serial.ts";
+import { startVm } from "../adapters/qemu/vm.ts";
 
-const GUEST = "guest/build/gangway-guest.elf";
+const GUEST = resolve("guest/build/gangway-guest.elf");
 
-async function captureGuestStream(file: string): Promise<void> {
+/** Boots the test guest and saves its migration stream (QMP migrate "exec:cat > FILE"). */
+async function captureGuestStream(file: string, baseDir: string): Promise<void> {
   if (!existsSync(GUEST)) throw new Error(`${GUEST} is missing: run \`make -s -C guest\` (or pass --stream FILE)`);
-  const vm = await launchVm({ kernel: GUEST, append: "seed=9 zero=25 shared=25 rate=0", serial: true, paused: true });
+  const vm = await startVm({ name: "codec-bench", memoryMiB: 256, kernel: GUEST, append: "seed=9 zero=25 shared=25 rate=0" }, { baseDir });
   try {
-    const serial = await TestSerial.connect(vm.serialPath);
-    await vm.qmp.execute("cont");
-    await serial.waitFor(/READY/, 30_000);
-    serial.close();
-    await captureStream(vm, file);
+    await vm.serial.waitFor(/READY/, 30_000);
+    await vm.qmp.migrate(`exec:cat > ${file}`);
+    const info = await vm.qmp.waitForMigration({ timeoutMs: 120_000 });
+    if (info.status !== "completed") throw new Error(`capture migration ${info.status}`);
   } finally {
-    await vm.kill();
+    await vm.stop();
   }
 }
 
@@ -83,7 +82,7 @@ async function main(): Promise<void> {
       dir = await mkdtemp(join(tmpdir(), "gw-codec-bench-"));
       file = join(dir, "guest.stream");
       process.stderr.write("capturing a 256 MiB test guest's migration stream...\n");
-      await captureGuestStream(file);
+      await captureGuestStream(file, dir);
     }
     const stream = await readFile(file);
     const mb = stream.length / 1e6;

@@ -5,12 +5,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { captureStream, IMAGE_ADDR, launchVm, mixedImage, readGuestMemory, runState, waitMigration } from "./helpers/qemu.ts";
+import { captureStream, IMAGE_ADDR, mixedImage, readGuestMemory, runState, streamFleet, vmName, type StreamFleet } from "./helpers/vms.ts";
 
+let fleet: StreamFleet;
 let dir: string;
 let streamFile: string;
 let image: Buffer;
@@ -27,21 +27,19 @@ function gangway(...args: string[]): Promise<{ code: number | null; stdout: stri
 }
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "gw-stream-cli-"));
+  fleet = await streamFleet();
+  dir = fleet.dir;
   image = mixedImage(1024, 3);
   const imageFile = join(dir, "image.bin");
   await writeFile(imageFile, image);
-  const vm = await launchVm({ image: { file: imageFile, addr: IMAGE_ADDR } });
-  try {
-    streamFile = join(dir, "saved.stream");
-    await captureStream(vm, streamFile);
-  } finally {
-    await vm.kill();
-  }
+  const vm = await fleet.idle(vmName("cli"), { image: imageFile });
+  streamFile = join(dir, "saved.stream");
+  await captureStream(vm, streamFile);
+  await vm.stop();
 });
 
 afterAll(async () => {
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await fleet?.stopAll();
 });
 
 describe("gangway stream", () => {
@@ -91,16 +89,16 @@ describe("gangway stream", () => {
     expect(again.ramSections).toEqual({ start: 1, part: 1, end: 1 });
     expect(again.rounds).toHaveLength(1);
 
-    const dst = await launchVm({ extra: ["-incoming", `exec:cat ${out}`, "-S"] });
+    const dst = await fleet.idle(vmName("load"), { role: "destination", incoming: `exec:cat ${out}` });
     try {
-      expect(await waitMigration(dst.qmp)).toBe("completed");
-      for (let i = 0; i < 100 && (await runState(dst.qmp)) !== "paused"; i++) await sleep(20);
-      expect(await runState(dst.qmp)).toBe("paused");
+      expect((await dst.qmp.waitForMigration({ timeoutMs: 30_000 })).status).toBe("completed");
+      for (let i = 0; i < 100 && (await runState(dst)) !== "paused"; i++) await sleep(20);
+      expect(await runState(dst)).toBe("paused");
       expect((await readGuestMemory(dst, IMAGE_ADDR, image.length)).equals(image)).toBe(true);
-      await dst.qmp.execute("cont");
-      expect(await runState(dst.qmp)).toBe("running");
+      await dst.qmp.cont();
+      expect(await runState(dst)).toBe("running");
     } finally {
-      await dst.kill();
+      await dst.stop();
     }
   });
 

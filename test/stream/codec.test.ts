@@ -4,8 +4,7 @@
  * streams for the shapes QEMU writes rarely (post-copy commands, config subsections).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { StreamParser } from "../../adapters/qemu/stream/parser.ts";
 import { parseBuffer, parsePackaged, parseStream } from "../../adapters/qemu/stream/stream.ts";
@@ -26,29 +25,26 @@ import {
   isTruncatedStream,
 } from "../../adapters/qemu/stream/errors.ts";
 import type { PageBatch, StreamRecord } from "../../adapters/qemu/stream/records.ts";
-import { captureStream, IMAGE_ADDR, launchVm, mixedImage } from "./helpers/qemu.ts";
+import { captureStream, IMAGE_ADDR, mixedImage, streamFleet, vmName, type StreamFleet } from "./helpers/vms.ts";
 import { BLOCKS, batch, cmd, device, head, page, ramEnd, ramPart, ramStart } from "./helpers/synthetic.ts";
 
-let dir: string;
+let fleet: StreamFleet;
 let stream: Buffer;
 let image: Buffer;
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "gw-codec-"));
+  fleet = await streamFleet();
   image = mixedImage(1024, 7);
-  const imageFile = join(dir, "image.bin");
+  const imageFile = join(fleet.dir, "image.bin");
   await writeFile(imageFile, image);
-  const vm = await launchVm({ image: { file: imageFile, addr: IMAGE_ADDR } });
-  try {
-    await captureStream(vm, join(dir, "idle.stream"));
-  } finally {
-    await vm.kill();
-  }
-  stream = await readFile(join(dir, "idle.stream"));
+  const vm = await fleet.idle(vmName("codec"), { image: imageFile });
+  await captureStream(vm, join(fleet.dir, "idle.stream"));
+  await vm.stop();
+  stream = await readFile(join(fleet.dir, "idle.stream"));
 });
 
 afterAll(async () => {
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await fleet?.stopAll();
 });
 
 function types(records: StreamRecord[]): Record<string, number> {

@@ -4,69 +4,66 @@
  * with a busybox initramfs (its shell must still answer on the serial console). Also the
  * codec on a multi-round stream captured from the dirtying guest.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, copyFile, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { migrateThroughProxies } from "../../adapters/qemu/proxyPipe.ts";
 import { parseBuffer } from "../../adapters/qemu/stream/stream.ts";
 import { encodeRecords } from "../../adapters/qemu/stream/encoder.ts";
-import { captureStream, launchVm, runState, type TestVm } from "./helpers/qemu.ts";
-import { TestSerial } from "./helpers/serial.ts";
+import type { VmConfig, VmHandle } from "../../adapters/qemu/vm.ts";
+import { captureStream, runState, streamFleet, TEST_GUEST as GUEST, vmName, type StreamFleet } from "./helpers/vms.ts";
 
-const GUEST = join(process.cwd(), "guest/build/gangway-guest.elf");
 const KERNEL = existsSync("/boot") ? readdirSync("/boot").filter((f) => f.startsWith("vmlinuz-")).sort().map((f) => join("/boot", f)).pop() : undefined;
 const BUSYBOX = "/bin/busybox";
 
+let fleet: StreamFleet;
 let dir: string;
-const cleanup: (() => Promise<void> | void)[] = [];
 
-async function vmWithSerial(o: Parameters<typeof launchVm>[0]): Promise<{ vm: TestVm; serial: TestSerial }> {
-  const vm = await launchVm({ ...o, serial: true });
-  cleanup.push(() => vm.kill());
-  const serial = await TestSerial.connect(vm.serialPath);
-  cleanup.push(() => serial.close());
-  return { vm, serial };
+/** The same config as source and as destination (-incoming defer -S). */
+async function pair(config: VmConfig): Promise<{ src: VmHandle; dst: VmHandle }> {
+  const src = await fleet.start(config);
+  const dst = await fleet.start(config, { role: "destination" });
+  return { src, dst };
 }
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "gw-guest-"));
+  fleet = await streamFleet();
+  dir = fleet.dir;
+});
+
+afterEach(async () => {
+  await fleet.stopVms();
 });
 
 afterAll(async () => {
-  for (const c of cleanup.reverse()) await Promise.resolve(c()).catch(() => undefined);
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await fleet?.stopAll();
 });
 
 describe.skipIf(!existsSync(GUEST))("the gangway test guest through the proxies", () => {
-  const guest = { kernel: GUEST, append: "seed=5 image=3 zero=25 shared=25 rate=1000" };
+  const guest = (): VmConfig => ({ name: vmName("tg"), memoryMiB: 256, kernel: GUEST, append: "seed=5 image=3 zero=25 shared=25 rate=1000" });
 
   it("a running, dirtying 256 MiB guest migrates and passes its own memory check after cont", async () => {
-    const src = await vmWithSerial({ ...guest, paused: true });
-    const dst = await vmWithSerial({ ...guest, incoming: true });
-    await src.vm.qmp.execute("cont");
+    const { src, dst } = await pair(guest());
     await src.serial.waitFor(/READY pages=\d+/, 30_000);
-    const report = await migrateThroughProxies({ sourceQmp: src.vm.qmp, destinationQmp: dst.vm.qmp });
+    const report = await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp });
     expect(report.ok).toBe(true);
     expect(report.nativeBytes).toBeGreaterThan(100 * 1024 * 1024);
-    expect(await runState(dst.vm.qmp)).toBe("paused");
-    await dst.vm.qmp.execute("cont");
-    expect(await runState(dst.vm.qmp)).toBe("running");
-    dst.serial.send("v");
-    const { match } = await dst.serial.waitFor(/VERIFY (OK|FAIL)[^\n]*/, 30_000);
-    expect(match[0]).toMatch(/^VERIFY OK/);
+    expect(await runState(dst)).toBe("paused");
+    await dst.qmp.cont();
+    expect(await runState(dst)).toBe("running");
+    const verdict = await dst.serial.request("v", /VERIFY (OK|FAIL).*/, 30_000);
+    expect(verdict[0]).toMatch(/^VERIFY OK/);
   });
 
   it("its multi-round stream parses into rounds and re-encodes byte-identically", async () => {
-    const src = await vmWithSerial({ ...guest, paused: true });
-    await src.vm.qmp.execute("cont");
+    const src = await fleet.start(guest());
     await src.serial.waitFor(/READY/, 30_000);
     // Slow the migration down so the guest dirties pages during it: several rounds.
-    await src.vm.qmp.execute("migrate-set-parameters", { "max-bandwidth": 200 * 1024 * 1024 });
+    await src.qmp.migrateSetParameters({ "max-bandwidth": 200 * 1024 * 1024 });
     const file = join(dir, "dirtying.stream");
-    await captureStream(src.vm, file);
+    await captureStream(src, file);
     const stream = await readFile(file);
     const records = parseBuffer(stream);
     const rounds = records.filter((r) => r.type === "round").length;
@@ -100,21 +97,18 @@ async function buildInitramfs(at: string): Promise<string> {
 describe.skipIf(!KERNEL || !existsSync(BUSYBOX))("a Debian kernel with a busybox initramfs through the proxies", () => {
   it("migrates while running and its shell still answers on the serial console", async () => {
     const initrd = await buildInitramfs(dir);
-    const linux = { kernel: KERNEL!, initrd, append: "console=ttyS0 quiet panic=-1" };
-    const src = await vmWithSerial({ ...linux, paused: true });
-    const dst = await vmWithSerial({ ...linux, incoming: true });
-    await src.vm.qmp.execute("cont");
+    const linux: VmConfig = { name: vmName("linux"), memoryMiB: 256, kernel: KERNEL!, initrd, append: "console=ttyS0 quiet panic=-1" };
+    const { src, dst } = await pair(linux);
     await src.serial.waitFor(/SHELL-READY/, 60_000);
     const n = Math.floor(Math.random() * 1e9);
-    src.serial.send(`echo before-${n}\n`);
-    await src.serial.waitFor(new RegExp(`\\r?\\nbefore-${n}\\r?\\n`), 10_000);
+    await src.serial.request(`echo before-${n}\n`, new RegExp(`^before-${n}$`), 10_000);
 
-    const report = await migrateThroughProxies({ sourceQmp: src.vm.qmp, destinationQmp: dst.vm.qmp });
+    const report = await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp });
     expect(report.ok).toBe(true);
-    expect(await runState(dst.vm.qmp)).toBe("paused");
-    await dst.vm.qmp.execute("cont");
-    expect(await runState(dst.vm.qmp)).toBe("running");
-    dst.serial.send(`echo hello-${n}\n`);
-    await dst.serial.waitFor(new RegExp(`\\r?\\nhello-${n}\\r?\\n`), 15_000);
+    expect(await runState(dst)).toBe("paused");
+    await dst.qmp.cont();
+    expect(await runState(dst)).toBe("running");
+    // The shell answers at the destination (the line it prints, not the echo of what we typed).
+    await dst.serial.request(`echo hello-${n}\n`, new RegExp(`^hello-${n}$`), 15_000);
   });
 });

@@ -4,26 +4,30 @@
  * the codec must parse it into typed post-copy commands (OPEN_RETURN_PATH, ADVISE,
  * RAM_DISCARD, PACKAGED with LISTEN, device sections, RUN) and re-encode it byte for byte.
  */
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { existsSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { createServer, connect, type Socket } from "node:net";
 import { once } from "node:events";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseBuffer, parsePackaged } from "../../adapters/qemu/stream/stream.ts";
 import { encodeRecords } from "../../adapters/qemu/stream/encoder.ts";
 import { canonicalize } from "../../adapters/qemu/stream/canonical.ts";
 import type { StreamRecord } from "../../adapters/qemu/stream/records.ts";
-import { launchVm, runState, waitMigration, type TestVm } from "./helpers/qemu.ts";
-import { TestSerial } from "./helpers/serial.ts";
+import type { VmConfig } from "../../adapters/qemu/vm.ts";
+import { runState, streamFleet, TEST_GUEST as GUEST, vmName, type StreamFleet } from "./helpers/vms.ts";
 
-const GUEST = join(process.cwd(), "guest/build/gangway-guest.elf");
 const cleanup: (() => unknown)[] = [];
+let fleet: StreamFleet;
+
+beforeAll(async () => {
+  fleet = await streamFleet();
+});
 
 afterAll(async () => {
   for (const c of cleanup.reverse()) await Promise.resolve(c()).catch(() => undefined);
+  await fleet?.stopAll();
 });
 
 /** A relay source → destination (teeing the forward bytes) and destination → source (the return path). */
@@ -55,35 +59,27 @@ async function relay(listenPath: string, targetPath: string): Promise<{ sent: Bu
 
 describe.skipIf(!existsSync(GUEST))("the codec on a real post-copy stream", () => {
   it("parses OPEN_RETURN_PATH, ADVISE, RAM_DISCARD, PACKAGED (LISTEN, devices, RUN) and re-encodes it byte for byte", async () => {
-    const dir = await mkdtemp(join(tmpdir(), "gw-postcopy-"));
-    cleanup.push(() => rm(dir, { recursive: true, force: true }));
-    const guest = { kernel: GUEST, append: "seed=2 rate=2000", memMiB: 128, serial: true };
-    const src: TestVm = await launchVm({ ...guest, paused: true });
-    cleanup.push(() => src.kill());
-    const dst: TestVm = await launchVm({ ...guest, incoming: true });
-    cleanup.push(() => dst.kill());
-    const srcSerial = await TestSerial.connect(src.serialPath);
-    const dstSerial = await TestSerial.connect(dst.serialPath);
-    cleanup.push(() => srcSerial.close(), () => dstSerial.close());
-    await src.qmp.execute("cont");
-    await srcSerial.waitFor(/READY/, 30_000);
+    const dir = fleet.dir;
+    const guest: VmConfig = { name: vmName("pc"), kernel: GUEST, append: "seed=2 rate=2000", memoryMiB: 128 };
+    const src = await fleet.start(guest);
+    const dst = await fleet.start(guest, { role: "destination" });
+    await src.serial.waitFor(/READY/, 30_000);
 
-    for (const q of [src.qmp, dst.qmp]) await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "postcopy-ram", state: true }] });
+    for (const q of [src.qmp, dst.qmp]) await q.migrateSetCapabilities({ "postcopy-ram": true });
     const incoming = join(dir, "in.sock");
-    await dst.qmp.execute("migrate-incoming", { uri: `unix:${incoming}` });
+    await dst.qmp.migrateIncoming(`unix:${incoming}`);
     const r = await relay(join(dir, "relay.sock"), incoming);
     // A slow pre-copy, so post-copy starts with most pages still to send.
-    await src.qmp.execute("migrate-set-parameters", { "max-bandwidth": 64 * 1024 * 1024 });
-    await src.qmp.execute("migrate", { uri: `unix:${join(dir, "relay.sock")}` });
+    await src.qmp.migrateSetParameters({ "max-bandwidth": 64 * 1024 * 1024 });
+    await src.qmp.migrate(`unix:${join(dir, "relay.sock")}`);
     await sleep(300);
-    await src.qmp.execute("migrate-start-postcopy");
-    expect(await waitMigration(src.qmp, 60_000)).toBe("completed");
+    await src.qmp.migrateStartPostcopy();
+    expect((await src.qmp.waitForMigration({ timeoutMs: 60_000 })).status).toBe("completed");
     await r.done;
-    expect(await runState(dst.qmp)).toBe("paused");
-    await dst.qmp.execute("cont");
-    dstSerial.send("v");
-    const { match } = await dstSerial.waitFor(/VERIFY (OK|FAIL)[^\n]*/, 30_000);
-    expect(match[0]).toMatch(/^VERIFY OK/);
+    expect(await runState(dst)).toBe("paused");
+    await dst.qmp.cont();
+    const verdict = await dst.serial.request("v", /VERIFY (OK|FAIL).*/, 30_000);
+    expect(verdict[0]).toMatch(/^VERIFY OK/);
 
     const stream = Buffer.concat(r.sent);
     const records = parseBuffer(stream);
@@ -110,14 +106,10 @@ describe.skipIf(!existsSync(GUEST))("the codec on a real post-copy stream", () =
     for await (const x of canonicalize(records)) canon.push(x);
     const file = join(dir, "canonical.stream");
     await writeFile(file, encodeRecords(canon, { continueMode: "auto" }));
-    const again = await launchVm({ ...guest, extra: ["-incoming", `exec:cat ${file}`, "-S"] });
-    cleanup.push(() => again.kill());
-    const againSerial = await TestSerial.connect(again.serialPath);
-    cleanup.push(() => againSerial.close());
-    expect(await waitMigration(again.qmp)).toBe("completed");
-    await again.qmp.execute("cont");
-    againSerial.send("v");
-    const verdict = await againSerial.waitFor(/VERIFY (OK|FAIL)[^\n]*/, 30_000);
-    expect(verdict.match[0]).toMatch(/^VERIFY OK/);
+    const again = await fleet.start({ ...guest, name: vmName("pc2") }, { role: "destination", incoming: `exec:cat ${file}` });
+    expect((await again.qmp.waitForMigration({ timeoutMs: 30_000 })).status).toBe("completed");
+    await again.qmp.cont();
+    const verdict2 = await again.serial.request("v", /VERIFY (OK|FAIL).*/, 30_000);
+    expect(verdict2[0]).toMatch(/^VERIFY OK/);
   });
 });

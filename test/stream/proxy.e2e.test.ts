@@ -4,39 +4,43 @@
  * byte for byte. A stream corrupted or cut in the proxy path must fail with the offset
  * named, and leave the source running.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { migrateThroughProxies, isProxyMigrationError, type ProxyMigrationError } from "../../adapters/qemu/proxyPipe.ts";
 import { isTruncatedStream, isUnsupportedRamFlag, type MigrationStreamError } from "../../adapters/qemu/stream/errors.ts";
 import { createLogger } from "../../infra/log.ts";
 import type { PageBatch, StreamRecord } from "../../adapters/qemu/stream/records.ts";
-import { IMAGE_ADDR, launchVm, mixedImage, readGuestMemory, runState, type TestVm } from "./helpers/qemu.ts";
+import type { VmHandle } from "../../adapters/qemu/vm.ts";
+import { IMAGE_ADDR, mixedImage, readGuestMemory, runState, streamFleet, vmName, type StreamFleet } from "./helpers/vms.ts";
 
 /** Failures are expected in some tests: keep their warnings out of the test output. */
 const quiet = createLogger({}, () => undefined);
-let dir: string;
+let fleet: StreamFleet;
 let image: Buffer;
 let imageFile: string;
-const vms: TestVm[] = [];
 
-async function vm(o: Parameters<typeof launchVm>[0]): Promise<TestVm> {
-  const v = await launchVm(o);
-  vms.push(v);
-  return v;
+/** An idle source holding the image, and its destination (same config, no image, -incoming defer -S). */
+async function pair(): Promise<{ src: VmHandle; dst: VmHandle }> {
+  const name = vmName("px");
+  const src = await fleet.idle(name, { image: imageFile });
+  const dst = await fleet.idle(name, { role: "destination" });
+  return { src, dst };
 }
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "gw-proxy-"));
+  fleet = await streamFleet();
   image = mixedImage(2048, 11); // 8 MiB
-  imageFile = join(dir, "image.bin");
+  imageFile = join(fleet.dir, "image.bin");
   await writeFile(imageFile, image);
 });
 
+afterEach(async () => {
+  await fleet.stopVms();
+});
+
 afterAll(async () => {
-  await Promise.allSettled(vms.map((v) => v.kill()));
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await fleet?.stopAll();
 });
 
 /** A filter that sets `bits` in the flags byte of the first page record matching `header` (8 bytes). */
@@ -103,43 +107,39 @@ async function* backwards(records: AsyncIterable<StreamRecord>): AsyncGenerator<
 
 describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
   it("an idle VM's RAM arrives byte for byte; the destination stays paused until cont", async () => {
-    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
-    const dst = await vm({ incoming: true });
+    const { src, dst } = await pair();
     const report = await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp });
     expect(report.ok).toBe(true);
     expect(report.nativeBytes).toBeGreaterThan(image.length / 2);
     expect(report.bytesWritten).toBe(report.nativeBytes); // records re-encoded as they came
     expect(report.source.runState).toBe("postmigrate");
-    expect(await runState(dst.qmp)).toBe("paused");
+    expect(await runState(dst)).toBe("paused");
     expect((await readGuestMemory(dst, IMAGE_ADDR, image.length)).equals(image)).toBe(true);
-    await dst.qmp.execute("cont");
-    expect(await runState(dst.qmp)).toBe("running");
+    await dst.qmp.cont();
+    expect(await runState(dst)).toBe("running");
   });
 
   it("with rounds collapsed into one PART the destination gets the same RAM from fewer bytes", async () => {
-    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
-    const dst = await vm({ incoming: true });
+    const { src, dst } = await pair();
     const report = await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, destination: { collapseRounds: true, encode: { continueMode: "auto", vmdesc: false } } });
     expect(report.ok).toBe(true);
     expect(report.bytesWritten!).toBeLessThan(report.nativeBytes!);
     expect((await readGuestMemory(dst, IMAGE_ADDR, image.length)).equals(image)).toBe(true);
-    await dst.qmp.execute("cont");
-    expect(await runState(dst.qmp)).toBe("running");
+    await dst.qmp.cont();
+    expect(await runState(dst)).toBe("running");
   });
 
   it("pages may arrive in any order within a round", async () => {
-    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
-    const dst = await vm({ incoming: true });
+    const { src, dst } = await pair();
     const report = await migrateThroughProxies({ sourceQmp: src.qmp, destinationQmp: dst.qmp, transform: backwards });
     expect(report.ok).toBe(true);
     expect((await readGuestMemory(dst, IMAGE_ADDR, image.length)).equals(image)).toBe(true);
-    await dst.qmp.execute("cont");
-    expect(await runState(dst.qmp)).toBe("running");
+    await dst.qmp.cont();
+    expect(await runState(dst)).toBe("running");
   });
 
   it("a corrupted page record (XBZRLE flag set on the way) fails with its offset; the source keeps running", async () => {
-    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
-    const dst = await vm({ incoming: true });
+    const { src, dst } = await pair();
     // The first random page of the image: offset 0x2000000 + 3 pages, PAGE|CONTINUE.
     const header = Buffer.alloc(8);
     header.writeUInt32BE(IMAGE_ADDR + 3 * 4096 + 0x28, 4);
@@ -157,12 +157,11 @@ describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
     expect((report.error as MigrationStreamError).offset).toBe(c.hit());
     expect((err as Error).message).toContain(`XBZRLE (0x40) at byte ${c.hit()}`);
     expect(report.source.migration).toBe("failed");
-    expect(await runState(src.qmp)).toBe("running");
+    expect(await runState(src)).toBe("running");
   });
 
   it("a stream cut mid-RAM fails as truncated at the cut; the source keeps running", async () => {
-    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
-    const dst = await vm({ incoming: true });
+    const { src, dst } = await pair();
     const cut = 1_000_003;
     const filter = (chunk: Buffer, at: number): Buffer | null => (at >= cut ? null : at + chunk.length > cut ? chunk.subarray(0, cut - at) : chunk);
     let err: unknown;
@@ -176,12 +175,11 @@ describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
     expect(isTruncatedStream(report.error)).toBe(true);
     expect((report.error as MigrationStreamError).offset).toBe(cut);
     expect((err as Error).message).toMatch(new RegExp(`truncated at byte ${cut}`));
-    expect(await runState(src.qmp)).toBe("running");
+    expect(await runState(src)).toBe("running");
   });
 
   it("a stream cut after QEMU sent everything (inside VMDESC): the adapter resumes the source from postmigrate", async () => {
-    const src = await vm({ image: { file: imageFile, addr: IMAGE_ADDR } });
-    const dst = await vm({ incoming: true });
+    const { src, dst } = await pair();
     const marker = Buffer.from('{"page_size"');
     let cutAt = -1;
     const filter = (chunk: Buffer, at: number): Buffer | null => {
@@ -203,6 +201,6 @@ describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
     expect((report.error as MigrationStreamError).offset).toBe(cutAt);
     expect(report.source.migration).toBe("completed");
     expect(report.source.resumed).toBe(true);
-    expect(await runState(src.qmp)).toBe("running");
+    expect(await runState(src)).toBe("running");
   });
 });
