@@ -56,5 +56,18 @@ export function isZeroPage(page: Uint8Array): boolean {
   return Buffer.from(page.buffer, page.byteOffset, page.byteLength).equals(ZERO_PAGE);
 }
 
+const FILL_PAGES = new Map<number, Buffer>();
+/**
+ * The byte a page is filled with, or undefined if its bytes differ. Such a page travels as
+ * one fill record, never as data; both ends classify pages with this same function.
+ */
+export function uniformByte(page: Uint8Array): number | undefined {
+  const b = page[0]!;
+  if (page[PAGE_SIZE - 1] !== b || page[PAGE_SIZE >> 1] !== b) return undefined;
+  let ref = FILL_PAGES.get(b);
+  if (!ref) FILL_PAGES.set(b, (ref = Buffer.alloc(PAGE_SIZE, b)));
+  return Buffer.from(page.buffer, page.byteOffset, PAGE_SIZE).equals(ref) ? b : undefined;
+}
+
 export const keyHex = (key: Uint8Array, at = 0): string => Buffer.from(key.buffer, key.byteOffset + at, KEY_BYTES).toString("hex");
 export const keyFromHex = (hex: string): Uint8Array => new Uint8Array(Buffer.from(hex, "hex"));

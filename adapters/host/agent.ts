@@ -20,7 +20,7 @@ import { createPublisher, type EventPublisher } from "../../infra/events/publish
 import { createLogger, type Logger } from "../../infra/log.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { extractTraceContext, meter, tracer } from "../../infra/telemetry.ts";
-import { createPageKeyer, PAGE_SIZE, type PageKeyer } from "../dataplane/contentKey.ts";
+import { createPageKeyer, PAGE_SIZE, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
 import { openPackStore, type PackStore } from "../dataplane/packStore.ts";
 import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
 import { openPageSource, type PageSource } from "./packLocator.ts";
@@ -242,8 +242,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     targets.set(key, session);
     const state: TargetState = { pagesWritten: 0 };
     const run = (async () => {
-      const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: await pages(), packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000 }, state);
+      const source = await pages();
+      source.prefetch(c.migrationId, c.spec.tenant, keyerFor(c.spec.tenant));
+      const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000 }, state);
       await o.driver.migrateIn(vm, records);
+      log.debug("destination loaded", { migrationId: c.migrationId, vm: c.spec.name });
       const status = await vm.status();
       if (status !== "paused" && status !== "prelaunch") throw new Error(`destination QEMU is ${status} after loading, expected paused`);
       // The proof: read back what QEMU holds (block m0 from its RAM file) and digest it.
@@ -266,6 +269,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const t = targets.get(key);
     if (!t) return;
     targets.delete(key);
+    targetDone(c.migrationId);
     await t.vm.cont();
     owned.set(c.vm, { spec: t.spec, vm: t.vm, state: "running" });
     await pub.publish(migrationProgress, { migrationId: c.migrationId }, {
@@ -293,6 +297,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const t = targets.get(key);
     if (t) {
       targets.delete(key);
+      targetDone(c.migrationId);
       t.aborted = true;
       await t.vm.quit().catch(() => undefined);
     }
@@ -312,6 +317,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       log.warn("rolled back: source resumed", { migrationId: c.migrationId, vm: c.vm, was: status, reason: c.reason });
       await publishInventory();
     }
+  };
+
+  /** The destination's prefetch of a migration's packs ends with its last VM there. */
+  const targetDone = (migrationId: string) => {
+    if (![...targets.values()].some((t) => t.migrationId === migrationId)) pageSource?.stopPrefetch(migrationId);
   };
 
   const releaseGang = (migrationId: string) => {
@@ -407,8 +417,8 @@ async function proveImage(state: TargetState, ramPath: string, keyer: PageKeyer)
         const { bytesRead } = await fh.read(chunk, 0, Math.min(chunk.byteLength, size - off), off);
         for (let p = 0; p < bytesRead; p += PAGE_SIZE) {
           const page = chunk.subarray(p, p + PAGE_SIZE);
-          const b = page[0]!;
-          if (page[PAGE_SIZE - 1] === b && page.every((x) => x === b)) img.fill(m0, off + p, b);
+          const fill = uniformByte(page);
+          if (fill !== undefined) img.fill(m0, off + p, fill);
           else {
             keyer.keyInto(page, key, 0);
             img.keyed(m0, off + p, key, 0);

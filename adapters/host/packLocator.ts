@@ -25,6 +25,12 @@ export class PageUnavailableError extends Error {
 export interface PageSource {
   /** The page with this key (hex) for this tenant; waits for its pack to be stored. */
   page(tenant: string, keyHexStr: string, keyer: PageKeyer, timeoutMs: number): Promise<Buffer>;
+  /**
+   * Fetches every pack a migration stores as soon as it is announced, so the destination
+   * keeps pace with the source instead of fetching when the manifest asks. Until stopPrefetch.
+   */
+  prefetch(migrationId: string, tenant: string, keyer: PageKeyer): void;
+  stopPrefetch(migrationId: string): void;
   /** Packs fetched and their bytes (what crossed into the destination). */
   readonly stats: { packsFetched: number; bytesFetched: number; cacheHits: number };
   close(): Promise<void>;
@@ -36,6 +42,10 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
   const waiting = new Map<string, (() => void)[]>();
   const fetching = new Map<string, Promise<void>>();
   const stats = { packsFetched: 0, bytesFetched: 0, cacheHits: 0 };
+  const prefetching = new Map<string, { tenant: string; keyer: PageKeyer }>();
+  // At most two prefetches at once: the manifest's own fetches must not queue behind many.
+  const prefetchChain: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
+  let nextLane = 0;
 
   const js = jetstream(nc);
   const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: "gw.pack.*.stored", deliver_policy: DeliverPolicy.All });
@@ -45,6 +55,11 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
       const d = decodeMessage(m.subject, m.data, m.headers);
       if (!d.ok || d.event.mode !== "structured") continue;
       const data = d.event.data as z.infer<typeof packStored.data>;
+      const pre = prefetching.get(data.migrationId);
+      if (pre && pre.tenant === data.tenant) {
+        const lane = nextLane++ % prefetchChain.length;
+        prefetchChain[lane] = prefetchChain[lane]!.then(() => fetchPack(data.tenant, data.pack, pre.keyer).catch(() => undefined));
+      }
       for (const k of data.keys) {
         const id = `${data.tenant}/${k}`;
         if (!located.has(id)) located.set(id, data.pack);
@@ -57,7 +72,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
     }
   })();
 
-  const fetchPack = (tenant: string, name: string, keyer: PageKeyer): Promise<void> => {
+  function fetchPack(tenant: string, name: string, keyer: PageKeyer): Promise<void> {
     let f = fetching.get(name);
     if (!f) {
       f = (async () => {
@@ -80,10 +95,16 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
       f.catch(() => fetching.delete(name));
     }
     return f;
-  };
+  }
 
   return {
     stats,
+    prefetch(migrationId, tenant, keyer) {
+      prefetching.set(migrationId, { tenant, keyer });
+    },
+    stopPrefetch(migrationId) {
+      prefetching.delete(migrationId);
+    },
     async page(tenant, k, keyer, timeoutMs) {
       const id = `${tenant}/${k}`;
       const hit = cache.get(id);

@@ -8,7 +8,7 @@
 import { KeyStatus, manifestBatch, manifestCompleted, manifestHeader, packStored } from "../../schemas/index.ts";
 import type { EventPublisher } from "../../infra/events/publisher.ts";
 import type { StreamRecord, PageBatch } from "../qemu/stream/records.ts";
-import { isZeroPage, KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { KEY_BYTES, PAGE_SIZE, keyHex, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
 import { ImageDigest } from "../dataplane/imageDigest.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
 import { encodePack } from "../dataplane/pagePack.ts";
@@ -62,17 +62,6 @@ export interface SourceResult {
   progress: SourceProgress;
   digest: string;
   rounds: number;
-}
-
-const UNIFORM_CACHE = new Map<number, Buffer>();
-/** A page whose bytes are all the same value travels as a fill record. */
-function uniformByte(page: Uint8Array): number | undefined {
-  const b = page[0]!;
-  if (page[PAGE_SIZE - 1] !== b || page[PAGE_SIZE >> 1] !== b) return undefined;
-  if (b === 0) return isZeroPage(page) ? 0 : undefined;
-  let ref = UNIFORM_CACHE.get(b);
-  if (!ref) UNIFORM_CACHE.set(b, (ref = Buffer.alloc(PAGE_SIZE, b)));
-  return ref.equals(page) ? b : undefined;
 }
 
 interface Prepared {

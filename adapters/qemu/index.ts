@@ -5,6 +5,7 @@
  */
 export {
   startVm,
+  sweepStaleVms,
   buildQemuArgs,
   vmPaths,
   defaultVmUuid,

@@ -67,25 +67,31 @@ export function testGuestPageKind(index: number, p: TestGuestParams = {}): PageK
   return r < zero ? PageKind.Zero : r < zero + shared ? PageKind.Shared : PageKind.Unique;
 }
 
-/** The exact bytes of page `index` as the guest writes it (zero pages: 4096 zero bytes). */
-export function testGuestPage(kind: PageKind, index: number, p: TestGuestParams = {}, version = 0): Buffer {
-  const page = Buffer.alloc(PAGE_SIZE);
-  if (kind === PageKind.Zero) return page;
-  const q = { ...defaults, ...p };
+/** Writes the words the guest writes for a non-zero page into `w` (1024 words). */
+function generate(w: Uint32Array, kind: PageKind, index: number, q: Required<TestGuestParams>, version: number): void {
   const magic = kind === PageKind.Shared ? MAGIC_SHARED : MAGIC_UNIQUE;
   const key = kind === PageKind.Shared ? q.image : q.seed;
   let x = mix32((magic ^ mix32((key ^ mix32((index ^ mix32((version ^ 0x2545f491) >>> 0)) >>> 0)) >>> 0)) >>> 0);
   let c = fnv(fnv(fnv(FNV_BASIS, magic), index), version);
   for (let i = 4; i < PAGE_SIZE / 4; i++) {
     x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-    const w = (x ^ (x >>> 15)) >>> 0;
-    page.writeUInt32LE(w, i * 4);
-    c = fnv(c, w);
+    const v = (x ^ (x >>> 15)) >>> 0;
+    w[i] = v;
+    c = fnv(c, v);
   }
-  page.writeUInt32LE(magic, 0);
-  page.writeUInt32LE(index, 4);
-  page.writeUInt32LE(version, 8);
-  page.writeUInt32LE(c, 12);
+  w[0] = magic;
+  w[1] = index;
+  w[2] = version;
+  w[3] = c;
+}
+
+// Word views assume a little-endian host, as the guest is (x86).
+const scratch = new Uint32Array(PAGE_SIZE / 4);
+
+/** The exact bytes of page `index` as the guest writes it (zero pages: 4096 zero bytes). */
+export function testGuestPage(kind: PageKind, index: number, p: TestGuestParams = {}, version = 0): Buffer {
+  const page = Buffer.alloc(PAGE_SIZE);
+  if (kind !== PageKind.Zero) generate(new Uint32Array(page.buffer, page.byteOffset, PAGE_SIZE / 4), kind, index, { ...defaults, ...p }, version);
   return page;
 }
 
@@ -119,7 +125,8 @@ export function checkTestGuestPage(page: Uint8Array, index: number, p: TestGuest
   }
   if (idx !== index) return { ok: false, kind, version, reason: `header says page ${idx}` };
   if (kind === PageKind.Shared && version !== 0) return { ok: false, kind, version, reason: `shared page has version ${version}` };
-  const ok = buf.equals(testGuestPage(kind, index, p, version));
+  generate(scratch, kind, index, { ...defaults, ...p }, version);
+  const ok = buf.equals(new Uint8Array(scratch.buffer));
   return ok ? { ok, kind, version } : { ok, kind, version, reason: `content differs from version ${version}` };
 }
 

@@ -7,8 +7,8 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { accessSync, constants as fsConstants, createWriteStream, rmSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { accessSync, constants as fsConstants, createWriteStream, existsSync, rmSync } from "node:fs";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import { hostname, tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
@@ -249,13 +249,50 @@ function findSetpriv(): string | null {
   return setprivPath;
 }
 
-/** Refuses a run directory whose pid file names a live QEMU. */
-async function refuseIfRunning(name: string, paths: VmPaths): Promise<void> {
+/** The pid of the live QEMU that owns this run directory, if any. */
+async function livePid(paths: Pick<VmPaths, "pidFile" | "qmpSocket">): Promise<number | undefined> {
   const text = await readFile(paths.pidFile, "utf8").catch(() => "");
   const pid = Number.parseInt(text.trim(), 10);
-  if (!Number.isInteger(pid) || pid <= 0) return;
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
   const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-  if (cmdline.includes("qemu") && cmdline.includes(paths.qmpSocket)) throw new VmAlreadyRunningError(name, pid, paths.runDir);
+  return cmdline.includes("qemu") && cmdline.includes(paths.qmpSocket) ? pid : undefined;
+}
+
+/**
+ * Removes what a dead QEMU left in `runDir` (its RAM file, named in vm.json, sockets,
+ * pid file): after a SIGKILL of the whole process tree nobody else would. Returns the
+ * RAM files removed; does nothing while a live QEMU owns the directory.
+ */
+async function cleanStaleRun(runDir: string): Promise<string[]> {
+  const meta = await readFile(join(runDir, "vm.json"), "utf8").catch(() => undefined);
+  if (meta === undefined) return [];
+  let old: Partial<VmPaths> = {};
+  try {
+    old = (JSON.parse(meta) as { paths?: Partial<VmPaths> }).paths ?? {};
+  } catch {
+    /* unreadable: treat as no record */
+  }
+  const here = { pidFile: join(runDir, "qemu.pid"), qmpSocket: join(runDir, "qmp.sock") };
+  if ((await livePid(here)) !== undefined) return [];
+  const ram = typeof old.ramPath === "string" && existsSync(old.ramPath) ? [old.ramPath] : [];
+  await Promise.all([...ram, here.pidFile, here.qmpSocket, join(runDir, "serial.sock")].map((p) => rm(p, { force: true })));
+  return ram;
+}
+
+/**
+ * Cleans every run directory under `baseDir` whose QEMU is gone (see StartVmOptions.baseDir
+ * for the layout); for a host agent at start-up. Returns the RAM files removed.
+ * @default baseDir join(os.tmpdir(), "gangway-run")
+ */
+export async function sweepStaleVms(baseDir = join(tmpdir(), "gangway-run")): Promise<string[]> {
+  const removed: string[] = [];
+  const dirs = async (d: string) => (await readdir(d, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory()).map((e) => join(d, e.name));
+  for (const host of await dirs(baseDir)) {
+    for (const vm of await dirs(host)) {
+      for (const role of await dirs(vm)) removed.push(...(await cleanStaleRun(role)));
+    }
+  }
+  return removed;
 }
 
 function listenUnix(path: string): Promise<Server> {
@@ -296,10 +333,12 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
   const args = buildQemuArgs(resolved, paths, { role, paused: opts.paused, incoming: opts.incoming });
 
   await mkdir(runDir, { recursive: true });
-  await refuseIfRunning(config.name, paths);
+  const running = await livePid(paths);
+  if (running !== undefined) throw new VmAlreadyRunningError(config.name, running, runDir);
+  await cleanStaleRun(runDir);
   // A RAM file left behind would become the new guest's memory: start from nothing.
   await Promise.all([paths.qmpSocket, paths.serialSocket, paths.pidFile, paths.ramPath].map((p) => rm(p, { force: true })));
-  await writeFile(join(runDir, "vm.json"), JSON.stringify({ config: resolved, role, runId, host, args }, null, 2) + "\n");
+  await writeFile(join(runDir, "vm.json"), JSON.stringify({ config: resolved, role, runId, host, paths, args }, null, 2) + "\n");
 
   const serialServer = await listenUnix(paths.serialSocket);
   const serialConnected = new Promise<Socket>((resolve) => serialServer.once("connection", resolve));

@@ -12,15 +12,26 @@ import { FilePageStore } from "./pageImage.ts";
 import { parseStream, type ParseStreamOptions } from "./stream.ts";
 import { StreamSummarizer, type StreamSummary } from "./summary.ts";
 
-/** Read size for saved streams. @default 1 MiB chunks */
+/** Read size for saved streams: 1 MiB chunks. */
 const READ_CHUNK = 1024 * 1024;
+
+/** A saved stream that cannot be opened (missing, not a file, unreadable). */
+export class StreamFileError extends Error {
+  readonly path: string;
+  constructor(message: string, path: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "StreamFileError";
+    this.path = path;
+  }
+}
+export const isStreamFileError = (e: unknown): e is StreamFileError => e instanceof StreamFileError;
 
 /** Opens a saved stream for parsing, with a clear error when the file is missing. */
 export async function openStreamFile(path: string): Promise<{ size: number; readable: ReturnType<typeof createReadStream> }> {
   const st = await stat(path).catch((err: NodeJS.ErrnoException) => {
-    throw new Error(err.code === "ENOENT" ? `no such file: ${path}` : `cannot read ${path}: ${err.message}`, { cause: err });
+    throw new StreamFileError(err.code === "ENOENT" ? `no such file: ${path}` : `cannot read ${path}: ${err.message}`, path, { cause: err });
   });
-  if (!st.isFile()) throw new Error(`not a regular file: ${path}`);
+  if (!st.isFile()) throw new StreamFileError(`not a regular file: ${path}`, path);
   return { size: st.size, readable: createReadStream(path, { highWaterMark: READ_CHUNK }) };
 }
 

@@ -44,5 +44,5 @@ export { encodeConfig } from "./config.ts";
 export { canonicalize, type CanonicalOptions, type CanonicalStats } from "./canonical.ts";
 export { PageImage, MemoryPageStore, FilePageStore, type PageStore } from "./pageImage.ts";
 export { StreamSummarizer, formatSummary, type StreamSummary, type RoundSummary, type DeviceSummary } from "./summary.ts";
-export { inspectFile, reencodeFile, openStreamFile, type ReencodeResult } from "./files.ts";
+export { inspectFile, reencodeFile, openStreamFile, StreamFileError, isStreamFileError, type ReencodeResult } from "./files.ts";
 export * from "./errors.ts";

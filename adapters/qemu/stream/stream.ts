@@ -14,9 +14,10 @@ export interface ParseStreamOptions extends ParseOptions {
 }
 
 /**
- * Parses a migration stream incrementally. Input chunks must not be modified after they
- * are handed over: device and vmdesc records are copies, page batches are copies, but a
- * chunk is read in place while parsing.
+ * Parses a migration stream incrementally. Chunks are read in place, but no record keeps
+ * a reference to one: page contents are copied once into the batch slabs (consumers want
+ * them contiguous) and device, command and VMDESC payloads are copied, so a producer may
+ * reuse a chunk as soon as the parser has pulled the next one.
  */
 export async function* parseStream(input: ByteSource, options: ParseStreamOptions = {}): AsyncGenerator<StreamRecord, void, undefined> {
   const parser = new StreamParser(options);
