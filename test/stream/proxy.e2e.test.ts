@@ -6,6 +6,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { writeFile } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { migrateThroughProxies, isProxyMigrationError, type ProxyMigrationError } from "../../adapters/qemu/proxyPipe.ts";
 import { isTruncatedStream, isUnsupportedRamFlag, type MigrationStreamError } from "../../adapters/qemu/stream/errors.ts";
@@ -158,6 +159,9 @@ describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
     expect((err as Error).message).toContain(`XBZRLE (0x40) at byte ${c.hit()}`);
     expect(report.source.migration).toBe("failed");
     expect(await runState(src)).toBe("running");
+    // The destination's connection was closed mid-stream: its load failed and QEMU exited.
+    await Promise.race([dst.exited, sleep(10_000)]);
+    expect(dst.isRunning).toBe(false);
   });
 
   it("a stream cut mid-RAM fails as truncated at the cut; the source keeps running", async () => {
@@ -176,6 +180,8 @@ describe("migration through the stream proxies (QEMU 7.2, TCG)", () => {
     expect((report.error as MigrationStreamError).offset).toBe(cut);
     expect((err as Error).message).toMatch(new RegExp(`truncated at byte ${cut}`));
     expect(await runState(src)).toBe("running");
+    await Promise.race([dst.exited, sleep(10_000)]);
+    expect(dst.isRunning).toBe(false);
   });
 
   it("a stream cut after QEMU sent everything (inside VMDESC): the adapter resumes the source from postmigrate", async () => {
