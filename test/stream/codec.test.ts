@@ -5,6 +5,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readFile, writeFile } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { StreamParser } from "../../adapters/qemu/stream/parser.ts";
 import { parseBuffer, parsePackaged, parseStream } from "../../adapters/qemu/stream/stream.ts";
@@ -147,6 +149,27 @@ describe("codec on a captured QEMU 7.2 stream", () => {
       for await (const b of encodeStream(parseStream(chunks()))) out.push(b);
       expect(Buffer.concat(out).equals(stream)).toBe(true);
     }
+  });
+
+  it("back-pressure: a consumer that stops pulling stops the reading of a Readable", async () => {
+    let produced = 0;
+    function* chunks() {
+      for (let p = 0; p < stream.length; p += 65536) {
+        produced += Math.min(65536, stream.length - p);
+        yield stream.subarray(p, p + 65536);
+      }
+    }
+    const readable = Readable.from(chunks(), { objectMode: false, highWaterMark: 65536 });
+    const it = parseStream(readable, { readAheadBytes: 256 * 1024 })[Symbol.asyncIterator]();
+    const records: StreamRecord[] = [];
+    for (let i = 0; i < 5; i++) records.push((await it.next()).value as StreamRecord);
+    await sleep(200);
+    // Read ahead: the parser's 256 KiB plus the Readable's own buffer, not the 4.5 MB stream.
+    expect(produced).toBeLessThan(2 * 1024 * 1024);
+    expect(stream.length).toBeGreaterThan(4 * 1024 * 1024);
+    for (let r = await it.next(); !r.done; r = await it.next()) records.push(r.value);
+    expect(produced).toBe(stream.length);
+    expect(encodeRecords(records).equals(stream)).toBe(true);
   });
 
   it("truncated input gives TruncatedStreamError at the truncation offset", () => {

@@ -9,8 +9,10 @@ import type { StreamRecord } from "./records.ts";
 
 /** Options of parseStream. */
 export interface ParseStreamOptions extends ParseOptions {
-  /** Called with each input chunk before parsing (counting, taps). */
+  /** Called with each input chunk before parsing (counting, taps). @default none */
   onChunk?: (chunk: Buffer) => void;
+  /** For a Readable input: bytes read ahead of the parser before the Readable is paused. @default 4194304 (4 MiB) */
+  readAheadBytes?: number;
 }
 
 /**
@@ -21,7 +23,7 @@ export interface ParseStreamOptions extends ParseOptions {
  */
 export async function* parseStream(input: ByteSource, options: ParseStreamOptions = {}): AsyncGenerator<StreamRecord, void, undefined> {
   const parser = new StreamParser(options);
-  const source = isReadable(input) ? readableGroups(input) : input;
+  const source = isReadable(input) ? readableGroups(input, { highWaterMark: options.readAheadBytes }) : input;
   const feed = (c: Uint8Array) => {
     const b = toBuffer(c);
     options.onChunk?.(b);
