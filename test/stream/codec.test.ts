@@ -118,6 +118,14 @@ describe("codec on a captured QEMU 7.2 stream", () => {
     expect(encodeRecords(records).equals(stream)).toBe(true);
   });
 
+  it("any batch size gives the same stream back", () => {
+    for (const maxBatchPages of [1, 3, 100, 5000]) {
+      const records = parseBuffer(stream, { maxBatchPages });
+      expect(records.every((r) => r.type !== "pages" || r.count <= maxBatchPages)).toBe(true);
+      expect(encodeRecords(records).equals(stream)).toBe(true);
+    }
+  });
+
   it("handles any chunk boundaries: 1-byte chunks", () => {
     const parser = new StreamParser({ maxBatchPages: 64 });
     const records: StreamRecord[] = [];
