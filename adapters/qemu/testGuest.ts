@@ -11,12 +11,16 @@ import type { VmConfig } from "./vm.ts";
 export const TEST_GUEST_KERNEL = fileURLToPath(new URL("../../guest/build/gangway-guest.elf", import.meta.url));
 
 export const PAGE_SIZE = 4096;
-/** The guest manages usable RAM from 2 MiB up: page index 512 = guest-physical 0x200000. */
+/**
+ * The guest manages usable RAM from 2 MiB up to 4 GiB: page index 512 = guest-physical
+ * 0x200000. Below ~3 GiB that is one run of `pages` pages from `first` (READY says both).
+ */
 export const TEST_GUEST_FIRST_PAGE = 512;
 const MAGIC_SHARED = 0x48535747; // "GWSH"
 const MAGIC_UNIQUE = 0x4e555747; // "GWUN"
 const FNV_BASIS = 2166136261;
 const FNV_PRIME = 16777619;
+const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
 
 /** The guest's -append parameters. */
 export interface TestGuestParams {
@@ -129,8 +133,6 @@ export function checkTestGuestPage(page: Uint8Array, index: number, p: TestGuest
   const ok = buf.equals(new Uint8Array(scratch.buffer));
   return ok ? { ok, kind, version } : { ok, kind, version, reason: `content differs from version ${version}` };
 }
-
-const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
 
 // ---- serial protocol ---------------------------------------------------------------------
 
