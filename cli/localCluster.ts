@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { resolve, join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { agentVmStart, hostInventory, type VmSpec } from "../schemas/index.ts";
+import { agentVmStart, hostInventory, scanCompleted, type VmSpec } from "../schemas/index.ts";
 import { createPublisher } from "../infra/events/publisher.ts";
 import { readEvents } from "../infra/events/reader.ts";
 
@@ -105,4 +105,27 @@ export function testGuestSpec(name: string, o: { tenant?: string; memoryMiB?: nu
     append: `seed=${o.seed} image=${o.image ?? 7} zero=${o.zero ?? 25} shared=${o.shared ?? 50} rate=${o.rate ?? 1000}`,
     readyPattern: "READY",
   };
+}
+
+/**
+ * Waits until every VM had a preparation-phase scan (the scan function asks for one when a
+ * host reports a VM it has not scanned), and returns the bytes those scans put on the link.
+ */
+export async function waitForScans(nc: NatsConnection, host: string, vms: string[], timeoutMs = 120_000): Promise<{ bytesSent: number; pagesPreseeded: number }> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    const done = new Map<string, { bytesSent: number; pagesPreseeded: number }>();
+    for (const vm of vms) {
+      for await (const e of readEvents(nc, { filter: scanCompleted.subject({ host, vm }) })) {
+        if (e.result.ok && e.result.event.mode === "structured") {
+          const d = e.result.event.data as { bytesSent: number; pagesPreseeded: number };
+          const prev = done.get(vm) ?? { bytesSent: 0, pagesPreseeded: 0 };
+          done.set(vm, { bytesSent: prev.bytesSent + d.bytesSent, pagesPreseeded: prev.pagesPreseeded + d.pagesPreseeded });
+        }
+      }
+    }
+    if (vms.every((v) => done.has(v))) return [...done.values()].reduce((a, b) => ({ bytesSent: a.bytesSent + b.bytesSent, pagesPreseeded: a.pagesPreseeded + b.pagesPreseeded }));
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  throw new Error(`no preparation scan of ${vms.join(", ")} on ${host} within ${timeoutMs / 1000} s`);
 }

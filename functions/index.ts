@@ -1,16 +1,17 @@
 /** Every gangway function, for hosts to serve. */
 import inventory from "./inventory/index.ts";
 import plan from "./plan/index.ts";
+import scan from "./scan/index.ts";
 import { commitFunctions } from "./commit/index.ts";
 import { createHashFunctions, type DedupIndexView } from "./hash/index.ts";
 import type { FunctionDefinition } from "./types.ts";
 
 /** The functions that need nothing but their context. */
-export const functions: readonly FunctionDefinition[] = [inventory, plan, ...commitFunctions] as unknown as readonly FunctionDefinition[];
+export const functions: readonly FunctionDefinition[] = [inventory, plan, scan, ...commitFunctions] as unknown as readonly FunctionDefinition[];
 
 /** All functions, given the services some of them are built with (the dedup index). */
 export function allFunctions(services: { dedupIndex: DedupIndexView }): readonly FunctionDefinition[] {
   return [...functions, ...(createHashFunctions(services.dedupIndex) as unknown as FunctionDefinition[])];
 }
 
-export { inventory, plan, commitFunctions, createHashFunctions };
+export { inventory, plan, scan, commitFunctions, createHashFunctions };

@@ -13,12 +13,12 @@ export const SCAN_RECORD_BYTES = 8 + KEY_BYTES;
 type ByVm = { host: string; vm: string };
 const about = (p: ByVm) => `host/${p.host}/vm/${p.vm}`;
 
-/** Command to a host: scan a VM's RAM now (full, or only pages changed since the last scan). */
+/** Command to a host agent: scan a VM's RAM now (full, or only pages changed since the last scan). */
 export const scanRequested = defineEvent({
   type: "io.gangway.scan.requested.v1",
   family: "scan",
-  subject: "gw.cmd.scan.{host}.{vm}",
-  about,
+  subject: "gw.cmd.agent.{host}.scan",
+  about: (p: { host: string }) => `host/${p.host}`,
   data: z.object({ host: hostName, vm: vmName, full: z.boolean().default(false) }),
 });
 
@@ -54,6 +54,10 @@ export const scanCompleted = defineEvent({
     zeroPages: z.number().int().nonnegative(),
     changedPages: z.number().int().nonnegative(),
     batches: z.number().int().nonnegative(),
+    /** Pages this pass packed and stored ahead of any migration (the destination side now holds them). */
+    pagesPreseeded: z.number().int().nonnegative(),
+    /** Bytes this pass put on the link: look-ups, packs and the scan batches. */
+    bytesSent: z.number().int().nonnegative(),
     durationMs: z.number().nonnegative(),
   }),
 });

@@ -12,7 +12,7 @@ import { open } from "node:fs/promises";
 import type { z } from "zod";
 import {
   agentPrepareTarget, agentQuitSource, agentResumeTarget, agentRollback, agentStartSource, agentVmStart, agentVmStop,
-  commitAbort, commitReady, hostInventory, migrationProgress, migrationStarted, migrationSwitchover, MigrationPhase, MigrationMode,
+  commitAbort, commitReady, hostInventory, migrationProgress, scanRequested, migrationStarted, migrationSwitchover, MigrationPhase, MigrationMode,
   type VmSpec,
 } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
@@ -23,6 +23,7 @@ import { extractTraceContext, meter, tracer } from "../../infra/telemetry.ts";
 import { createPageKeyer, PAGE_SIZE, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
 import { openPackStore, type PackStore } from "../dataplane/packStore.ts";
 import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
+import { scanMemory } from "./memoryScanner.ts";
 import { openPageSource, type PageSource } from "./packLocator.ts";
 import type { QemuDriver, RunningVm } from "./qemuDriver.ts";
 import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
@@ -45,6 +46,9 @@ interface OwnedVm {
   spec: VmSpec;
   vm: RunningVm;
   state: "running" | "paused" | "migrating" | "incoming";
+  /** The last scan's page table and pass number (preparation phase). */
+  scan?: { table: Uint8Array; pass: number };
+  scanning?: boolean;
 }
 
 interface SourceSession {
@@ -90,6 +94,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const sources = new Map<string, SourceSession>(); // key: migration/vm
   const targets = new Map<string, TargetSession>();
   const gangs = new Map<string, GangContext>();
+  const prepSources = new Set<string>();
   const started = Date.now();
   const reclaimed = await o.driver.reclaim();
   if (reclaimed.length) log.warn("removed what an earlier agent of this host left behind", { files: reclaimed });
@@ -239,10 +244,14 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     });
     if (!vm) return;
     const session: TargetSession = { migrationId: c.migrationId, vm, spec: c.spec, aborted: false };
+    prepSources.add(c.sourceHost);
     targets.set(key, session);
     const state: TargetState = { pagesWritten: 0 };
     const run = (async () => {
       const source = await pages();
+      // What the preparation phase preseeded first (it is most of the memory), then what
+      // this migration stores as it goes.
+      source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyerFor(c.spec.tenant));
       source.prefetch(c.migrationId, c.spec.tenant, keyerFor(c.spec.tenant));
       const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000 }, state);
       await o.driver.migrateIn(vm, records);
@@ -322,6 +331,29 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   /** The destination's prefetch of a migration's packs ends with its last VM there. */
   const targetDone = (migrationId: string) => {
     if (![...targets.values()].some((t) => t.migrationId === migrationId)) pageSource?.stopPrefetch(migrationId);
+    if (targets.size === 0) for (const h of prepSources) pageSource?.stopPrefetch(`prep-${h}`);
+  };
+
+  // --- preparation phase: scan a VM's memory and preseed what the destination side lacks ---
+  let prepResolver: KeyResolver | undefined;
+  const knownByTenant = new Map<string, Set<string>>();
+  const scan = async (c: Cmd<typeof scanRequested>) => {
+    const v = owned.get(c.vm);
+    if (!v || v.state !== "running" || v.scanning) return;
+    v.scanning = true;
+    try {
+      prepResolver ??= createKeyResolver(o.nc, pub, { migrationId: `prep-${o.host}`, targetHost: o.host });
+      const known = knownByTenant.get(v.spec.tenant) ?? knownByTenant.set(v.spec.tenant, new Set()).get(v.spec.tenant)!;
+      const pass = v.scan && !c.full ? v.scan.pass + 1 : 0;
+      const r = await scanMemory({
+        host: o.host, vm: c.vm, tenant: v.spec.tenant, ramPath: v.vm.ramPath, sizeBytes: v.spec.memoryMiB * 1024 * 1024, keyer: keyerFor(v.spec.tenant),
+        resolver: prepResolver, publisher: pub, packs, pass, known, ...(v.scan && !c.full ? { previous: v.scan.table } : {}),
+      });
+      v.scan = { table: r.table, pass };
+      log.info("scanned", { vm: c.vm, pass, changed: r.changedPages, preseeded: r.pagesPreseeded, bytes: r.bytesSent });
+    } finally {
+      v.scanning = false;
+    }
   };
 
   const releaseGang = (migrationId: string) => {
@@ -340,6 +372,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     [agentResumeTarget.type]: resumeTarget,
     [agentQuitSource.type]: quitSource,
     [agentRollback.type]: rollback,
+    [scanRequested.type]: scan,
   };
 
   const durable = `agent-${o.host}`;
@@ -391,6 +424,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       statusSub.unsubscribe();
       consoleSub.unsubscribe();
       for (const g of gangs.values()) g.resolver.close();
+      prepResolver?.close();
       await pageSource?.close();
       await Promise.allSettled([...targets.values()].map((t) => t.vm.quit()));
       await Promise.allSettled([...owned.values()].map((v) => v.vm.quit()));

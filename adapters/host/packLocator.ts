@@ -26,8 +26,9 @@ export interface PageSource {
   /** The page with this key (hex) for this tenant; waits for its pack to be stored. */
   page(tenant: string, keyHexStr: string, keyer: PageKeyer, timeoutMs: number): Promise<Buffer>;
   /**
-   * Fetches every pack a migration stores as soon as it is announced, so the destination
-   * keeps pace with the source instead of fetching when the manifest asks. Until stopPrefetch.
+   * Fetches every pack a migration (or a preparation pass, "prep-<host>") stored or stores,
+   * as soon as it is announced, so the destination keeps pace with the source instead of
+   * fetching when the manifest asks. Until stopPrefetch.
    */
   prefetch(migrationId: string, tenant: string, keyer: PageKeyer): void;
   stopPrefetch(migrationId: string): void;
@@ -43,6 +44,8 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
   const fetching = new Map<string, Promise<void>>();
   const stats = { packsFetched: 0, bytesFetched: 0, cacheHits: 0 };
   const prefetching = new Map<string, { tenant: string; keyer: PageKeyer }>();
+  /** Packs announced so far, by the migration (or preparation pass) that stored them. */
+  const packsOf = new Map<string, { tenant: string; pack: string }[]>();
   // At most two prefetches at once: the manifest's own fetches must not queue behind many.
   const prefetchChain: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
   let nextLane = 0;
@@ -55,11 +58,10 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
       const d = decodeMessage(m.subject, m.data, m.headers);
       if (!d.ok || d.event.mode !== "structured") continue;
       const data = d.event.data as z.infer<typeof packStored.data>;
+      const list = packsOf.get(data.migrationId) ?? packsOf.set(data.migrationId, []).get(data.migrationId)!;
+      list.push({ tenant: data.tenant, pack: data.pack });
       const pre = prefetching.get(data.migrationId);
-      if (pre && pre.tenant === data.tenant) {
-        const lane = nextLane++ % prefetchChain.length;
-        prefetchChain[lane] = prefetchChain[lane]!.then(() => fetchPack(data.tenant, data.pack, pre.keyer).catch(() => undefined));
-      }
+      if (pre && pre.tenant === data.tenant) queuePrefetch(data.tenant, data.pack, pre.keyer);
       for (const k of data.keys) {
         const id = `${data.tenant}/${k}`;
         if (!located.has(id)) located.set(id, data.pack);
@@ -71,6 +73,11 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
       }
     }
   })();
+
+  function queuePrefetch(tenant: string, pack: string, keyer: PageKeyer): void {
+    const lane = nextLane++ % prefetchChain.length;
+    prefetchChain[lane] = prefetchChain[lane]!.then(() => fetchPack(tenant, pack, keyer).catch(() => undefined));
+  }
 
   function fetchPack(tenant: string, name: string, keyer: PageKeyer): Promise<void> {
     let f = fetching.get(name);
@@ -101,6 +108,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
     stats,
     prefetch(migrationId, tenant, keyer) {
       prefetching.set(migrationId, { tenant, keyer });
+      for (const p of packsOf.get(migrationId) ?? []) if (p.tenant === tenant) queuePrefetch(p.tenant, p.pack, keyer);
     },
     stopPrefetch(migrationId) {
       prefetching.delete(migrationId);

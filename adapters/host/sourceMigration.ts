@@ -5,15 +5,15 @@
  * completion with the device state and the image digest). Look-ups of several batches are
  * in flight at once; manifest batches still go out in stream order.
  */
-import { KeyStatus, manifestBatch, manifestCompleted, manifestHeader, packStored } from "../../schemas/index.ts";
+import { KeyStatus, manifestBatch, manifestCompleted, manifestHeader } from "../../schemas/index.ts";
 import type { EventPublisher } from "../../infra/events/publisher.ts";
 import type { StreamRecord, PageBatch } from "../qemu/stream/records.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
 import { ImageDigest } from "../dataplane/imageDigest.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
-import { encodePack } from "../dataplane/pagePack.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
 import type { KeyResolver } from "./keyResolver.ts";
+import { PackWriter } from "./packWriter.ts";
 
 /** Counters of one VM's migration, under libvirt's names where one exists. */
 export interface SourceProgress {
@@ -80,7 +80,6 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
     native_bytes: 0, bytes_on_link: 0, packed_raw_bytes: 0, packed_bytes: 0,
   };
   const batchPages = o.batchPages ?? 4096;
-  const packPages = o.packPages ?? 256;
   const ext = { migrationId: o.migrationId, vm: o.vm, tenant: o.tenant };
   const vmParams = { migrationId: o.migrationId, vm: o.vm };
   let blocks: { id: string; usedBytes: number }[] = [];
@@ -93,36 +92,15 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   const deviceState: Buffer[] = [];
   let manifestSeq = 0;
   const writer = new ManifestWriter(batchPages);
-  let packKeys = new Uint8Array(packPages * KEY_BYTES);
-  let packData = new Uint8Array(packPages * PAGE_SIZE);
-  let packCount = 0;
-  let pendingPackWrites: Promise<void>[] = [];
+  const packer = new PackWriter({ migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, publisher: o.publisher, packs: o.packs, ...(o.packPages ? { packPages: o.packPages } : {}) });
   /** Keys this VM claimed and has packed (or is packing): hex set, to never pack one twice. */
   const packedHere = new Set<string>();
 
   const report = () => {
     p.native_bytes = o.nativeBytes();
-    o.onProgress?.({ ...p });
-  };
-
-  const flushPack = () => {
-    if (packCount === 0) return;
-    const keys = packKeys.slice(0, packCount * KEY_BYTES);
-    const pages = packData.slice(0, packCount * PAGE_SIZE);
-    const n = packCount;
-    packCount = 0;
-    const write = (async () => {
-      const pack = encodePack(keys, pages);
-      await o.packs.put(pack.name, pack.bytes);
-      const keyList = Array.from({ length: n }, (_, i) => keyHex(keys, i * KEY_BYTES));
-      await o.publisher.publish(packStored, { migrationId: o.migrationId }, {
-        migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, pack: pack.name, codec: pack.codec, keys: keyList, rawBytes: pack.rawBytes, storedBytes: pack.bytes.byteLength,
-      }, { id: `${o.migrationId}-${o.vm}-${pack.name}` });
-      p.packed_raw_bytes += pack.rawBytes;
-      p.packed_bytes += pack.bytes.byteLength;
-      p.bytes_on_link += pack.bytes.byteLength + 40 * n; // + the keys listed in the event
-    })();
-    pendingPackWrites.push(write);
+    p.packed_raw_bytes = packer.rawBytes;
+    p.packed_bytes = packer.storedBytes;
+    o.onProgress?.({ ...p, bytes_on_link: p.bytes_on_link + packer.linkBytes });
   };
 
   const flushManifest = async (round: number, final: boolean) => {
@@ -194,15 +172,8 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
         if (status !== 255) o.gangKeys.set(k, status);
         if (status === KeyStatus.claimed && !packedHere.has(k)) {
           packedHere.add(k);
-          packKeys.set(pr.keys.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES), packCount * KEY_BYTES);
-          packData.set(page!, packCount * PAGE_SIZE);
-          packCount++;
+          packer.add(pr.keys, i * KEY_BYTES, page!);
           p.pages_sent++;
-          if (packCount === packPages) {
-            flushPack();
-            packKeys = new Uint8Array(packPages * KEY_BYTES);
-            packData = new Uint8Array(packPages * PAGE_SIZE);
-          }
         } else p.pages_deduplicated++;
         writer.addPage(offset, pr.blockIndex, pr.keys, i * KEY_BYTES);
         digest!.keyed(pr.blockIndex, offset, pr.keys, i * KEY_BYTES);
@@ -280,15 +251,16 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   }
   while (inFlight.length) await finish(inFlight.shift()!);
   if (!digest) throw new Error("the stream ended before the RAM setup");
-  flushPack();
-  await Promise.all(pendingPackWrites);
-  pendingPackWrites = [];
+  await packer.drain();
   await flushManifest(p.round, true);
 
   const state = Buffer.concat(deviceState);
   const stateName = `state-${o.migrationId}-${o.vm}`;
   await o.packs.putObject(stateName, state);
   p.bytes_on_link += state.byteLength;
+  p.packed_raw_bytes = packer.rawBytes;
+  p.packed_bytes = packer.storedBytes;
+  p.bytes_on_link += packer.linkBytes;
   const result = { progress: { ...p, native_bytes: o.nativeBytes() }, digest: digest.digest(), rounds: p.round };
   await o.publisher.publish(manifestCompleted, vmParams, {
     migrationId: o.migrationId, vm: o.vm, deviceState: stateName, deviceStateBytes: state.byteLength, rounds: p.round, batches: manifestSeq, records: p.pages, digest: result.digest,

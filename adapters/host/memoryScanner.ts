@@ -1,0 +1,127 @@
+/**
+ * Scans a VM's memory where it lives (the guest-RAM file) in the preparation phase: keys
+ * every page, compares with the previous pass so only changed pages are looked at, asks the
+ * dedup index about keys it has not met, and packs and stores the pages it claimed. The
+ * destination side then already holds them when a migration comes. Each pass is announced
+ * (scan batches of changed pages, then the pass's totals).
+ */
+import { open } from "node:fs/promises";
+import { KeyStatus, scanBatch, scanCompleted, SCAN_RECORD_BYTES } from "../../schemas/index.ts";
+import type { EventPublisher } from "../../infra/events/publisher.ts";
+import { KEY_BYTES, PAGE_SIZE, keyHex, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
+import type { PackStore } from "../dataplane/packStore.ts";
+import type { KeyResolver } from "./keyResolver.ts";
+import { PackWriter } from "./packWriter.ts";
+
+/** Per page: 1 marker byte (0 keyed, 1 fill) + key (or the fill byte). */
+const ENTRY = 1 + KEY_BYTES;
+
+export interface MemoryScanOptions {
+  host: string;
+  vm: string;
+  tenant: string;
+  ramPath: string;
+  sizeBytes: number;
+  keyer: PageKeyer;
+  resolver: KeyResolver;
+  publisher: EventPublisher;
+  packs: PackStore;
+  /** The previous pass's page table, if any (then only changed pages are looked at). */
+  previous?: Uint8Array;
+  pass: number;
+  /** Keys this host knows are held already (hex); grows with what this pass learns. */
+  known: Set<string>;
+}
+
+export interface MemoryScanResult {
+  table: Uint8Array;
+  pages: number;
+  zeroPages: number;
+  changedPages: number;
+  pagesPreseeded: number;
+  bytesSent: number;
+}
+
+const CHUNK_PAGES = 256;
+const LOOKUP_PAGES = 4096;
+
+export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult> {
+  const t0 = performance.now();
+  const pages = Math.floor(o.sizeBytes / PAGE_SIZE);
+  const table = new Uint8Array(pages * ENTRY);
+  const packer = new PackWriter({ migrationId: `prep-${o.host}`, sourceHost: o.host, vm: o.vm, tenant: o.tenant, publisher: o.publisher, packs: o.packs });
+  let zeroPages = 0;
+  let changed = 0;
+  let batches = 0;
+  let bytesSent = 0;
+  // Changed, keyed pages waiting for a look-up: their keys and contents.
+  let askKeys = new Uint8Array(LOOKUP_PAGES * KEY_BYTES);
+  let askPages = new Uint8Array(LOOKUP_PAGES * PAGE_SIZE);
+  let asked = 0;
+  let records = new Uint8Array(LOOKUP_PAGES * SCAN_RECORD_BYTES);
+  let recorded = 0;
+
+  const lookUp = async () => {
+    if (asked === 0) return;
+    const keys = askKeys.subarray(0, asked * KEY_BYTES);
+    const statuses = await o.resolver.resolve(o.vm, o.tenant, keys);
+    bytesSent += keys.byteLength;
+    for (let i = 0; i < asked; i++) {
+      const k = keyHex(keys, i * KEY_BYTES);
+      if (statuses[i] === KeyStatus.claimed && !o.known.has(k)) packer.add(keys, i * KEY_BYTES, askPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+      o.known.add(k);
+    }
+    asked = 0;
+    askKeys = new Uint8Array(LOOKUP_PAGES * KEY_BYTES);
+    askPages = new Uint8Array(LOOKUP_PAGES * PAGE_SIZE);
+  };
+  const announce = async () => {
+    if (recorded === 0) return;
+    const body = records.slice(0, recorded * SCAN_RECORD_BYTES);
+    await o.publisher.publishBinary(scanBatch, { host: o.host, vm: o.vm }, { host: o.host, vm: o.vm, tenant: o.tenant, pass: o.pass, seq: batches++, count: recorded }, body);
+    bytesSent += body.byteLength;
+    recorded = 0;
+    records = new Uint8Array(LOOKUP_PAGES * SCAN_RECORD_BYTES);
+  };
+
+  const fh = await open(o.ramPath, "r");
+  try {
+    const chunk = Buffer.allocUnsafe(CHUNK_PAGES * PAGE_SIZE);
+    for (let first = 0; first < pages; first += CHUNK_PAGES) {
+      const n = Math.min(CHUNK_PAGES, pages - first);
+      const { bytesRead } = await fh.read(chunk, 0, n * PAGE_SIZE, first * PAGE_SIZE);
+      for (let j = 0; j < bytesRead / PAGE_SIZE; j++) {
+        const index = first + j;
+        const page = chunk.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE);
+        const at = index * ENTRY;
+        const fill = uniformByte(page);
+        if (fill !== undefined) {
+          table[at] = 1;
+          table[at + 1] = fill;
+          if (fill === 0) zeroPages++;
+        } else o.keyer.keyInto(page, table, at + 1);
+        if (o.previous && Buffer.compare(Buffer.from(o.previous.buffer, o.previous.byteOffset + at, ENTRY), Buffer.from(table.buffer, at, ENTRY)) === 0) continue;
+        changed++;
+        const rec = new DataView(records.buffer, recorded * SCAN_RECORD_BYTES, SCAN_RECORD_BYTES);
+        rec.setBigUint64(0, BigInt(index * PAGE_SIZE));
+        if (fill === undefined) records.set(table.subarray(at + 1, at + ENTRY), recorded * SCAN_RECORD_BYTES + 8);
+        if (++recorded === LOOKUP_PAGES) await announce();
+        if (fill !== undefined || o.known.has(keyHex(table, at + 1))) continue;
+        askKeys.set(table.subarray(at + 1, at + ENTRY), asked * KEY_BYTES);
+        askPages.set(page, asked * PAGE_SIZE);
+        if (++asked === LOOKUP_PAGES) await lookUp();
+      }
+    }
+    await lookUp();
+    await announce();
+    await packer.drain();
+  } finally {
+    await fh.close();
+  }
+  bytesSent += packer.linkBytes;
+  const result: MemoryScanResult = { table, pages, zeroPages, changedPages: changed, pagesPreseeded: packer.pages, bytesSent };
+  await o.publisher.publish(scanCompleted, { host: o.host, vm: o.vm }, {
+    host: o.host, vm: o.vm, tenant: o.tenant, pass: o.pass, pages, zeroPages, changedPages: changed, batches, pagesPreseeded: packer.pages, bytesSent, durationMs: Math.round(performance.now() - t0),
+  });
+  return result;
+}
