@@ -79,10 +79,18 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     await startVms(nats.nc, "hostA", [testGuestSpec("t1", { tenant: "alpha", memoryMiB: 64, seed: 3, rate: 0 }), testGuestSpec("t2", { tenant: "beta", memoryMiB: 64, seed: 3, rate: 0 })]);
     const s = await migrateGang({ nc: nats.nc, vms: ["t1", "t2"], sourceHost: "hostA", targetHost: "hostB" });
     expect(s.outcome, s.reason).toBe("succeeded");
-    const [a, b] = s.vms;
+    // Pages each VM put on the link in both phases: preseeded by scans, sent while migrating.
+    const onLink = async (vm: string) => {
+      let preseeded = 0;
+      for await (const e of readEvents(nats.nc, { filter: `gw.scan.hostA.${vm}.completed` })) if (e.result.ok) preseeded += (e.result.event.data as { pagesPreseeded: number }).pagesPreseeded;
+      return preseeded + s.vms.find((v) => v.vm === vm)!.pages_sent;
+    };
+    const [a, b] = [await onLink("t1"), await onLink("t2")];
     // Each tenant sent its own copy of every distinct page: nothing crossed tenants.
-    expect(Math.min(a!.pages_sent, b!.pages_sent)).toBeGreaterThan(0.95 * Math.max(a!.pages_sent, b!.pages_sent));
-    expect(a!.pages_sent).toBeGreaterThan(0.5 * (a!.pages - a!.memory_constant));
+    const distinct = 0.5 * 64 * 256; // at least the non-zero share of a 64 MiB guest (75%), with margin
+    expect(a).toBeGreaterThan(distinct);
+    expect(b).toBeGreaterThan(distinct);
+    expect(Math.min(a, b)).toBeGreaterThan(0.9 * Math.max(a, b));
     for (const v of ["t1", "t2"]) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
   }, 180_000);
 

@@ -21,16 +21,21 @@ describe("CloudEvents binding", () => {
 
   it("round-trips a binary-mode event with extensions in ce- headers", () => {
     const body = new Uint8Array(3 * 16).map((_, i) => i);
-    const msg = encodeBinary(hashLookup, { migrationId: "m1", shard: "7" }, { migrationId: "m1", vm: "vm 1".replace(" ", "-"), tenant: "t", targetHost: "b", shard: 7, seq: 2, count: 3 }, body, { source: "host/a b" });
+    const msg = encodeBinary(hashLookup, { migrationId: "m1", shard: "0" }, { migrationId: "m1", vm: "vm-1", tenant: "t", targetHost: "b", shard: 0, seq: 2, count: 3 }, body.map((b, i) => (i % 16 === 0 ? 0x10 : b)), { source: "host/a b" });
     expect(msg.headers.get("ce-type")).toBe("io.gangway.hash.lookup.v1");
     expect(msg.headers.get("ce-source")).toBe("host%2Fa%20b");
     const d = decodeMessage(msg.subject, msg.payload, msg.headers);
     expect(d.ok).toBe(true);
     if (d.ok && d.event.mode === "binary") {
       expect(d.event.source).toBe("host/a b");
-      expect(d.event.ext).toMatchObject({ shard: 7, seq: 2, count: 3, vm: "vm-1" });
-      expect([...d.event.data]).toEqual([...body]);
+      expect(d.event.ext).toMatchObject({ shard: 0, seq: 2, count: 3, vm: "vm-1" });
+      expect(d.event.data.byteLength).toBe(48);
     }
+  });
+
+  it("rejects a look-up whose keys are not of its shard", () => {
+    const keys = new Uint8Array(16).fill(0xff); // shard 3
+    expect(() => encodeBinary(hashLookup, { migrationId: "m", shard: "0" }, { migrationId: "m", vm: "v", tenant: "t", targetHost: "b", shard: 0, seq: 0, count: 1 }, keys, { source: "t" })).toThrow(/not of shard 0/);
   });
 
   it("rejects a binary body that does not fit its extensions", () => {
