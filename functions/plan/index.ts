@@ -6,6 +6,10 @@
  */
 import { agentPrepareTarget, agentStartSource, migrationFailed, migrationPlanned, migrationRequested, MigrationPhase, type VmSpec } from "../../schemas/index.ts";
 import { defineFunction } from "../types.ts";
+import { RetryAfterError } from "../errors.ts";
+
+/** Tries (0.5 s apart) to see the VMs in a fresh inventory before failing the request. */
+const WAIT_FOR_INVENTORY_ATTEMPTS = 6;
 import type { z } from "zod";
 import { inventoryKey, type HostInventory } from "../inventory/index.ts";
 
@@ -16,13 +20,18 @@ export default defineFunction({
   id: "plan",
   description: "choose a destination and describe each VM of a requested gang migration",
   trigger: migrationRequested,
-  retry: { maxAttempts: 5, backoffMs: 500 },
+  retry: { maxAttempts: WAIT_FOR_INVENTORY_ATTEMPTS + 2, backoffMs: 500 },
   async handler(event, ctx) {
     const req = event.data;
     const params = { migrationId: req.migrationId };
     const fail = (reason: string) => ctx.emit(migrationFailed, params, { migrationId: req.migrationId, reason, phase: MigrationPhase.Failed });
 
     const source = await ctx.state.get<HostInventory>(inventoryKey(req.sourceHost));
+    // The inventory may lag the request by a moment (both are events): wait for a report
+    // at least as new as the request before saying a VM is not there.
+    const stale = !source || source.reportedAt < event.time;
+    const missing = !source || req.vms.some((n) => !source.vms.some((v) => v.vm === n && (v.state === "running" || v.state === "paused")));
+    if (stale && missing && ctx.attempt < WAIT_FOR_INVENTORY_ATTEMPTS) throw new RetryAfterError("waiting for a newer inventory of the source host", 500);
     if (!source) return fail(`source host ${req.sourceHost} has not reported its inventory`);
     const vms = [];
     const specs = new Map<string, VmSpec>();
