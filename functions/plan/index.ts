@@ -49,6 +49,7 @@ export default defineFunction({
     if (target === req.sourceHost) return fail(`target host ${target} is the source host`);
     if (target) {
       const inv = await ctx.state.get<HostInventory>(inventoryKey(target));
+      if (!inv && ctx.attempt < WAIT_FOR_INVENTORY_ATTEMPTS) throw new RetryAfterError("waiting for the target host's inventory", 500);
       if (!inv) return fail(`target host ${target} has not reported its inventory`);
       if (inv.memoryFreeBytes < need) return fail(`target host ${target} has ${inv.memoryFreeBytes} bytes free, the gang needs ${need}`);
     } else {

@@ -54,6 +54,9 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     for (const v of gang1) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
     const onA = await hostVms(nats.nc, "hostA");
     for (const v of gang1) expect(onA.has(v)).toBe(false); // exactly one copy: the source quit
+    // What an operator sees: `gangway vm list` run as its own process.
+    const list = JSON.parse(execFileSync(process.execPath, ["bin/gangway.mjs", "vm", "list", "--json", "--nats", nats.url], { encoding: "utf8" })) as { vms: { host: string; vm: string; state: string }[] };
+    for (const v of gang1) expect(list.vms.find((r) => r.vm === v)).toMatchObject({ host: "hostB", state: "running" });
     // Shared pages (half of each guest) crossed once for the gang; zero pages never.
     expect(s.bytes_on_link).toBeLessThan(0.75 * s.native_bytes);
     expect(s.pages_deduplicated).toBeGreaterThan(3 * 0.4 * (128 * 256)); // ≥ 3 VMs' worth of shared pages
@@ -142,5 +145,8 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     expect(s.outcome, s.reason).toBe("succeeded");
     for (const v of vms) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
     expect((await followGang(nats.nc, migrationId)).outcome).toBe("succeeded");
+    // An operator stops one of them through its agent.
+    execFileSync(process.execPath, ["bin/gangway.mjs", "vm", "stop", "f1", "--host", "hostB", "--nats", nats.url], { encoding: "utf8" });
+    expect((await hostVms(nats.nc, "hostB")).has("f1")).toBe(false);
   }, 240_000);
 });
