@@ -1,0 +1,197 @@
+/**
+ * gangway migrations of a workload's gang over the same kind of shaped link as the native
+ * runs. One fresh cluster per run: an embedded nats-server (the destination rack's),
+ * the functions process and host agent hostB connected to it directly, and host agent
+ * hostA (the source rack) connected through the link — everything hostA sends or receives
+ * crosses it and is counted there.
+ *
+ * Two phases are reported apart and together: the preparation phase (scans that preseed
+ * pages before any migration is asked for) and the migration itself. The fair byte
+ * comparison with native is their sum; the time comparison is the migration phase (the
+ * preparation runs while the VMs run normally, before anyone asks to migrate).
+ */
+import { join } from "node:path";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { jetstream } from "@nats-io/jetstream";
+import { startAgentProcess, startFunctions, startVms, verifyGuest, waitForScans, type GangwayProcess } from "../cli/localCluster.ts";
+import { migrateGang, newMigrationId, type GangSummary } from "../cli/gangMigration.ts";
+import { connectNats } from "../infra/nats/connect.ts";
+import { provision } from "../infra/nats/provision.ts";
+import { startEmbeddedServer } from "../infra/nats/server.ts";
+import { createPublisher } from "../infra/events/publisher.ts";
+import { migrationCancel, type VmSpec } from "../schemas/index.ts";
+import { sampleProcess, type ProcSample } from "./procstat.ts";
+import { createLink, diffCounters } from "./shaper.ts";
+import type { Workload } from "./workloads.ts";
+
+export interface ProcessFigures {
+  name: string;
+  /** CPU seconds over the whole run (start-up, preparation, migration). */
+  cpu_seconds: number;
+  /** CPU seconds during the migration phase only. */
+  cpu_seconds_migration: number;
+  /** Peak resident set (VmHWM), bytes. */
+  peak_rss_bytes: number;
+}
+
+export interface GangwayResult {
+  completed: boolean;
+  reason?: string;
+  /** The migration phase, request → last VM resumed (gangway's own time_elapsed), ms. */
+  time_ms: number;
+  /** Preparation phase: VMs up → every VM scanned and preseeded, ms. */
+  prep_time_ms: number;
+  /** Link bytes (both directions) in the migration phase. */
+  bytes_on_link: number;
+  /** Link bytes (both directions) in the preparation phase. */
+  prep_bytes_on_link: number;
+  /** Their sum: what the fair byte comparison with native uses. */
+  total_bytes_on_link: number;
+  bytes_up: number;
+  bytes_down: number;
+  /** gangway's own counts, for cross-checking the link's. */
+  reported: { migration_bytes_on_link: number; prep_bytes_sent: number; native_bytes: number; dedup_ratio: number; compression_ratio: number; pages_deduplicated: number };
+  vms: { vm: string; outcome: string; downtime_ms?: number; verified: boolean; check: string }[];
+  processes: ProcessFigures[];
+  /** Sum over gangway's processes (functions, two agents, nats-server). */
+  cpu_seconds: number;
+  cpu_seconds_migration: number;
+  peak_rss_bytes: number;
+}
+
+export interface GangwayRunOptions {
+  workload: Workload;
+  bytesPerSecond: number;
+  /** A fresh directory for the store and run dirs (short: unix socket paths). */
+  workDir: string;
+  log?: (s: string) => void;
+}
+
+const toSpec = (w: Workload): VmSpec[] =>
+  w.vms.map((v) => ({ name: v.name, tenant: "bench", memoryMiB: v.memoryMiB, kernel: v.kernel, append: v.append, ...(v.initrd ? { initrd: v.initrd } : {}), readyPattern: v.readyPattern }));
+
+async function verify(nc: NatsConnection, w: Workload, vm: string): Promise<{ ok: boolean; line: string }> {
+  if (w.verify === "test-guest") return verifyGuest(nc, "hostB", vm);
+  const n = Math.floor(Math.random() * 1e9);
+  const reply = await nc.request(`gwsvc.agent.hostB.console`, JSON.stringify({ vm, send: `echo alive-${n}\n`, expect: `^alive-${n}$`, timeoutMs: 30_000 }), { timeout: 35_000 });
+  const r = JSON.parse(new TextDecoder().decode(reply.data)) as { ok: boolean; line?: string; error?: string };
+  return { ok: r.ok && r.line === `alive-${n}`, line: r.line ?? r.error ?? "" };
+}
+
+export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
+  const w = o.workload;
+  const log = o.log ?? (() => undefined);
+  await using server = await startEmbeddedServer({ name: "gangway-bench", storeDir: join(o.workDir, "js") });
+  const nc = await connectNats({ servers: server.url, name: "gangway-bench", reconnect: false });
+  const link = createLink({ bytesPerSecond: o.bytesPerSecond });
+  const procs: GangwayProcess[] = [];
+  try {
+    await provision(nc);
+    const relay = await link.relay("127.0.0.1", server.port);
+    procs.push(await startFunctions(server.url));
+    procs.push(await startAgentProcess(`nats://127.0.0.1:${relay.port}`, "hostA", o.workDir));
+    procs.push(await startAgentProcess(server.url, "hostB", o.workDir));
+    const pids = [
+      { name: "nats-server", pid: server.pid },
+      { name: "functions", pid: procs[0]!.child.pid! },
+      { name: "agent hostA", pid: procs[1]!.child.pid! },
+      { name: "agent hostB", pid: procs[2]!.child.pid! },
+    ];
+    const names = w.vms.map((v) => v.name);
+
+    // Preparation: the VMs boot on hostA; the scan function has each scanned and preseeded.
+    const c0 = link.counters();
+    await startVms(nc, "hostA", toSpec(w), 180_000);
+    const tPrep = performance.now();
+    log(`gangway: ${names.length} VM(s) running on hostA (source side of the link)`);
+    const prep = await waitForScans(nc, "hostA", names, 300_000);
+    const prepTime = performance.now() - tPrep;
+    const c1 = link.counters();
+    log(`gangway: preparation done in ${(prepTime / 1000).toFixed(1)} s, ${(prep.bytesSent / 1e6).toFixed(1)} MB preseeded`);
+
+    // Migration.
+    const cpu0 = new Map(pids.map((p) => [p.name, sampleProcess(p.pid)]));
+    const migrationId = newMigrationId();
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<"timeout">((r) => (timer = setTimeout(() => r("timeout"), w.timeLimitMs)));
+    const run = migrateGang({ nc, vms: names, sourceHost: "hostA", targetHost: "hostB", requestedBy: "gangway bench", migrationId });
+    const first = await Promise.race([run, timedOut]);
+    clearTimeout(timer);
+    let summary: GangSummary | undefined;
+    let reason: string | undefined;
+    if (first === "timeout") {
+      reason = `did not finish within ${w.timeLimitMs / 1000} s`;
+      log(`gangway: ${reason}; cancelling`);
+      await createPublisher(jetstream(nc), "gangway/bench").publish(migrationCancel, { migrationId }, { migrationId, reason: "benchmark time limit", requestedBy: "gangway bench" });
+      summary = await Promise.race([run, new Promise<undefined>((r) => setTimeout(() => r(undefined), 30_000))]).catch(() => undefined);
+    } else summary = first;
+    const cpu1 = new Map(pids.map((p) => [p.name, sampleProcess(p.pid)]));
+    await new Promise((r) => setTimeout(r, 300));
+    const c2 = link.counters();
+    const prepBytes = diffCounters(c0, c1);
+    const migBytes = diffCounters(c1, c2);
+
+    const ok = summary?.outcome === "succeeded" && first !== "timeout";
+    if (!ok && !reason) reason = summary?.reason ?? "failed";
+    const vms: GangwayResult["vms"] = [];
+    for (const v of summary?.vms ?? []) {
+      let check = "";
+      let verified = false;
+      if (ok && v.outcome === "committed") {
+        try {
+          const r = await verify(nc, w, v.vm);
+          verified = r.ok;
+          check = r.line;
+        } catch (err) {
+          check = (err as Error).message;
+        }
+      }
+      vms.push({ vm: v.vm, outcome: v.outcome, ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}), verified, check });
+    }
+
+    const processes: ProcessFigures[] = pids.map((p) => {
+      const end = sampleProcess(p.pid) ?? cpu1.get(p.name);
+      const s0 = cpu0.get(p.name);
+      const s1 = cpu1.get(p.name);
+      return {
+        name: p.name,
+        cpu_seconds: round2(end?.cpuSeconds ?? 0),
+        cpu_seconds_migration: round2((s1?.cpuSeconds ?? 0) - (s0?.cpuSeconds ?? 0)),
+        peak_rss_bytes: end?.peakRssBytes ?? 0,
+      };
+    });
+    const sum = (f: (p: ProcessFigures) => number) => processes.reduce((n, p) => n + f(p), 0);
+    return {
+      completed: ok,
+      ...(ok ? {} : { reason }),
+      time_ms: summary?.time_elapsed_ms ?? w.timeLimitMs,
+      prep_time_ms: Math.round(prepTime),
+      bytes_on_link: migBytes.up + migBytes.down,
+      prep_bytes_on_link: prepBytes.up + prepBytes.down,
+      total_bytes_on_link: migBytes.up + migBytes.down + prepBytes.up + prepBytes.down,
+      bytes_up: migBytes.up + prepBytes.up,
+      bytes_down: migBytes.down + prepBytes.down,
+      reported: {
+        migration_bytes_on_link: summary?.bytes_on_link ?? 0,
+        prep_bytes_sent: prep.bytesSent,
+        native_bytes: summary?.native_bytes ?? 0,
+        dedup_ratio: summary?.dedup_ratio ?? 0,
+        compression_ratio: summary?.compression_ratio ?? 0,
+        pages_deduplicated: summary?.pages_deduplicated ?? 0,
+      },
+      vms,
+      processes,
+      cpu_seconds: round2(sum((p) => p.cpu_seconds)),
+      cpu_seconds_migration: round2(sum((p) => p.cpu_seconds_migration)),
+      peak_rss_bytes: sum((p) => p.peak_rss_bytes),
+    };
+  } finally {
+    for (const p of procs.reverse()) await p.stop().catch(() => undefined);
+    await link.close();
+    await nc.close().catch(() => undefined);
+  }
+}
+
+const round2 = (x: number) => Math.round(x * 100) / 100;
+
+export type { ProcSample };
