@@ -27,6 +27,29 @@ function vmLine(v: GangView["vms"] extends Map<string, infer V> ? V : never): st
   ].join("  ");
 }
 
+/** The gang as a whole: totals, dedup so far, rate, and the slowest VM's ETA. */
+function gangLine(view: GangView, now: number): string {
+  const vms = [...view.vms.values()].map((v) => v.stats);
+  const sum = (f: (s: (typeof vms)[number]) => number | undefined) => vms.reduce((n, s) => n + (f(s) ?? 0), 0);
+  const pages = sum((s) => (s.memory_normal ?? 0) + (s.memory_constant ?? 0));
+  const nonZero = sum((s) => s.memory_normal);
+  const sent = sum((s) => s.pages_sent);
+  const link = sum((s) => s.bytes_on_link);
+  const elapsed = (now - view.startedAt) / 1000;
+  const eta = Math.max(0, ...vms.map((s) => s.time_remaining ?? 0));
+  const pct = vms.length ? Math.min(...vms.map((s) => s.percent ?? 0)) : 0;
+  return [
+    "gang".padEnd(10),
+    "".padEnd(10),
+    `${pct.toFixed(0).padStart(3)}%`,
+    `pages ${pages.toLocaleString()}`,
+    `sent ${sent.toLocaleString()} of ${nonZero.toLocaleString()} non-zero (${nonZero ? ((100 * sent) / nonZero).toFixed(0) : 0}%)`,
+    `link ${fmtBytes(link)}`,
+    elapsed > 0 ? `${(link / elapsed / MB).toFixed(0)} MB/s` : "-",
+    `ETA ${(eta / 1000).toFixed(1)}s`,
+  ].join("  ");
+}
+
 export interface ProgressPrinter {
   update(view: GangView): void;
   done(): void;
@@ -45,7 +68,7 @@ export function progressPrinter(mode: { json: boolean; tty: boolean; out?: NodeJ
         process.stdout.write(JSON.stringify({ type: "progress", migrationId: view.migrationId, elapsed_ms: now - view.startedAt, vms: [...view.vms.values()].map((v) => ({ vm: v.vm, phase: v.outcome ?? v.phase, ...v.stats })) }) + "\n");
         return;
       }
-      const lines = [`migration ${view.migrationId}: ${view.sourceHost} → ${view.targetHost ?? "?"}  ${((now - view.startedAt) / 1000).toFixed(1)}s`, ...[...view.vms.values()].map(vmLine)];
+      const lines = [`migration ${view.migrationId}: ${view.sourceHost} → ${view.targetHost ?? "?"}  ${((now - view.startedAt) / 1000).toFixed(1)}s`, ...[...view.vms.values()].map(vmLine), gangLine(view, now)];
       if (mode.tty) {
         if (drawn) out.write(`\x1b[${drawn}A`);
         for (const l of lines) out.write(`\x1b[2K${l}\n`);
