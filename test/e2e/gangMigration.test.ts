@@ -36,6 +36,13 @@ async function cluster(functions = 1) {
   return { a, b };
 }
 
+/** Resolves once the migration reported progress: pages are flowing. */
+const firstProgress = (migrationId: string) =>
+  eventually(async () => {
+    for await (const e of readEvents(nats.nc, { filter: `gw.migration.${migrationId}.progress` })) if (e.result.ok) return true;
+    return undefined;
+  }, 60_000, "migration progress");
+
 const qemuOf = (host: string) => {
   try {
     return execFileSync("pgrep", ["-f", `qemu-system.*gangway-${host}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
@@ -104,10 +111,7 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     const migrationId = newMigrationId();
     const done = migrateGang({ nc: nats.nc, vms, sourceHost: "hostA", targetHost: "hostB", migrationId });
     // Kill hostB's agent once pages are flowing.
-    await eventually(async () => {
-      for await (const e of readEvents(nats.nc, { filter: `gw.migration.${migrationId}.progress` })) if (e.result.ok) return true;
-      return undefined;
-    }, 60_000, "migration progress");
+    await firstProgress(migrationId);
     await b.kill();
     const s = await done;
     expect(s.outcome).toBe("failed");
@@ -136,10 +140,7 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     await startVms(nats.nc, "hostA", vms.map((n, i) => testGuestSpec(n, { memoryMiB: 128, seed: i + 1, rate: 500 })));
     const migrationId = newMigrationId();
     const done = migrateGang({ nc: nats.nc, vms, sourceHost: "hostA", targetHost: "hostB", migrationId });
-    await eventually(async () => {
-      for await (const e of readEvents(nats.nc, { filter: `gw.migration.${migrationId}.progress` })) if (e.result.ok) return true;
-      return undefined;
-    }, 60_000, "migration progress");
+    await firstProgress(migrationId);
     await procs[0]!.kill(); // the first functions process
     const s = await done;
     expect(s.outcome, s.reason).toBe("succeeded");
