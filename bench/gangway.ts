@@ -70,10 +70,10 @@ export interface GangwayRunOptions {
 const toSpec = (w: Workload): VmSpec[] =>
   w.vms.map((v) => ({ name: v.name, tenant: "bench", memoryMiB: v.memoryMiB, kernel: v.kernel, append: v.append, ...(v.initrd ? { initrd: v.initrd } : {}), readyPattern: v.readyPattern }));
 
-async function verify(nc: NatsConnection, w: Workload, vm: string): Promise<{ ok: boolean; line: string }> {
-  if (w.verify === "test-guest") return verifyGuest(nc, "hostB", vm);
+async function verify(nc: NatsConnection, w: Workload, host: string, vm: string): Promise<{ ok: boolean; line: string }> {
+  if (w.verify === "test-guest") return verifyGuest(nc, host, vm);
   const n = Math.floor(Math.random() * 1e9);
-  const reply = await nc.request(`gwsvc.agent.hostB.console`, JSON.stringify({ vm, send: `echo alive-${n}\n`, expect: `^alive-${n}$`, timeoutMs: 30_000 }), { timeout: 35_000 });
+  const reply = await nc.request(`gwsvc.agent.${host}.console`, JSON.stringify({ vm, send: `echo alive-${n}\n`, expect: `^alive-${n}$`, timeoutMs: 30_000 }), { timeout: 35_000 });
   const r = JSON.parse(new TextDecoder().decode(reply.data)) as { ok: boolean; line?: string; error?: string };
   return { ok: r.ok && r.line === `alive-${n}`, line: r.line ?? r.error ?? "" };
 }
@@ -85,12 +85,17 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
   const nc = await connectNats({ servers: server.url, name: "gangway-bench", reconnect: false });
   const link = createLink({ bytesPerSecond: o.bytesPerSecond });
   const procs: GangwayProcess[] = [];
+  // Host names of our own: an agent clears /dev/shm/gangway-<host>-* at start, and other
+  // gangway clusters (tests, demos) on this machine use hostA/hostB.
+  const tag = `${process.pid.toString(36)}${Math.floor(Math.random() * 1296).toString(36)}`;
+  const hostA = `benchA${tag}`;
+  const hostB = `benchB${tag}`;
   try {
     await provision(nc);
     const relay = await link.relay("127.0.0.1", server.port);
     procs.push(await startFunctions(server.url));
-    procs.push(await startAgentProcess(`nats://127.0.0.1:${relay.port}`, "hostA", o.workDir));
-    procs.push(await startAgentProcess(server.url, "hostB", o.workDir));
+    procs.push(await startAgentProcess(`nats://127.0.0.1:${relay.port}`, hostA, o.workDir));
+    procs.push(await startAgentProcess(server.url, hostB, o.workDir));
     const pids = [
       { name: "nats-server", pid: server.pid },
       { name: "functions", pid: procs[0]!.child.pid! },
@@ -101,10 +106,10 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
 
     // Preparation: the VMs boot on hostA; the scan function has each scanned and preseeded.
     const c0 = link.counters();
-    await startVms(nc, "hostA", toSpec(w), 180_000);
+    await startVms(nc, hostA, toSpec(w), 180_000);
     const tPrep = performance.now();
     log(`gangway: ${names.length} VM(s) running on hostA (source side of the link)`);
-    const prep = await waitForScans(nc, "hostA", names, 300_000);
+    const prep = await waitForScans(nc, hostA, names, 300_000);
     const prepTime = performance.now() - tPrep;
     const c1 = link.counters();
     log(`gangway: preparation done in ${(prepTime / 1000).toFixed(1)} s, ${(prep.bytesSent / 1e6).toFixed(1)} MB preseeded`);
@@ -114,7 +119,7 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
     const migrationId = newMigrationId();
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<"timeout">((r) => (timer = setTimeout(() => r("timeout"), w.timeLimitMs)));
-    const run = migrateGang({ nc, vms: names, sourceHost: "hostA", targetHost: "hostB", requestedBy: "gangway bench", migrationId });
+    const run = migrateGang({ nc, vms: names, sourceHost: hostA, targetHost: hostB, requestedBy: "gangway bench", migrationId });
     const first = await Promise.race([run, timedOut]);
     clearTimeout(timer);
     let summary: GangSummary | undefined;
@@ -139,7 +144,7 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
       let verified = false;
       if (ok && v.outcome === "committed") {
         try {
-          const r = await verify(nc, w, v.vm);
+          const r = await verify(nc, w, hostB, v.vm);
           verified = r.ok;
           check = r.line;
         } catch (err) {

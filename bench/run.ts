@@ -4,7 +4,7 @@
  * figure, gangway/native ratios and the issue's targets. `gangway bench` prints it.
  */
 import { mkdtemp, rm } from "node:fs/promises";
-import { cpus, totalmem } from "node:os";
+import { cpus, loadavg, totalmem } from "node:os";
 import { execFileSync } from "node:child_process";
 import { runGangway, type GangwayResult } from "./gangway.ts";
 import { runNative, type NativeMode, type NativeResult } from "./native.ts";
@@ -60,7 +60,7 @@ export interface WorkloadReport {
   /** gangway/native of medians: bytes use gangway's total (preparation + migration), time its migration phase. */
   ratios?: Record<NativeMode, { bytes?: number; migration_bytes?: number; time?: number; downtime_max?: number }>;
   targets: Target[];
-  raw: { native: Record<NativeMode, NativeResult[]>; gangway: (GangwayResult | { error: string })[]; errors: string[] };
+  raw: { native: Record<NativeMode, NativeResult[]>; gangway: (GangwayResult | { error: string })[]; errors: string[]; load: { run: string; loadavg1_before: number; loadavg1_after: number }[] };
 }
 
 export interface BenchReport {
@@ -165,7 +165,16 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   try {
     for (const id of o.workloads) {
       const empty = (): Record<NativeMode, NativeResult[]> => ({ plain: [], "multifd-zstd": [] });
-      const raw: WorkloadReport["raw"] = { native: empty(), gangway: [], errors: [] };
+      const raw: WorkloadReport["raw"] = { native: empty(), gangway: [], errors: [], load: [] };
+      // Other work on the machine skews every figure: record the load around each run.
+      const loadOf = async <T>(run: string, f: () => Promise<T>): Promise<T> => {
+        const before = loadavg()[0]!;
+        try {
+          return await f();
+        } finally {
+          raw.load.push({ run, loadavg1_before: Math.round(before * 100) / 100, loadavg1_after: Math.round(loadavg()[0]! * 100) / 100 });
+        }
+      };
       const why = unavailable(id);
       if (why) {
         log(`${id}: skipped: ${why}`);
@@ -177,7 +186,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
       for (let rep = 1; rep <= o.reps; rep++) {
         for (const mode of ["plain", "multifd-zstd"] as const) {
           try {
-            const r = await runNative({ workload: w, mode, bytesPerSecond, baseDir: `${work}/n`, log: (s) => log(`${id} #${rep} native ${s}`) });
+            const r = await loadOf(`native ${mode} #${rep}`, () => runNative({ workload: w, mode, bytesPerSecond, baseDir: `${work}/n`, log: (s) => log(`${id} #${rep} native ${s}`) }));
             raw.native[mode].push(r);
             log(`${id} #${rep} native ${mode}: ${r.completed ? "completed" : r.reason} in ${(r.time_ms / 1000).toFixed(2)} s, ${(r.bytes_on_link / 1e6).toFixed(1)} MB on the link, downtime ${r.vms.map((v) => v.downtime_ms ?? "-").join("/")} ms`);
           } catch (err) {
@@ -187,7 +196,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
         }
         const gw = `${work}/g${rep}${id}`;
         try {
-          const r = await runGangway({ workload: w, bytesPerSecond, workDir: gw, log: (s) => log(`${id} #${rep} ${s}`) });
+          const r = await loadOf(`gangway #${rep}`, () => runGangway({ workload: w, bytesPerSecond, workDir: gw, log: (s) => log(`${id} #${rep} ${s}`) }));
           raw.gangway.push(r);
           log(`${id} #${rep} gangway: ${r.completed ? "completed" : r.reason} in ${(r.time_ms / 1000).toFixed(2)} s, ${(r.bytes_on_link / 1e6).toFixed(1)} MB + ${(r.prep_bytes_on_link / 1e6).toFixed(1)} MB preparation on the link, downtime ${r.vms.map((v) => v.downtime_ms ?? "-").join("/")} ms`);
         } catch (err) {
@@ -269,6 +278,7 @@ export function formatReport(r: BenchReport): string {
   for (const w of r.workloads) {
     for (const t of w.targets) out.push(`- ${w.id}: ${t.what}: ${t.value === undefined ? "not measured" : `${t.value.toFixed(2)} → ${t.met ? "met" : "MISSED"}`}`);
     for (const e of w.raw.errors) out.push(`- ${w.id}: error: ${e}`);
+    if (w.raw.load.length) out.push(`- ${w.id}: machine load (1-min average) before the runs: ${Math.min(...w.raw.load.map((l) => l.loadavg1_before)).toFixed(1)}–${Math.max(...w.raw.load.map((l) => l.loadavg1_before)).toFixed(1)} on ${r.machine.cpus} cores`);
     const notDone = [...w.raw.native.plain, ...w.raw.native["multifd-zstd"]].filter((n) => !n.completed);
     for (const n of notDone) out.push(`- ${w.id}: native ${n.mode} did not finish: ${n.reason}`);
     for (const g of w.raw.gangway) if (!("error" in g) && !g.completed) out.push(`- ${w.id}: gangway did not finish: ${g.reason}`);
