@@ -182,7 +182,7 @@ export function buildTimeline(migrationId: string, facts: Fact[]): MigrationTime
         const v = vmOf(d.vm);
         if (d.phase === "Succeeded") {
           v.resumedAt = iso(f.at);
-          entry(f, d.vm, "destination resumed");
+          t.entries.push({ at: iso(f.at), event: "resumed", vm: d.vm, detail: "the destination runs the VM" });
         } else foldStats(v, d.stats);
         break;
       }

@@ -19,6 +19,8 @@ import type { packStored } from "../../schemas/index.ts";
 import type { AuditReport, MigrationListing } from "../../infra/audit/audit.ts";
 import { gangwayCli, startGangwayCli } from "./helpers.ts";
 
+// Host names of their own: an agent reclaims every /dev/shm file named after its host, and
+// other sessions on this machine run agents called hostA/hostB.
 let nats: TestNats;
 let work: string;
 let procs: GangwayProcess[];
@@ -43,14 +45,14 @@ const jsonLines = (s: string) => s.split("\n").filter((l) => l.startsWith("{")).
 describe("gangway audit and watch after a real gang migration", () => {
   it("a fresh process re-verifies the migration; one corrupted pack is reported, alone, with a non-zero exit; watch followed it live", async () => {
     procs.push(await startFunctions(nats.url));
-    procs.push(await startAgentProcess(nats.url, "hostA", work), await startAgentProcess(nats.url, "hostB", work));
+    procs.push(await startAgentProcess(nats.url, "auditA", work), await startAgentProcess(nats.url, "auditB", work));
     const vms = ["a1", "a2"];
-    await startVms(nats.nc, "hostA", vms.map((n, i) => testGuestSpec(n, { memoryMiB: 64, seed: i + 1, image: 7, rate: 300 })));
+    await startVms(nats.nc, "auditA", vms.map((n, i) => testGuestSpec(n, { memoryMiB: 64, seed: i + 1, image: 7, rate: 300 })));
 
     // watch, started before the migration, follows it live (JSON lines).
     watcher = startGangwayCli(["watch", "--json", "--nats", nats.url]);
     const migrationId = newMigrationId();
-    const s = await migrateGang({ nc: nats.nc, vms, sourceHost: "hostA", targetHost: "hostB", migrationId, requestedBy: "auditor-e2e", reason: "rack maintenance drill" });
+    const s = await migrateGang({ nc: nats.nc, vms, sourceHost: "auditA", targetHost: "auditB", migrationId, requestedBy: "auditor-e2e", reason: "rack maintenance drill" });
     expect(s.outcome, s.reason).toBe("succeeded");
 
     const mine = () => jsonLines(watcher!.output()).filter((l) => l.type === "migration" && l.migrationId === migrationId);
@@ -66,7 +68,7 @@ describe("gangway audit and watch after a real gang migration", () => {
         byVm.set(v.vm, v.percent);
       }
     }
-    expect(watched.at(-1)).toMatchObject({ sourceHost: "hostA", targetHost: "hostB", requestedBy: "auditor-e2e" });
+    expect(watched.at(-1)).toMatchObject({ sourceHost: "auditA", targetHost: "auditB", requestedBy: "auditor-e2e" });
     const stopped = await watcher.interrupt();
     expect(stopped.code).toBe(0);
 
@@ -76,10 +78,10 @@ describe("gangway audit and watch after a real gang migration", () => {
     const report = JSON.parse(ok.stdout) as AuditReport;
     expect(report.verified).toBe(true);
     expect(report.failures).toEqual([]);
-    expect(report.timeline.requested).toMatchObject({ requestedBy: "auditor-e2e", reason: "rack maintenance drill", sourceHost: "hostA", targetHost: "hostB" });
+    expect(report.timeline.requested).toMatchObject({ requestedBy: "auditor-e2e", reason: "rack maintenance drill", sourceHost: "auditA", targetHost: "auditB" });
     expect(report.timeline.outcome).toBe("succeeded");
-    expect(report.timeline.planned).toMatchObject({ sourceHost: "hostA", targetHost: "hostB" });
-    for (const e of ["requested", "planned", "started", "committed", "succeeded"]) expect(report.timeline.entries.map((x) => x.event)).toContain(e);
+    expect(report.timeline.planned).toMatchObject({ sourceHost: "auditA", targetHost: "auditB" });
+    for (const e of ["requested", "planned", "started", "switchover", "completed", "ready", "committed", "resumed", "succeeded"]) expect(report.timeline.entries.map((x) => x.event)).toContain(e);
     for (const vm of vms) {
       const t = report.timeline.vms.find((v) => v.vm === vm)!;
       expect(t).toMatchObject({ outcome: "committed", tenant: "demo" });
@@ -103,13 +105,13 @@ describe("gangway audit and watch after a real gang migration", () => {
     expect(human.stdout).toMatch(/^VERIFIED/m);
 
     // --host lists it, with the host's role and the outcome.
-    const listA = await gangwayCli(["audit", "--host", "hostA", "--nats", nats.url, "--json"]);
+    const listA = await gangwayCli(["audit", "--host", "auditA", "--nats", nats.url, "--json"]);
     expect(listA.code, listA.stderr).toBe(0);
     const a = JSON.parse(listA.stdout) as { migrations: MigrationListing[] };
     expect(a.migrations).toEqual([expect.objectContaining({ migrationId, role: "source", outcome: "succeeded", requestedBy: "auditor-e2e", vms, committed: expect.arrayContaining(vms) })]);
-    const listB = JSON.parse((await gangwayCli(["audit", "--host", "hostB", "--nats", nats.url, "--json"])).stdout) as { migrations: MigrationListing[] };
+    const listB = JSON.parse((await gangwayCli(["audit", "--host", "auditB", "--nats", nats.url, "--json"])).stdout) as { migrations: MigrationListing[] };
     expect(listB.migrations.map((m) => [m.migrationId, m.role])).toEqual([[migrationId, "target"]]);
-    const later = JSON.parse((await gangwayCli(["audit", "--host", "hostA", "--since", new Date(Date.now() + 60_000).toISOString(), "--nats", nats.url, "--json"])).stdout) as { migrations: unknown[] };
+    const later = JSON.parse((await gangwayCli(["audit", "--host", "auditA", "--since", new Date(Date.now() + 60_000).toISOString(), "--nats", nats.url, "--json"])).stdout) as { migrations: unknown[] };
     expect(later.migrations).toEqual([]);
 
     // Nothing is in flight any more.
