@@ -347,7 +347,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       const pass = v.scan && !c.full ? v.scan.pass + 1 : 0;
       const r = await scanMemory({
         host: o.host, vm: c.vm, tenant: v.spec.tenant, ramPath: v.vm.ramPath, sizeBytes: v.spec.memoryMiB * 1024 * 1024, keyer: keyerFor(v.spec.tenant),
-        resolver: prepResolver, publisher: pub, packs, pass, known, ...(v.scan && !c.full ? { previous: v.scan.table } : {}),
+        resolver: prepResolver, publisher: pub, packs, pass, known, shouldStop: () => v.state !== "running", ...(v.scan && !c.full ? { previous: v.scan.table } : {}),
       });
       v.scan = { table: r.table, pass };
       log.info("scanned", { vm: c.vm, pass, changed: r.changedPages, preseeded: r.pagesPreseeded, bytes: r.bytesSent });

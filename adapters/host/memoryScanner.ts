@@ -31,6 +31,8 @@ export interface MemoryScanOptions {
   pass: number;
   /** Keys this host knows are held already (hex); grows with what this pass learns. */
   known: Set<string>;
+  /** Checked between chunks: a pass stops early when the VM starts migrating (its stream is keyed then). */
+  shouldStop?: () => boolean;
 }
 
 export interface MemoryScanResult {
@@ -88,6 +90,7 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
   try {
     const chunk = Buffer.allocUnsafe(CHUNK_PAGES * PAGE_SIZE);
     for (let first = 0; first < pages; first += CHUNK_PAGES) {
+      if (o.shouldStop?.()) break;
       const n = Math.min(CHUNK_PAGES, pages - first);
       const { bytesRead } = await fh.read(chunk, 0, n * PAGE_SIZE, first * PAGE_SIZE);
       for (let j = 0; j < bytesRead / PAGE_SIZE; j++) {
