@@ -19,6 +19,7 @@ import { connectNats } from "../infra/nats/connect.ts";
 import { provision } from "../infra/nats/provision.ts";
 import { startEmbeddedServer } from "../infra/nats/server.ts";
 import { createPublisher } from "../infra/events/publisher.ts";
+import { readEvents } from "../infra/events/reader.ts";
 import { migrationCancel, type VmSpec } from "../schemas/index.ts";
 import { sampleProcess, type ProcSample } from "./procstat.ts";
 import { createLink, diffCounters } from "./shaper.ts";
@@ -52,6 +53,11 @@ export interface GangwayResult {
   /** gangway's own counts, for cross-checking the link's. */
   reported: { migration_bytes_on_link: number; prep_bytes_sent: number; native_bytes: number; dedup_ratio: number; compression_ratio: number; pages_deduplicated: number };
   vms: { vm: string; outcome: string; downtime_ms?: number; verified: boolean; check: string }[];
+  /**
+   * Where the migration's time went, from its retained events: per VM (and "gang" for events
+   * without a VM), each event type's first and last time in ms after the request.
+   */
+  timeline: Record<string, Record<string, [number, number]>>;
   processes: ProcessFigures[];
   /** Sum over gangway's processes (functions, two agents, nats-server). */
   cpu_seconds: number;
@@ -154,6 +160,8 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
       vms.push({ vm: v.vm, outcome: v.outcome, ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}), verified, check });
     }
 
+    const timeline = await migrationTimeline(nc, migrationId).catch(() => ({}));
+
     const processes: ProcessFigures[] = pids.map((p) => {
       const end = sampleProcess(p.pid) ?? cpu1.get(p.name);
       const s0 = cpu0.get(p.name);
@@ -185,6 +193,7 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
         pages_deduplicated: summary?.pages_deduplicated ?? 0,
       },
       vms,
+      timeline,
       processes,
       cpu_seconds: round2(sum((p) => p.cpu_seconds)),
       cpu_seconds_migration: round2(sum((p) => p.cpu_seconds_migration)),
@@ -195,6 +204,28 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
     await link.close();
     await nc.close().catch(() => undefined);
   }
+}
+
+/** Every event of one migration (by its migrationId), first and last time of each type per VM. */
+async function migrationTimeline(nc: NatsConnection, migrationId: string): Promise<GangwayResult["timeline"]> {
+  const out: GangwayResult["timeline"] = {};
+  let t0: number | undefined;
+  for await (const e of readEvents(nc, { since: new Date(Date.now() - 3_600_000) })) {
+    if (!e.result.ok) continue;
+    const ev = e.result.event;
+    const data = (ev.mode === "structured" ? ev.data : undefined) as { migrationId?: string; vm?: string } | undefined;
+    if (data?.migrationId !== migrationId && !e.subject.includes(migrationId)) continue;
+    const at = Date.parse(ev.time);
+    if (ev.type === "io.gangway.migration.requested.v1") t0 = at;
+    t0 ??= at;
+    const key = ev.type.replace(/^io\.gangway\./, "").replace(/\.v\d+$/, "");
+    const vm = data?.vm ?? "gang";
+    const row = (out[vm] ??= {});
+    const ms = at - t0;
+    const prev = row[key];
+    row[key] = prev ? [Math.min(prev[0], ms), Math.max(prev[1], ms)] : [ms, ms];
+  }
+  return out;
 }
 
 const round2 = (x: number) => Math.round(x * 100) / 100;

@@ -5,7 +5,8 @@
  *   W1  four test-guest VMs from one image seed (25% zero, 25% shared pages), 1,000 pages/s dirtied
  *   W2  four VMs booting one Debian kernel with a busybox initramfs, each with 8 MiB of its own random data
  *   W3  one test-guest VM whose pages are all unique LCG data (incompressible, no dedup)
- *   W4  one test-guest VM dirtying faster than the link carries (30,000 pages/s ≈ 123 MB/s)
+ *   W4  one test-guest VM dirtying faster than the link carries (60,000 pages/s ≈ 246 MB/s; the
+ *       guest reaches that rate under TCG here; 30,000 pages/s ≈ the link itself still converged)
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
@@ -114,9 +115,9 @@ export async function workload(id: WorkloadId, o: WorkloadOptions): Promise<Work
       };
     case "W4":
       return {
-        id, title: `1 test VM × ${mem} MiB dirtying 30,000 pages/s (≈123 MB/s, above what the link carries)`,
-        vms: [guest("w4vm1", mem, { seed: 21, image: 7, zero: 25, shared: 25, rate: 30000 })],
-        verify: "test-guest", timeLimitMs: o.quick ? 45_000 : 90_000,
+        id, title: `1 test VM × ${mem} MiB dirtying 60,000 pages/s (≈246 MB/s, twice what the link carries)`,
+        vms: [guest("w4vm1", mem, { seed: 21, image: 7, zero: 25, shared: 25, rate: 60000 })],
+        verify: "test-guest", timeLimitMs: o.quick ? 30_000 : 60_000,
       };
   }
 }
