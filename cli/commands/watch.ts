@@ -14,8 +14,8 @@ what is in flight, then follows new events until SIGINT.
 
   --since TIME      catch up from this time (ISO 8601)
   --once            print what is in flight now and exit
-  --json            one JSON object per line: {"type":"migration",…} per update
-                    (with --once, then {"type":"summary",…})
+  --json            one JSON object per line: {"type":"migration",…} per update,
+                    then {"type":"summary",…} when it stops
 ${natsFlagHelp}`;
 
 export async function run(argv: string[]): Promise<void> {
@@ -33,7 +33,7 @@ export async function run(argv: string[]): Promise<void> {
       ...(values.since ? { since: new Date(values.since) } : {}), once, signal: stop.signal,
       onCaughtUp: (w) => printer.caughtUp(w), onUpdate: (m, w) => printer.update(m, w),
     });
-    printer.done(watch, { once });
+    printer.done(watch);
   } finally {
     await nc.close();
   }

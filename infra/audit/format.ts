@@ -17,7 +17,7 @@ export function formatAuditReport(r: AuditReport): string {
   } else out.push("  request: not retained");
   if (t.cancelledBy) out.push(`  cancelled by ${t.cancelledBy}`);
   out.push("", "timeline:");
-  for (const e of t.entries) out.push(`  ${time(e.at)}  ${e.event.padEnd(10)} ${(e.vm ?? "").padEnd(10)} ${e.detail ?? ""}`.trimEnd());
+  for (const e of t.entries) out.push(`  ${time(e.at)}  ${e.event.padEnd(18)} ${(e.vm ?? "").padEnd(10)} ${e.detail ?? ""}`.trimEnd());
   out.push(`  (${t.progressEvents} progress updates)`, "", "per VM:");
   out.push(`  ${"vm".padEnd(10)} ${"outcome".padEnd(10)} ${"rounds".padStart(6)} ${"pages".padStart(9)} ${"zero".padStart(9)} ${"dedup".padStart(9)} ${"sent".padStart(9)} ${"native".padStart(10)} ${"link".padStart(10)} ${"downtime".padStart(9)}`);
   for (const x of t.vms) {

@@ -35,7 +35,7 @@ export type VmOutcome = (typeof VmOutcome)[keyof typeof VmOutcome];
 export interface TimelineEntry {
   /** ISO 8601 time of the event. */
   at: string;
-  /** The event's kind: requested, planned, started, switchover, ready, committed, … */
+  /** The event's kind: requested, planned, started, switchover, manifest.completed, commit.ready, committed, resumed, … */
   event: string;
   vm?: string;
   detail?: string;
@@ -117,7 +117,8 @@ export interface MigrationTimeline {
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
-const kindOf = (type: string) => type.replace(/^io\.gangway\.[a-z-]+\./, "").replace(/\.v[0-9]+$/, "");
+/** io.gangway.migration.started.v1 → "started"; other families keep theirs: "manifest.completed", "commit.ready". */
+const kindOf = (type: string) => type.replace(/^io\.gangway\./, "").replace(/^migration\./, "").replace(/\.v[0-9]+$/, "");
 
 /** Folds a migration's facts (gw.migration.<id>.>, gw.manifest.<id>.>, gw.commit.<id>.>) into its timeline. */
 export function buildTimeline(migrationId: string, facts: Fact[]): MigrationTimeline {

@@ -58,7 +58,7 @@ export type AuditFailure =
       message: string;
     }
   | { kind: "unresolved-keys"; vm: string; tenant: string; keys: string[]; keyCount: number; entries: number; message: string }
-  | { kind: "digest"; vm: string; against: "source" | "committed"; recorded: string; rebuilt: string; message: string }
+  | { kind: "digest"; vm: string; against: "source" | "committed" | "destination"; recorded: string; rebuilt: string; message: string }
   | { kind: "manifest"; vm: string; problem: string; message: string }
   | { kind: "event"; seq: number; subject: string; reason: string; message: string };
 
@@ -225,7 +225,11 @@ export async function verifyMigration(input: VerifyInput, opts: VerifyOptions): 
     if (m.completed && m.completed.records !== r.entries) manifestFailure(`the source recorded ${m.completed.records} manifest entries, ${r.entries} are retained`);
     if (m.completed && r.pagesCovered !== r.pagesTotal) manifestFailure(`the manifest covers ${r.pagesCovered} of ${r.pagesTotal} pages`);
     r.rebuiltDigest = image.digest();
-    const compare: ["source" | "committed", string | undefined][] = [["source", r.sourceDigest], ["committed", r.committedDigest]];
+    // The destination's digest counts where the VM was committed on it; a rolled-back VM's
+    // differing digest is the rollback's recorded reason, not an audit failure.
+    const compare: ["source" | "committed" | "destination", string | undefined][] = [
+      ["source", r.sourceDigest], ["committed", r.committedDigest], ["destination", tl?.outcome === "committed" ? r.destinationDigest : undefined],
+    ];
     for (const [against, recorded] of compare) {
       if (recorded === undefined) continue;
       const ok = recorded === r.rebuiltDigest;
@@ -233,7 +237,7 @@ export async function verifyMigration(input: VerifyInput, opts: VerifyOptions): 
       if (!ok) {
         failures.push({
           kind: "digest", vm: m.vm, against, recorded, rebuilt: r.rebuiltDigest,
-          message: `VM ${m.vm}: the image rebuilt from its manifest has digest ${r.rebuiltDigest.slice(0, 16)}…, the ${against === "source" ? "source recorded" : "commit recorded"} ${recorded.slice(0, 16)}…`,
+          message: `VM ${m.vm}: the image rebuilt from its manifest has digest ${r.rebuiltDigest.slice(0, 16)}…, the ${{ source: "source", committed: "commit", destination: "destination's commit-ready proof" }[against]} recorded ${recorded.slice(0, 16)}…`,
         });
       }
     }

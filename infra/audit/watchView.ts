@@ -39,8 +39,8 @@ export interface WatchPrinter {
   /** The retained events are folded in: show what is in flight now. */
   caughtUp(watch: MigrationWatch): void;
   update(m: WatchedMigration, watch: MigrationWatch): void;
-  /** Stopping: with `once`, a summary. */
-  done(watch: MigrationWatch, o?: { once?: boolean }): void;
+  /** Stopping: with --json, a summary line. */
+  done(watch: MigrationWatch): void;
 }
 
 export function watchPrinter(mode: { json: boolean; tty: boolean; out?: NodeJS.WritableStream; now?: () => number }): WatchPrinter {
@@ -89,14 +89,15 @@ export function watchPrinter(mode: { json: boolean; tty: boolean; out?: NodeJS.W
       lastLine.set(m.migrationId, t);
       write(updateLine(snapshotOf(m, t)));
     },
-    done(watch, o = {}) {
+    done(watch) {
       if (pending) {
         clearTimeout(pending);
         pending = undefined;
         if (mode.tty && !mode.json) draw(watch);
       }
       const flying = watch.inFlight();
-      if (o.once && mode.json) write(JSON.stringify({ type: "summary", in_flight: flying.length, migrations: flying.map((m) => m.migrationId) }));
+      // JSON: the updates, then a summary line (what is still in flight as watching stops).
+      if (mode.json) write(JSON.stringify({ type: "summary", in_flight: flying.length, migrations: flying.map((m) => m.migrationId) }));
     },
   };
 }

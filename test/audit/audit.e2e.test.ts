@@ -81,7 +81,7 @@ describe("gangway audit and watch after a real gang migration", () => {
     expect(report.timeline.requested).toMatchObject({ requestedBy: "auditor-e2e", reason: "rack maintenance drill", sourceHost: "auditA", targetHost: "auditB" });
     expect(report.timeline.outcome).toBe("succeeded");
     expect(report.timeline.planned).toMatchObject({ sourceHost: "auditA", targetHost: "auditB" });
-    for (const e of ["requested", "planned", "started", "switchover", "completed", "ready", "committed", "resumed", "succeeded"]) expect(report.timeline.entries.map((x) => x.event)).toContain(e);
+    for (const e of ["requested", "planned", "started", "switchover", "manifest.header", "manifest.completed", "commit.ready", "committed", "resumed", "succeeded"]) expect(report.timeline.entries.map((x) => x.event)).toContain(e);
     for (const vm of vms) {
       const t = report.timeline.vms.find((v) => v.vm === vm)!;
       expect(t).toMatchObject({ outcome: "committed", tenant: "demo" });

@@ -149,7 +149,12 @@ describe("audit re-verification (real nats-server, recorded events)", () => {
     const p = await pagesStored("m-digest", "t1");
     const truth = await recordMigration("m-digest", "t1", { ...p, committedDigest: "ab".repeat(32) });
     const r = await auditMigration(nats.nc, "m-digest");
-    expect(r.failures).toEqual([expect.objectContaining({ kind: "digest", vm: "v1", against: "committed", recorded: "ab".repeat(32), rebuilt: truth })]);
+    // The commit recorded what the destination proved: both differ from the rebuilt image.
+    expect(r.failures).toEqual([
+      expect.objectContaining({ kind: "digest", vm: "v1", against: "committed", recorded: "ab".repeat(32), rebuilt: truth }),
+      expect.objectContaining({ kind: "digest", vm: "v1", against: "destination", recorded: "ab".repeat(32), rebuilt: truth }),
+    ]);
+    expect(r.verification.vms[0]).toMatchObject({ digestVerified: false, entriesVerified: true, sourceDigest: truth });
   });
 
   it("reports a manifest batch that is not retained", async () => {

@@ -84,7 +84,7 @@ describe("the watch fold and its views", () => {
     written.length = 0;
     const json = watchPrinter({ json: true, tty: false, out, now: () => clock });
     json.update(m, w);
-    json.done(w, { once: true });
+    json.done(w);
     expect(written.map((l) => JSON.parse(l).type)).toEqual(["migration", "summary"]);
 
     written.length = 0;
