@@ -5,7 +5,7 @@
  * ordered consumer until stopped. Percentages never run backwards (re-sent dirty pages show
  * as a higher round, not a lower bar).
  */
-import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
+import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { JobStats } from "../../schemas/index.ts";
 import { decodeMessage, type DecodedEvent } from "../events/binding.ts";
@@ -217,6 +217,9 @@ export interface FollowOptions {
 export async function followMigrations(nc: NatsConnection, o: FollowOptions = {}): Promise<MigrationWatch> {
   const watch = new MigrationWatch();
   const since = o.since ?? new Date(Date.now() - 3600_000);
+  // Caught up: at the stream's last message as of now (or nothing left pending), so a busy
+  // stream that keeps growing does not keep --once from ending.
+  const lastSeq = (await (await jetstreamManager(nc)).streams.info(EVENTS_STREAM)).state.last_seq;
   const consumer = await jetstream(nc).consumers.get(EVENTS_STREAM, { filter_subjects: "gw.migration.>", deliver_policy: DeliverPolicy.StartTime, opt_start_time: since.toISOString() });
   let caughtUp = false;
   const catchUp = () => {
@@ -235,7 +238,7 @@ export async function followMigrations(nc: NatsConnection, o: FollowOptions = {}
       const d = decodeMessage(m.subject, m.data, m.headers);
       const changed = d.ok ? watch.apply(m.subject, d.event) : undefined;
       if (caughtUp && changed) o.onUpdate?.(changed, watch);
-      if (!caughtUp && m.info.pending === 0) {
+      if (!caughtUp && (m.info.pending === 0 || m.seq >= lastSeq)) {
         catchUp();
         if (o.once) break;
       }
