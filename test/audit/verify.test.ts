@@ -17,7 +17,7 @@ import {
   commitReady, manifestBatch, manifestCompleted, manifestHeader, migrationCommitted, migrationPlanned, migrationRequested, migrationRolledBack, migrationSucceeded, migrationFailed, packStored,
 } from "../../schemas/index.ts";
 import { auditMigration, listMigrations } from "../../infra/audit/audit.ts";
-import { formatAuditReport } from "../../infra/audit/format.ts";
+import { formatAuditReport, formatMigrationList } from "../../infra/audit/format.ts";
 
 let nats: TestNats;
 let pub: EventPublisher;
@@ -190,5 +190,8 @@ describe("audit re-verification (real nats-server, recorded events)", () => {
     expect(h1.find((m) => m.migrationId === "m-good")).toMatchObject({ outcome: "succeeded", committed: ["v1"] });
     expect((await listMigrations(nats.nc, { host: "h2" })).every((m) => m.role === "target")).toBe(true);
     expect(await listMigrations(nats.nc, { host: "h9" })).toEqual([]);
+    const text = formatMigrationList("h1", h1);
+    expect(text).toMatch(/m-rolled .* source h1 → h2 +failed .*by evacuator \(host h1 drains\) — 1 of 1 VMs rolled back/);
+    expect(formatMigrationList("h9", [])).toBe("no migration involved host h9");
   });
 });
