@@ -129,3 +129,16 @@ export async function waitForScans(nc: NatsConnection, host: string, vms: string
   }
   throw new Error(`no preparation scan of ${vms.join(", ")} on ${host} within ${timeoutMs / 1000} s`);
 }
+
+/** The host whose latest inventory holds every one of these VMs, if one does. */
+export async function hostOf(nc: NatsConnection, vms: string[]): Promise<string | undefined> {
+  const latest = new Map<string, Set<string>>();
+  for await (const e of readEvents(nc, { filter: hostInventory.filter })) {
+    if (e.result.ok && e.result.event.mode === "structured") {
+      const d = e.result.event.data as { host: string; vms: { vm: string }[] };
+      latest.set(d.host, new Set(d.vms.map((v) => v.vm)));
+    }
+  }
+  for (const [host, have] of latest) if (vms.every((v) => have.has(v))) return host;
+  return undefined;
+}

@@ -1,15 +1,16 @@
-/** `gangway migrate VM... --from HOST [--to HOST]`: live-migrate VMs as a gang. */
+/** `gangway migrate VM... [--from HOST] [--to HOST]`: live-migrate VMs as a gang. */
 import { parseCommandArgs, numberFlag, printJson } from "../args.ts";
 import { CheckFailedError, UsageError } from "../errors.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
 import { migrateGang } from "../gangMigration.ts";
+import { hostOf } from "../localCluster.ts";
 import { progressPrinter, summaryTable } from "../progressView.ts";
 
-const help = `usage: gangway migrate VM... --from HOST [--to HOST] [options]
+const help = `usage: gangway migrate VM... [--from HOST] [--to HOST] [options]
 
 Live-migrates the VMs as one gang: each distinct page crosses the link once.
 
-  --from HOST            the host the VMs run on
+  --from HOST            the host the VMs run on (default: the host whose inventory has them)
   --to HOST              destination (default: the host with most free memory)
   --max-downtime-ms N    largest acceptable downtime (default 300)
   --progress-timeout S   abort after S seconds without progress (default 150)
@@ -26,15 +27,16 @@ export async function run(argv: string[]): Promise<void> {
   if (values.help) return void process.stdout.write(help + "\n");
   if (positionals.length === 0) throw new UsageError("name at least one VM to migrate");
   for (const v of positionals) if (!TOKEN.test(v)) throw new UsageError(`VM name "${v}" must be letters, digits, _ or -`);
-  if (!values.from) throw new UsageError("--from HOST is required");
   for (const h of [values.from, values.to]) if (h !== undefined && !TOKEN.test(h)) throw new UsageError(`host "${h}" must be letters, digits, _ or -`);
   const maxDowntimeMs = numberFlag("max-downtime-ms", values["max-downtime-ms"], 300);
   const progressTimeoutSec = numberFlag("progress-timeout", values["progress-timeout"], 150);
   const nc = await connectFromFlags(values, "gangway-migrate");
   try {
+    const from = values.from ?? (await hostOf(nc, positionals));
+    if (!from) throw new UsageError(`no host reports all of ${positionals.join(", ")}; name the source with --from HOST`);
     const printer = progressPrinter({ json: Boolean(values.json), tty: Boolean(process.stderr.isTTY) });
     const summary = await migrateGang({
-      nc, vms: positionals, sourceHost: values.from, ...(values.to ? { targetHost: values.to } : {}), ...(values.reason ? { reason: values.reason } : {}),
+      nc, vms: positionals, sourceHost: from, ...(values.to ? { targetHost: values.to } : {}), ...(values.reason ? { reason: values.reason } : {}),
       options: { maxDowntimeMs, progressTimeoutSec }, onUpdate: (v) => printer.update(v), idleTimeoutMs: progressTimeoutSec * 1000 + 30_000,
     });
     printer.done();

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { execFileSync } from "node:child_process";
 import { startTestNats, eventually, type TestNats } from "../helpers/nats.ts";
 import { hostVms, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../../cli/localCluster.ts";
-import { migrateGang, newMigrationId, followGang } from "../../cli/gangMigration.ts";
+import { migrateGang, newMigrationId, followGang, type GangSummary } from "../../cli/gangMigration.ts";
 import { readEvents } from "../../infra/events/reader.ts";
 import { jetstream } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
@@ -93,8 +93,14 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     await kvStateStore(await new Kvm(jetstream(nats.nc)).open(STATE_BUCKET)).put("config.scan", { enabled: false });
     // Same seed and image, no dirtying: byte-identical guests, different tenants.
     await startVms(nats.nc, "hostA", [testGuestSpec("t1", { tenant: "alpha", memoryMiB: 64, seed: 3, rate: 0 }), testGuestSpec("t2", { tenant: "beta", memoryMiB: 64, seed: 3, rate: 0 })]);
-    const s = await migrateGang({ nc: nats.nc, vms: ["t1", "t2"], sourceHost: "hostA", targetHost: "hostB" });
+    // Through the CLI, as an operator would: the source host is found from the inventories.
+    const out = execFileSync(process.execPath, ["bin/gangway.mjs", "migrate", "t1", "t2", "--to", "hostB", "--json", "--nats", nats.url], { encoding: "utf8" }).trim().split("\n");
+    const progressLines = out.slice(0, -1).map((l) => JSON.parse(l) as { type: string });
+    expect(progressLines.every((l) => l.type === "progress")).toBe(true);
+    const s = JSON.parse(out.at(-1)!) as GangSummary & { type: string };
+    expect(s.type).toBe("summary");
     expect(s.outcome, s.reason).toBe("succeeded");
+    expect(s.sourceHost).toBe("hostA");
     const [a, b] = ["t1", "t2"].map((vm) => s.vms.find((v) => v.vm === vm)!.pages_sent) as [number, number];
     // Each tenant sent its own copy of every distinct page: nothing crossed tenants.
     const distinct = 0.5 * 64 * 256; // at least the non-zero share of a 64 MiB guest (75%), with margin
