@@ -13,7 +13,9 @@
 import { join } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { jetstream } from "@nats-io/jetstream";
-import { startAgentProcess, startFunctions, startVms, verifyGuest, waitForScans, type GangwayProcess } from "../cli/localCluster.ts";
+import { spawn } from "node:child_process";
+import { resolve } from "node:path";
+import { spawnGangway, startVms, verifyGuest, waitForScans, type GangwayProcess } from "../cli/localCluster.ts";
 import { migrateGang, newMigrationId, type GangSummary } from "../cli/gangMigration.ts";
 import { connectNats } from "../infra/nats/connect.ts";
 import { provision } from "../infra/nats/provision.ts";
@@ -71,6 +73,52 @@ export interface GangwayRunOptions {
   /** A fresh directory for the store and run dirs (short: unix socket paths). */
   workDir: string;
   log?: (s: string) => void;
+  /** Run gangway's processes under `node --cpu-prof` writing profiles here (see bench/profile.ts). */
+  cpuProfileDir?: string;
+}
+
+const BIN = resolve(import.meta.dirname, "../bin/gangway.mjs");
+
+/**
+ * Like localCluster's spawnGangway, but under `node --cpu-prof` (NODE_OPTIONS may not carry
+ * it). Each thread writes its own profile (tsx's loader runs on a worker thread) into
+ * DIR/<name>/ when the process exits after SIGTERM.
+ */
+function spawnProfiled(dir: string, name: string, args: string[], readyLine: RegExp): Promise<GangwayProcess> {
+  const child = spawn(process.execPath, ["--cpu-prof", `--cpu-prof-dir=${join(dir, name.replace(/\W+/g, "-"))}`, BIN, ...args], {
+    stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, GANGWAY_LOG_LEVEL: process.env.GANGWAY_LOG_LEVEL ?? "warn" },
+  });
+  const exited = new Promise((r) => child.once("exit", r));
+  child.stderr!.on("data", (d: Buffer) => process.stderr.write(d));
+  const proc: GangwayProcess = {
+    name, child, exited,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGTERM");
+      const t = setTimeout(() => child.kill("SIGKILL"), 30_000);
+      await exited;
+      clearTimeout(t);
+    },
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await exited;
+    },
+  };
+  return new Promise((res, rej) => {
+    let out = "";
+    const t = setTimeout(() => rej(new Error(`${name} did not start within 30 s`)), 30_000);
+    child.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+      if (readyLine.test(out)) {
+        clearTimeout(t);
+        res(proc);
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(t);
+      rej(new Error(`${name} exited with code ${code} before it was ready`));
+    });
+  });
 }
 
 const toSpec = (w: Workload): VmSpec[] =>
@@ -99,9 +147,11 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
   try {
     await provision(nc);
     const relay = await link.relay("127.0.0.1", server.port);
-    procs.push(await startFunctions(server.url));
-    procs.push(await startAgentProcess(`nats://127.0.0.1:${relay.port}`, hostA, o.workDir));
-    procs.push(await startAgentProcess(server.url, hostB, o.workDir));
+    const start = (name: string, args: string[], ready: RegExp) => (o.cpuProfileDir ? spawnProfiled(o.cpuProfileDir, name, args, ready) : spawnGangway(name, args, ready));
+    const agentArgs = (host: string, url: string) => ["agent", "--host", host, "--nats", url, "--run-dir", join(o.workDir, host), "--json"];
+    procs.push(await start("functions", ["up", "--nats", server.url, "--json"], /"url"/));
+    procs.push(await start("agent-source", agentArgs(hostA, `nats://127.0.0.1:${relay.port}`), /"ready"/));
+    procs.push(await start("agent-destination", agentArgs(hostB, server.url), /"ready"/));
     const pids = [
       { name: "nats-server", pid: server.pid },
       { name: "functions", pid: procs[0]!.child.pid! },

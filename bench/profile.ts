@@ -5,8 +5,8 @@
  *   NODE_OPTIONS="--cpu-prof --cpu-prof-dir=/tmp/gwprof" node bin/gangway.mjs bench --quick --workloads W1
  *   npx tsx bench/profile.ts /tmp/gwprof [TOP]
  *
- * Each profile is one process (the agents, functions and the bench itself); the process is
- * named from its command line when the profile's file name says its pid.
+ * Each process writes into DIR/<process>/ one profile per thread (the main thread does the
+ * work; tsx's module loader thread is nearly idle and is skipped).
  */
 import { readdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
@@ -83,8 +83,13 @@ if (process.argv[1] && resolve(process.argv[1]) === resolve(import.meta.filename
     process.stderr.write("usage: npx tsx bench/profile.ts DIR_OF_CPUPROFILES [TOP]\n");
     process.exitCode = 64;
   } else {
-    for (const f of (await readdir(dir)).filter((x) => x.endsWith(".cpuprofile")).sort()) {
+    const files = (await readdir(dir, { recursive: true })).filter((x) => String(x).endsWith(".cpuprofile")).map(String).sort();
+    for (const f of files) {
       const s = summarizeProfile(f, JSON.parse(await readFile(join(dir, f), "utf8")) as CpuProfile, Number(topArg ?? 15));
+      if (s.busy < 0.02) {
+        process.stdout.write(`\n== ${f}: ${s.seconds.toFixed(1)} s profiled, ${(s.busy * 100).toFixed(1)}% busy (a helper thread; skipped)\n`);
+        continue;
+      }
       process.stdout.write(`\n== ${f}: ${s.seconds.toFixed(1)} s profiled, ${(s.busy * 100).toFixed(0)}% busy\n  by file:\n`);
       for (const x of s.byFile) process.stdout.write(`    ${(x.selfShare * 100).toFixed(1).padStart(5)}%  ${x.file}\n`);
       process.stdout.write("  by function (self):\n");

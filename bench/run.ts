@@ -16,6 +16,8 @@ export interface BenchOptions {
   linkMbps: number;
   workloads: WorkloadId[];
   log?: (s: string) => void;
+  /** Profile gangway's processes (node --cpu-prof) into this directory. */
+  cpuProfileDir?: string;
 }
 
 export interface Stat {
@@ -196,7 +198,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
         }
         const gw = `${work}/g${rep}${id}`;
         try {
-          const r = await loadOf(`gangway #${rep}`, () => runGangway({ workload: w, bytesPerSecond, workDir: gw, log: (s) => log(`${id} #${rep} ${s}`) }));
+          const r = await loadOf(`gangway #${rep}`, () => runGangway({ workload: w, bytesPerSecond, workDir: gw, ...(o.cpuProfileDir ? { cpuProfileDir: `${o.cpuProfileDir}/${id}-${rep}` } : {}), log: (s) => log(`${id} #${rep} ${s}`) }));
           raw.gangway.push(r);
           log(`${id} #${rep} gangway: ${r.completed ? "completed" : r.reason} in ${(r.time_ms / 1000).toFixed(2)} s, ${(r.bytes_on_link / 1e6).toFixed(1)} MB + ${(r.prep_bytes_on_link / 1e6).toFixed(1)} MB preparation on the link, downtime ${r.vms.map((v) => v.downtime_ms ?? "-").join("/")} ms`);
         } catch (err) {
