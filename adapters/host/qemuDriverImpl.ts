@@ -3,7 +3,7 @@
  * source proxy takes a VM's outgoing stream, and the destination proxy writes a rebuilt
  * stream into a VM started with -incoming defer -S.
  */
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "../../infra/log.ts";
 import type { VmSpec } from "../../schemas/index.ts";
@@ -23,6 +23,18 @@ export interface QemuDriverOptions {
 }
 
 const SHM = "/dev/shm";
+
+/** The guest-RAM files (mem-path=…) of every QEMU running on this machine. */
+async function ramFilesInUse(): Promise<Set<string>> {
+  const used = new Set<string>();
+  for (const pid of await readdir("/proc").catch(() => [] as string[])) {
+    if (!/^\d+$/.test(pid)) continue;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, "latin1").catch(() => "");
+    if (!cmdline.includes("qemu-system")) continue;
+    for (const m of cmdline.matchAll(/mem-path=([^,\0]+)/g)) used.add(m[1]!);
+  }
+  return used;
+}
 
 /** QEMU 7.2 caps outgoing migration at 32 MiB/s by default; the proxy is local, so lift it. */
 const UNLIMITED_BPS = 100 * 1024 ** 3;
@@ -50,10 +62,12 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
 
   return {
     async reclaim() {
+      // Only files no running QEMU uses: another agent of the same name on this machine (a
+      // test, a second session) may be alive.
+      const inUse = await ramFilesInUse();
       const prefix = `gangway-${o.host}-`;
-      const stale = (await readdir(SHM).catch(() => [] as string[])).filter((f) => f.startsWith(prefix));
+      const stale = (await readdir(SHM).catch(() => [] as string[])).filter((f) => f.startsWith(prefix) && !inUse.has(join(SHM, f)));
       await Promise.all(stale.map((f) => rm(join(SHM, f), { force: true })));
-      await rm(o.runDir, { recursive: true, force: true });
       return stale;
     },
     async startVm(spec, role, tag) {
