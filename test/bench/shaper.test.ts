@@ -77,9 +77,9 @@ describe("shaped link", () => {
     expect(replied).toBe(12_345);
     expect(r.counters()).toEqual({ up: data.length, down: 12_345, connections: 1 });
     expect(link.counters()).toEqual({ up: data.length, down: 12_345, connections: 1 });
-    // 8 MB at 20 MB/s = 0.4 s; generous bounds (a loaded machine is slower, never faster).
+    // 8 MB at 20 MB/s = 0.4 s: never faster; slower only by what a loaded machine adds.
     expect(seconds).toBeGreaterThan(0.4 * 0.85);
-    expect(seconds).toBeLessThan(0.4 * 3);
+    expect(seconds).toBeLessThan(0.4 * 6);
   });
 
   it("shares one rate between connections and relays", async () => {
@@ -94,7 +94,7 @@ describe("shaped link", () => {
     expect(a.counters().up).toBe(6_000_000);
     expect(b.counters().up).toBe(2_000_000);
     expect(seconds).toBeGreaterThan(0.4 * 0.85);
-    expect(seconds).toBeLessThan(0.4 * 3);
+    expect(seconds).toBeLessThan(0.4 * 6);
   });
 
   it("counts without limiting at an infinite rate", async () => {

@@ -1,0 +1,62 @@
+/** The benchmark's bookkeeping: statistics, the table, the chart, and its command line (no QEMU). */
+import { describe, expect, it } from "vitest";
+import { run } from "../../cli/commands/bench.ts";
+import { UsageError } from "../../cli/errors.ts";
+import { renderChart } from "../../bench/chart.ts";
+import { formatReport, stat, type BenchReport } from "../../bench/run.ts";
+import { parseWorkloads } from "../../bench/workloads.ts";
+
+const report: BenchReport = {
+  type: "bench",
+  startedAt: "2026-01-01T00:00:00Z",
+  machine: { cpus: 2, cpu_model: "test", memory_gib: 24, accel: "tcg", qemu: "QEMU 7.2", nats_server: "nats-server: v2.9.10", node: "v20" },
+  link: { mbps: 1000, bytes_per_second: 125e6 },
+  quick: true,
+  reps: 1,
+  workloads: [
+    {
+      id: "W3",
+      title: "one VM",
+      native: {
+        plain: { runs: 1, completed: 1, verified: 1, time_ms: { min: 1000, median: 1000, n: 1 }, bytes_on_link: { min: 135e6, median: 135e6, n: 1 }, downtime_max_ms: { min: 200, median: 200, n: 1 } },
+        "multifd-zstd": { runs: 1, completed: 0, verified: 0 },
+      },
+      gangway: { runs: 1, completed: 1, verified: 1, time_ms: { min: 2000, median: 2000, n: 1 }, bytes_on_link: { min: 150e6, median: 150e6, n: 1 }, prep_bytes_on_link: { min: 130e6, median: 130e6, n: 1 }, migration_bytes_on_link: { min: 20e6, median: 20e6, n: 1 } },
+      ratios: { plain: { bytes: 1.111, time: 2 }, "multifd-zstd": {} },
+      targets: [{ what: "time ≤ 1.1× the faster native", limit: 1.1, value: 2, met: false }],
+      raw: { native: { plain: [], "multifd-zstd": [] }, gangway: [], errors: [], load: [] },
+    },
+  ],
+};
+
+describe("bench report", () => {
+  it("takes min and median", () => {
+    expect(stat([])).toBeUndefined();
+    expect(stat([3, 1, 2])).toEqual({ min: 1, median: 2, n: 3 });
+    expect(stat([4, 1, 2, 3])).toEqual({ min: 1, median: 2.5, n: 4 });
+  });
+
+  it("prints a table with the ratios and the targets", () => {
+    const t = formatReport(report);
+    expect(t).toMatch(/\| W3 \| native plain pre-copy \| 1\/1 ok, 1 verified \| 1\.00 \/ 1\.00 \| 135\.0 \/ 135\.0 \|/);
+    expect(t).toMatch(/\| W3 \| \*\*gangway, both phases\*\* \| \| \| \*\*150\.0 \/ 150\.0\*\*/);
+    expect(t).toContain("| W3 | native plain | 1.11× | - | 2.00× |");
+    expect(t).toContain("W3: time ≤ 1.1× the faster native: 2.00 → MISSED");
+  });
+
+  it("draws an SVG with a bar per configuration and a note for what did not finish", () => {
+    const svg = renderChart(report);
+    expect(svg.startsWith("<svg")).toBe(true);
+    expect(svg).toContain("did not finish");
+    expect(svg.match(/<rect /g)!.length).toBeGreaterThan(6);
+  });
+
+  it("rejects unknown workloads and bad flags as usage errors", async () => {
+    expect(parseWorkloads("w1, W3")).toEqual(["W1", "W3"]);
+    expect(() => parseWorkloads("W9")).toThrow(/unknown workload "W9"/);
+    await expect(run(["--workloads", "W9"])).rejects.toBeInstanceOf(UsageError);
+    await expect(run(["--reps", "0"])).rejects.toBeInstanceOf(UsageError);
+    await expect(run(["--link-mbps", "fast"])).rejects.toBeInstanceOf(UsageError);
+    await expect(run(["extra"])).rejects.toBeInstanceOf(UsageError);
+  });
+});
