@@ -18,17 +18,18 @@ import { migrateGang, type GangSummary } from "../gangMigration.ts";
 import { expectPositionals } from "../notYet.ts";
 import { progressPrinter, summaryTable } from "../progressView.ts";
 
-const help = `usage: gangway demo [--vms N] [--memory MiB] [--shared PCT] [--zero PCT] [--rate PAGES_PER_S] [--no-prepare] [--json]
+const help = `usage: gangway demo [--vms N] [--memory MiB] [--shared PCT] [--zero PCT] [--rate PAGES_PER_S] [--no-prepare] [--nats URL] [--json]
 
 Boots N test VMs (default 4 × 256 MiB, one image seed, dirtying) on host A and migrates
 them as a gang to host B over an embedded NATS server, then checks every VM on B.
 The guests' pages: --zero % zero, --shared % identical across the gang (one OS image),
 the rest unique to each VM (defaults 25 / 50 / 25). Before migrating, the preparation phase
-scans each VM and preseeds its pages (--no-prepare skips it); both phases' bytes are shown.`;
+scans each VM and preseeds its pages (--no-prepare skips it); both phases' bytes are shown.
+With --nats URL (e.g. a \`gangway up\` server) the events stay there for \`gangway audit\`.`;
 
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parseCommandArgs(argv, {
-    json: { type: "boolean" }, help: { type: "boolean" }, "no-prepare": { type: "boolean" }, vms: { type: "string" }, memory: { type: "string" }, shared: { type: "string" }, zero: { type: "string" }, rate: { type: "string" },
+    json: { type: "boolean" }, help: { type: "boolean" }, "no-prepare": { type: "boolean" }, nats: { type: "string" }, vms: { type: "string" }, memory: { type: "string" }, shared: { type: "string" }, zero: { type: "string" }, rate: { type: "string" },
   });
   if (values.help) return void process.stdout.write(help + "\n");
   expectPositionals(positionals, 0, 0, "");
@@ -40,15 +41,18 @@ export async function run(argv: string[]): Promise<void> {
   if (!existsSync(GUEST_KERNEL)) throw new Error(`the test guest is not built (${GUEST_KERNEL}); run \`npm run setup\``);
 
   const work = await mkdtemp(join(tmpdir(), "gangway-demo-"));
-  await using server = await startEmbeddedServer({ name: "gangway-demo", storeDir: join(work, "js") });
-  const nc = await connectNats({ servers: server.url, name: "gangway-demo", reconnect: false });
+  // With --nats the demo runs on the operator's server, and its events stay there for
+  // `gangway audit` and `gangway watch`; otherwise on an embedded one that goes with it.
+  const server = values.nats ? undefined : await startEmbeddedServer({ name: "gangway-demo", storeDir: join(work, "js") });
+  const url = values.nats ?? server!.url;
+  const nc = await connectNats({ servers: url, name: "gangway-demo", reconnect: false });
   const procs: GangwayProcess[] = [];
   const say = (s: string) => process.stderr.write(`demo: ${s}\n`);
   try {
     await provision(nc);
-    say(`embedded NATS at ${server.url}`);
-    procs.push(await startFunctions(server.url));
-    for (const host of ["hostA", "hostB"]) procs.push(await startAgentProcess(server.url, host, work));
+    say(server ? `embedded NATS at ${url}` : `NATS at ${url}`);
+    procs.push(await startFunctions(url));
+    for (const host of ["hostA", "hostB"]) procs.push(await startAgentProcess(url, host, work));
     say("functions and agents for hostA and hostB are up (separate processes)");
 
     const names = Array.from({ length: count }, (_, i) => `vm${i + 1}`);
@@ -73,7 +77,7 @@ export async function run(argv: string[]): Promise<void> {
   } finally {
     for (const p of procs.reverse()) await p.stop();
     await nc.close();
-    await server.stop();
+    await server?.stop();
     await rm(work, { recursive: true, force: true });
   }
 }
