@@ -56,6 +56,11 @@ export const scanCompleted = defineEvent({
     batches: z.number().int().nonnegative(),
     /** Pages this pass packed and stored ahead of any migration (the destination side now holds them). */
     pagesPreseeded: z.number().int().nonnegative(),
+    /**
+     * A sample of the VM's content keys (those whose first byte is 0: ~1/256 of its pages), so
+     * placement can see which VMs share pages without reading any memory.
+     */
+    sample: z.array(z.string().regex(/^[0-9a-f]{32}$/)).max(8192).default([]),
     /** Bytes this pass put on the link: look-ups, packs and the scan batches. */
     bytesSent: z.number().int().nonnegative(),
     durationMs: z.number().nonnegative(),

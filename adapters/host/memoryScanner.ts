@@ -122,9 +122,11 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
     await fh.close();
   }
   bytesSent += packer.linkBytes;
+  const sample: string[] = [];
+  for (let at = 0; at < table.byteLength && sample.length < 8192; at += ENTRY) if (table[at] === 0 && table[at + 1] === 0) sample.push(keyHex(table, at + 1));
   const result: MemoryScanResult = { table, pages, zeroPages, changedPages: changed, pagesPreseeded: packer.pages, bytesSent };
   await o.publisher.publish(scanCompleted, { host: o.host, vm: o.vm }, {
-    host: o.host, vm: o.vm, tenant: o.tenant, pass: o.pass, pages, zeroPages, changedPages: changed, batches, pagesPreseeded: packer.pages, bytesSent, durationMs: Math.round(performance.now() - t0),
+    host: o.host, vm: o.vm, tenant: o.tenant, pass: o.pass, pages, zeroPages, changedPages: changed, batches, pagesPreseeded: packer.pages, sample, bytesSent, durationMs: Math.round(performance.now() - t0),
   });
   return result;
 }

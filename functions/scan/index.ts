@@ -7,7 +7,7 @@
  * This function decides when: each inventory report of a host is a chance to ask it to
  * scan every running VM whose last scan is older than the interval. The host acts.
  */
-import { hostInventory, scanRequested } from "../../schemas/index.ts";
+import { hostInventory, scanCompleted, scanRequested } from "../../schemas/index.ts";
 import { defineFunction } from "../types.ts";
 
 /** Operators tune scanning in state: `config.scan` = { intervalSec, enabled }. */
@@ -37,5 +37,19 @@ export default defineFunction({
       await ctx.state.put(lastScanKey(event.data.host, v.vm), now);
       ctx.emit(scanRequested, { host: event.data.host }, { host: event.data.host, vm: v.vm, full: last === undefined });
     }
+  },
+});
+
+/** Where the last scan's key sample of a VM is kept, for placement (`sample.<host>.<vm>`). */
+export const sampleKey = (host: string, vm: string) => `sample.${host}.${vm}`;
+
+/** Keeps each VM's latest key sample, so evacuate can place VMs that share pages together. */
+export const scanSampled = defineFunction({
+  id: "scan-sampled",
+  description: "remember each VM's key sample from its latest scan",
+  trigger: scanCompleted,
+  retry: { maxAttempts: 3, backoffMs: 500 },
+  async handler(event, ctx) {
+    if (event.data.sample.length) await ctx.state.put(sampleKey(event.data.host, event.data.vm), event.data.sample);
   },
 });
