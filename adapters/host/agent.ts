@@ -20,6 +20,7 @@ import { createPublisher, type EventPublisher } from "../../infra/events/publish
 import { createLogger, type Logger } from "../../infra/log.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { extractTraceContext, meter, tracer } from "../../infra/telemetry.ts";
+import { inSpan } from "../../infra/spans.ts";
 import { createPageKeyer, PAGE_SIZE, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
 import { openPackStore, type PackStore } from "../dataplane/packStore.ts";
 import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
@@ -213,10 +214,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           },
         }).catch(() => undefined);
       };
-      const result = await runSourceMigration({
-        migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: o.host, records: out.records, publisher: pub, packs,
+      const outgoing = out;
+      const result = await inSpan("scan stream", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": o.host }, () => runSourceMigration({
+        migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: o.host, records: outgoing.records, publisher: pub, packs,
         vm: c.vm, keyer: keyerFor(v.spec.tenant), resolver: gang!.resolver, gangKeys: gang!.gangKeys, nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
-      });
+      }));
       bytesOnLink.add(result.progress.bytes_on_link, { "gangway.host": o.host });
       pagesCounter.add(result.progress.memory_constant, { outcome: "zero" });
       pagesCounter.add(result.progress.pages_deduplicated, { outcome: "deduplicated" });
@@ -254,12 +256,12 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyerFor(c.spec.tenant));
       source.prefetch(c.migrationId, c.spec.tenant, keyerFor(c.spec.tenant));
       const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000 }, state);
-      await o.driver.migrateIn(vm, records);
+      await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": o.host }, () => o.driver.migrateIn(vm, records));
       log.debug("destination loaded", { migrationId: c.migrationId, vm: c.spec.name });
       const status = await vm.status();
       if (status !== "paused" && status !== "prelaunch") throw new Error(`destination QEMU is ${status} after loading, expected paused`);
       // The proof: read back what QEMU holds (block m0 from its RAM file) and digest it.
-      const proof = await proveImage(state, vm.ramPath, keyerFor(c.spec.tenant));
+      const proof = await inSpan("destination proof", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name }, () => proveImage(state, vm.ramPath, keyerFor(c.spec.tenant)));
       await pub.publish(commitReady, { migrationId: c.migrationId }, {
         migrationId: c.migrationId, vm: c.spec.name, targetHost: o.host, pagesExpected: proof.expected, pagesDelivered: proof.delivered, digest: proof.digest,
       }, { id: `${c.migrationId}-${c.spec.name}-ready` });
@@ -342,13 +344,13 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (!v || v.state !== "running" || v.scanning) return;
     v.scanning = true;
     try {
-      prepResolver ??= createKeyResolver(o.nc, pub, { migrationId: `prep-${o.host}`, targetHost: o.host });
+      const resolver = (prepResolver ??= createKeyResolver(o.nc, pub, { migrationId: `prep-${o.host}`, targetHost: o.host }));
       const known = knownByTenant.get(v.spec.tenant) ?? knownByTenant.set(v.spec.tenant, new Set()).get(v.spec.tenant)!;
       const pass = v.scan && !c.full ? v.scan.pass + 1 : 0;
-      const r = await scanMemory({
+      const r = await inSpan("scan memory", { "gangway.vm": c.vm, "gangway.host": o.host, "gangway.scan.pass": pass }, () => scanMemory({
         host: o.host, vm: c.vm, tenant: v.spec.tenant, ramPath: v.vm.ramPath, sizeBytes: v.spec.memoryMiB * 1024 * 1024, keyer: keyerFor(v.spec.tenant),
-        resolver: prepResolver, publisher: pub, packs, pass, known, shouldStop: () => v.state !== "running", ...(v.scan && !c.full ? { previous: v.scan.table } : {}),
-      });
+        resolver, publisher: pub, packs, pass, known, shouldStop: () => v.state !== "running", ...(v.scan && !c.full ? { previous: v.scan.table } : {}),
+      }));
       v.scan = { table: r.table, pass };
       log.info("scanned", { vm: c.vm, pass, changed: r.changedPages, preseeded: r.pagesPreseeded, bytes: r.bytesSent });
     } finally {

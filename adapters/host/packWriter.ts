@@ -8,6 +8,7 @@ import type { EventPublisher } from "../../infra/events/publisher.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex } from "../dataplane/contentKey.ts";
 import { encodePack } from "../dataplane/pagePack.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
+import { inSpan } from "../../infra/spans.ts";
 
 export interface PackWriterOptions {
   migrationId: string;
@@ -57,7 +58,7 @@ export class PackWriter {
     this.data = new Uint8Array(this.packPages * PAGE_SIZE);
     this.count = 0;
     const o = this.o;
-    const write = (async () => {
+    const write = inSpan("pack pages", { "gangway.migration": o.migrationId, "gangway.vm": o.vm, "gangway.pages": n }, async () => {
       const pack = encodePack(keys, pages);
       await o.packs.put(pack.name, pack.bytes);
       const keyList = Array.from({ length: n }, (_, i) => keyHex(keys, i * KEY_BYTES));
@@ -70,7 +71,7 @@ export class PackWriter {
       this.rawBytes += pack.rawBytes;
       this.storedBytes += pack.bytes.byteLength;
       this.linkBytes += pack.bytes.byteLength + 40 * n; // + the keys listed in the announcement
-    })();
+    });
     write.catch(() => undefined); // observed by drain()
     this.writes.push(write);
   }
