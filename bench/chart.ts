@@ -1,7 +1,8 @@
 /**
  * An SVG chart of a benchmark report: per workload, link bytes and gang time side by side,
  * native plain, native multifd+zstd and gangway (bytes stacked: preparation + migration).
- * Medians; runs that did not finish are drawn hatched at the time limit and labelled.
+ * Medians; runs that did not finish are drawn faded and dashed (what they had moved, and
+ * how long they ran, when the time limit stopped them) and labelled.
  *
  *   npx tsx bench/chart.ts REPORT.json [OUT.svg]      (default bench/results.svg)
  */
@@ -19,13 +20,23 @@ interface Bar {
   note?: string;
 }
 
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? undefined : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+
 function bars(w: WorkloadReport, kind: "bytes" | "time"): Bar[] {
   const out: Bar[] = [];
   const nat = (m: "plain" | "multifd-zstd", label: string, color: string) => {
     const s = w.native[m];
     const v = kind === "bytes" ? s.bytes_on_link?.median : s.time_ms?.median;
     if (v !== undefined) out.push({ label, value: kind === "bytes" ? v / 1e6 : v / 1000, color });
-    else out.push({ label, value: 0, color, note: s.runs ? "did not finish" : "not run" });
+    else {
+      // Runs that hit the time limit: what they had moved by then, drawn faded.
+      const raw = w.raw.native[m];
+      const at = median(raw.map((r) => (kind === "bytes" ? r.bytes_on_link / 1e6 : r.time_ms / 1000)));
+      out.push({ label, value: at ?? 0, color, note: s.runs ? "did not finish" : "not run" });
+    }
   };
   nat("plain", "native plain", COLORS.plain);
   nat("multifd-zstd", "native multifd+zstd", COLORS.multifd);
@@ -33,7 +44,11 @@ function bars(w: WorkloadReport, kind: "bytes" | "time"): Bar[] {
   if (g?.time_ms && g.bytes_on_link) {
     if (kind === "bytes") out.push({ label: "gangway", value: g.bytes_on_link.median / 1e6, stack: (g.prep_bytes_on_link?.median ?? 0) / 1e6, color: COLORS.gangway });
     else out.push({ label: "gangway", value: g.time_ms.median / 1000, color: COLORS.gangway });
-  } else out.push({ label: "gangway", value: 0, color: COLORS.gangway, note: g?.runs ? "did not finish" : "not run" });
+  } else {
+    const raw = w.raw.gangway.filter((r): r is Extract<typeof r, { completed: boolean }> => !("error" in r));
+    const at = median(raw.map((r) => (kind === "bytes" ? r.total_bytes_on_link / 1e6 : r.time_ms / 1000)));
+    out.push({ label: "gangway", value: at ?? 0, color: COLORS.gangway, note: g?.runs ? "did not finish" : "not run" });
+  }
   return out;
 }
 
@@ -72,6 +87,10 @@ export function renderChart(r: BenchReport): string {
         const bx = x0 + 12 + i * (panelW / bs.length);
         const h = (b.value / max) * panelH;
         if (b.note) {
+          if (b.value > 0) {
+            s.push(`<rect x="${bx}" y="${y0 + panelH - h}" width="${bw}" height="${h}" fill="${b.color}" fill-opacity="0.3" stroke="${b.color}" stroke-dasharray="4 3"/>`);
+            s.push(`<text x="${bx + bw / 2}" y="${y0 + panelH - h - 4}" text-anchor="middle">${kind === "bytes" ? b.value.toFixed(0) : b.value.toFixed(0)}</text>`);
+          }
           s.push(`<text x="${bx + bw / 2}" y="${y0 + panelH - 6}" text-anchor="middle" fill="#a00" font-size="10">${b.note}</text>`);
         } else {
           s.push(`<rect x="${bx}" y="${y0 + panelH - h}" width="${bw}" height="${h}" fill="${b.color}"/>`);
