@@ -4,9 +4,13 @@ import { CheckFailedError, UsageError } from "../errors.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
 import { migrateGang } from "../gangMigration.ts";
 import { hostOf } from "../localCluster.ts";
+import { jetstream } from "@nats-io/jetstream";
+import { migrationCancel } from "../../schemas/index.ts";
+import { createPublisher } from "../../infra/events/publisher.ts";
 import { progressPrinter, summaryTable } from "../progressView.ts";
 
 const help = `usage: gangway migrate VM... [--from HOST] [--to HOST] [options]
+       gangway migrate --cancel MIGRATION_ID [--reason TEXT]
 
 Live-migrates the VMs as one gang: each distinct page crosses the link once.
 
@@ -15,6 +19,7 @@ Live-migrates the VMs as one gang: each distinct page crosses the link once.
   --max-downtime-ms N    largest acceptable downtime (default 300)
   --progress-timeout S   abort after S seconds without progress (default 150)
   --reason TEXT          recorded in the audit trail
+  --cancel ID            cancel a migration in whatever phase it is: VMs not yet committed roll back
   --json                 one JSON line per progress update, then the summary
 ${natsFlagHelp}`;
 
@@ -22,9 +27,24 @@ const TOKEN = /^[A-Za-z0-9_-]{1,128}$/;
 
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parseCommandArgs(argv, {
-    ...natsFlagSpec, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" }, "max-downtime-ms": { type: "string" }, "progress-timeout": { type: "string" }, reason: { type: "string" }, help: { type: "boolean" },
+    ...natsFlagSpec, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" }, "max-downtime-ms": { type: "string" }, "progress-timeout": { type: "string" }, reason: { type: "string" }, cancel: { type: "string" }, help: { type: "boolean" },
   });
   if (values.help) return void process.stdout.write(help + "\n");
+  if (values.cancel !== undefined) {
+    if (positionals.length) throw new UsageError("--cancel takes a migration id and no VM names");
+    if (!TOKEN.test(values.cancel)) throw new UsageError(`migration id "${values.cancel}" must be letters, digits, _ or -`);
+    const nc = await connectFromFlags(values, "gangway-migrate");
+    try {
+      await createPublisher(jetstream(nc), "gangway/cli").publish(migrationCancel, { migrationId: values.cancel }, {
+        migrationId: values.cancel, requestedBy: `gangway-cli@${process.env.USER ?? "unknown"}`, ...(values.reason ? { reason: values.reason } : {}),
+      });
+      if (values.json) printJson({ migrationId: values.cancel, cancel: "requested" });
+      else process.stdout.write(`cancel of ${values.cancel} requested\n`);
+    } finally {
+      await nc.close();
+    }
+    return;
+  }
   if (positionals.length === 0) throw new UsageError("name at least one VM to migrate");
   for (const v of positionals) if (!TOKEN.test(v)) throw new UsageError(`VM name "${v}" must be letters, digits, _ or -`);
   for (const h of [values.from, values.to]) if (h !== undefined && !TOKEN.test(h)) throw new UsageError(`host "${h}" must be letters, digits, _ or -`);

@@ -15,6 +15,8 @@ import {
   commitAbort,
   commitReady,
   manifestCompleted,
+  migrationCancel,
+  migrationCancelled,
   migrationCommitted,
   migrationFailed,
   migrationRolledBack,
@@ -23,6 +25,7 @@ import {
 } from "../../schemas/index.ts";
 import type { z } from "zod";
 import { defineFunction, type FunctionContext, type FunctionDefinition } from "../types.ts";
+import { NonRetriableError } from "../errors.ts";
 import { planKey, type Plan } from "../plan/index.ts";
 
 type Sent = z.infer<typeof manifestCompleted.data>;
@@ -127,4 +130,23 @@ const commitOnAbort = defineFunction({
   },
 });
 
-export const commitFunctions = [commitSent, commitOnReady, commitOnAbort] as unknown as FunctionDefinition[];
+/** Cancel (like virsh domjobabort): every VM not yet decided is rolled back, in any phase. */
+const commitOnCancel = defineFunction({
+  id: "commit-cancel",
+  description: "cancel a migration: roll back every VM that is not committed yet",
+  trigger: migrationCancel,
+  retry: { maxAttempts: 8, backoffMs: 250 },
+  async handler(event, ctx) {
+    const d = event.data;
+    const plan = await loadPlan(ctx, d.migrationId);
+    if (!plan) throw new NonRetriableError(`no plan recorded for migration ${d.migrationId}`);
+    const before = await Promise.all(plan.vms.map((v) => ctx.state.get<Decision>(decisionKey(d.migrationId, v.vm))));
+    for (const v of plan.vms) await rollback(ctx, plan, v.vm, `cancelled by ${d.requestedBy}: ${d.reason}`);
+    // Said once, and only if it changed something (a cancel after completion is a no-op).
+    if (before.some((b) => b === undefined) && (await ctx.state.create(`migration.${d.migrationId}.cancelled`, true))) {
+      ctx.emit(migrationCancelled, { migrationId: d.migrationId }, { migrationId: d.migrationId, reason: d.reason, requestedBy: d.requestedBy });
+    }
+  },
+});
+
+export const commitFunctions = [commitSent, commitOnReady, commitOnAbort, commitOnCancel] as unknown as FunctionDefinition[];

@@ -24,7 +24,7 @@ import { kvStateStore } from "./stateStore.ts";
 export interface FunctionHostOptions {
   /** Identifies this instance in event sources and logs. @default "<hostname>-<pid>" */
   instanceId?: string;
-  /** How long the server waits for an ack before redelivering; the host heartbeats while a handler runs. @default 30000 */
+  /** How long the server waits for an ack before redelivering (what a dead instance costs); the host heartbeats while a handler runs. @default 10000 */
   ackWaitMs?: number;
   log?: Logger;
 }
@@ -54,7 +54,7 @@ function headersRecord(m: JsMsg): Record<string, string> {
 export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, opts: FunctionHostOptions = {}): Promise<ServedFunction> {
   const instanceId = opts.instanceId ?? `${process.env.HOSTNAME ?? "local"}-${process.pid}`;
   const log = (opts.log ?? createLogger()).child({ function: fn.id, instance: instanceId });
-  const ackWaitMs = opts.ackWaitMs ?? 30_000;
+  const ackWaitMs = opts.ackWaitMs ?? 10_000;
   const retry: RetryPolicy = { ...DEFAULT_RETRY, ...fn.retry };
   const durable = durableName(fn.id);
   const js = jetstream(nc);

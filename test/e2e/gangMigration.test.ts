@@ -49,7 +49,8 @@ const firstProgress = (migrationId: string) =>
 
 const qemuOf = (host: string) => {
   try {
-    return execFileSync("pgrep", ["-f", `qemu-system.*gangway-${host}`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
+    // This test's own QEMUs only: their sockets live in its work directory.
+    return execFileSync("pgrep", ["-f", `qemu-system.*${join(work, host)}/`], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
   } catch {
     return [];
   }
@@ -133,11 +134,33 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     // The destination's QEMUs died with their agent; a restarted agent reclaims their RAM files.
     await eventually(() => qemuOf("hostB").length === 0 || undefined, 15_000, "no QEMU of hostB");
     procs.push(await startAgentProcess(nats.url, "hostB", work));
-    expect((await readdir("/dev/shm")).filter((f) => f.startsWith("gangway-hostB-"))).toEqual([]);
+    expect((await readdir("/dev/shm")).filter((f) => f.startsWith(`gangway-hostB-${migrationId}`))).toEqual([]);
     // And the VMs can leave again, to the restarted host.
     const again = await migrateGang({ nc: nats.nc, vms, sourceHost: "hostA", targetHost: "hostB" });
     expect(again.outcome, again.reason).toBe("succeeded");
     for (const v of vms) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+  }, 240_000);
+
+  it("cancel mid-migration: every VM rolls back to a running source; a second cancel changes nothing", async () => {
+    await cluster();
+    const vms = ["c1", "c2"];
+    await startVms(nats.nc, "hostA", vms.map((n, i) => testGuestSpec(n, { memoryMiB: 128, seed: i + 1, rate: 500 })));
+    const migrationId = newMigrationId();
+    const done = migrateGang({ nc: nats.nc, vms, sourceHost: "hostA", targetHost: "hostB", migrationId });
+    await firstProgress(migrationId);
+    for (let i = 0; i < 2; i++) execFileSync(process.execPath, ["bin/gangway.mjs", "migrate", "--cancel", migrationId, "--reason", "operator said so", "--nats", nats.url]);
+    const s = await done;
+    expect(s.outcome).toBe("failed");
+    for (const v of s.vms) expect(v.reason).toMatch(/cancelled by .*operator said so/);
+    await eventually(async () => {
+      const onA = await hostVms(nats.nc, "hostA");
+      return vms.every((v) => onA.get(v) === "running") || undefined;
+    }, 30_000, "source VMs running again");
+    for (const v of vms) expect(await verifyGuest(nats.nc, "hostA", v)).toMatchObject({ ok: true });
+    let cancelled = 0;
+    for await (const e of readEvents(nats.nc, { filter: `gw.migration.${migrationId}.cancelled` })) if (e.result.ok) cancelled++;
+    expect(cancelled).toBe(1);
+    await eventually(() => qemuOf("hostB").length === 0 || undefined, 15_000, "no QEMU of hostB");
   }, 240_000);
 
   it("one function instance killed mid-migration: the migration still completes and verifies", async () => {
@@ -155,5 +178,5 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     // An operator stops one of them through its agent.
     execFileSync(process.execPath, ["bin/gangway.mjs", "vm", "stop", "f1", "--host", "hostB", "--nats", nats.url], { encoding: "utf8" });
     expect((await hostVms(nats.nc, "hostB")).has("f1")).toBe(false);
-  }, 240_000);
+  }, 360_000);
 });
