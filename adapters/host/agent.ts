@@ -58,6 +58,9 @@ interface SourceSession {
   targetHost: string;
   cancel(): Promise<void>;
   done: Promise<unknown>;
+  /** Resolved when the VM is decided here (quit after commit, or rolled back). */
+  ended: Promise<void>;
+  end(): void;
 }
 
 interface TargetSession {
@@ -65,6 +68,15 @@ interface TargetSession {
   vm: RunningVm;
   spec: VmSpec;
   aborted: boolean;
+  ended: Promise<void>;
+  end(): void;
+}
+
+/** A promise and the function that resolves it. */
+function latch(): { promise: Promise<void>; open(): void } {
+  let open!: () => void;
+  const promise = new Promise<void>((r) => (open = r));
+  return { promise, open };
 }
 
 interface GangContext {
@@ -226,9 +238,12 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       emitProgress(result.progress);
       log.info("source sent everything", { migrationId: c.migrationId, ...result.progress });
     })();
-    const session: SourceSession = { migrationId: c.migrationId, vm: c.vm, targetHost: c.targetHost, done, cancel: async () => void (await out?.cancel()) };
+    const ended = latch();
+    const session: SourceSession = { migrationId: c.migrationId, vm: c.vm, targetHost: c.targetHost, done, cancel: async () => void (await out?.cancel()), ended: ended.promise, end: ended.open };
     sources.set(key, session);
-    const lost = watchPeer(c.targetHost, done.catch(() => undefined));
+    // Watch the destination until this VM is decided, not just until it is sent: a
+    // destination lost after the source finished still must not leave the source paused.
+    const lost = watchPeer(c.targetHost, ended.promise);
     void lost.then((reason) => (reason ? abort(c.migrationId, c.vm, reason) : undefined));
     done.catch(async (err: Error) => {
       await out?.cancel().catch(() => undefined);
@@ -245,7 +260,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       return undefined;
     });
     if (!vm) return;
-    const session: TargetSession = { migrationId: c.migrationId, vm, spec: c.spec, aborted: false };
+    const ended = latch();
+    const session: TargetSession = { migrationId: c.migrationId, vm, spec: c.spec, aborted: false, ended: ended.promise, end: ended.open };
     prepSources.add(c.sourceHost);
     targets.set(key, session);
     const state: TargetState = { pagesWritten: 0 };
@@ -267,7 +283,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       }, { id: `${c.migrationId}-${c.spec.name}-ready` });
       log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered });
     })();
-    const lost = watchPeer(c.sourceHost, run.catch(() => undefined));
+    const lost = watchPeer(c.sourceHost, ended.promise);
     void lost.then((reason) => (reason ? abort(c.migrationId, c.spec.name, reason) : undefined));
     run.catch(async (err: Error) => {
       log.warn("destination failed", { migrationId: c.migrationId, vm: c.spec.name, error: err });
@@ -280,6 +296,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const t = targets.get(key);
     if (!t) return;
     targets.delete(key);
+    t.end();
     targetDone(c.migrationId);
     await t.vm.cont();
     owned.set(c.vm, { spec: t.spec, vm: t.vm, state: "running" });
@@ -293,6 +310,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const key = `${c.migrationId}/${c.vm}`;
     const s = sources.get(key);
     sources.delete(key);
+    s?.end();
     await s?.done.catch(() => undefined);
     const v = owned.get(c.vm);
     if (v && v.state === "migrating") {
@@ -308,6 +326,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const t = targets.get(key);
     if (t) {
       targets.delete(key);
+      t.end();
       targetDone(c.migrationId);
       t.aborted = true;
       await t.vm.quit().catch(() => undefined);
@@ -315,6 +334,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const s = sources.get(key);
     if (s) {
       sources.delete(key);
+      s.end();
       await s.cancel().catch(() => undefined);
       await s.done.catch(() => undefined);
       releaseGang(c.migrationId);
@@ -420,6 +440,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     host: o.host,
     async stop() {
       clearInterval(inventoryTimer);
+      for (const x of [...sources.values(), ...targets.values()]) x.end();
       messages.stop();
       await loop.catch(() => undefined);
       await Promise.allSettled([...inFlight]);
