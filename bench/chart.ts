@@ -67,7 +67,7 @@ export function renderChart(r: BenchReport): string {
   s.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`);
   s.push(`<rect width="100%" height="100%" fill="white"/>`);
   s.push(`<text x="10" y="22" font-size="16" font-weight="bold">gangway vs native QEMU over a ${r.link.mbps} Mbit/s shaped link (medians of ${r.reps} run(s))</text>`);
-  s.push(`<text x="10" y="42" fill="#555">${esc(`${r.machine.cpus} cores, ${r.machine.memory_gib} GiB, QEMU TCG; ${r.quick ? "quick mode (128 MiB VMs); " : ""}gangway bytes = preparation (light) + migration (dark); time = migration phase`)}</text>`);
+  s.push(`<text x="10" y="42" fill="#555">${esc(`${r.machine.cpus} cores, ${r.machine.memory_gib} GiB, QEMU TCG; ${r.quick ? "quick mode (128 MiB VMs, W4 256 MiB); " : ""}gangway bytes = preparation (light) + migration (dark); time = migration phase`)}</text>`);
   const legend = [["native plain pre-copy", COLORS.plain], ["native multifd+zstd", COLORS.multifd], ["gangway migration", COLORS.gangway], ["gangway preparation", COLORS.prep]] as const;
   legend.forEach(([l, c], i) => {
     s.push(`<rect x="${10 + i * 190}" y="50" width="12" height="12" fill="${c}"/><text x="${26 + i * 190}" y="60">${l}</text>`);

@@ -71,10 +71,16 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
     const started = await Promise.allSettled(
       w.vms.map(async (v) => {
         const config = { name: v.name, memoryMiB: v.memoryMiB, kernel: v.kernel, append: v.append, ...(v.initrd ? { initrd: v.initrd } : {}) };
-        const [src, dst] = await Promise.all([
+        const both = await Promise.allSettled([
           startVm(config, { role: "source", baseDir: o.baseDir, host: "nsrc" }),
           startVm(config, { role: "destination", baseDir: o.baseDir, host: "ndst" }),
         ]);
+        const up = both.filter((b): b is PromiseFulfilledResult<VmHandle> => b.status === "fulfilled").map((b) => b.value);
+        if (up.length < 2) {
+          await Promise.allSettled(up.map((h) => h[Symbol.asyncDispose]()));
+          throw (both.find((b) => b.status === "rejected") as PromiseRejectedResult).reason;
+        }
+        const [src, dst] = up as [VmHandle, VmHandle];
         pairs.push({ src, dst });
         return { src, dst };
       }),

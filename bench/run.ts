@@ -242,7 +242,7 @@ const r3 = (x?: number) => (x === undefined ? "-" : `${x.toFixed(2)}×`);
 export function formatReport(r: BenchReport): string {
   const out: string[] = [];
   out.push(`Machine: ${r.machine.cpus} cores (${r.machine.cpu_model}), ${r.machine.memory_gib} GiB, QEMU under TCG (${r.machine.qemu}), ${r.machine.nats_server}, Node ${r.machine.node}.`);
-  out.push(`Link: ${r.link.mbps} Mbit/s each way (${(r.link.bytes_per_second / 1e6).toFixed(1)} MB/s), shared by the gang; bytes counted at the relay, both directions. ${r.reps} repetition(s)${r.quick ? ", quick mode (128 MiB VMs)" : ""}. Figures are min / median.`);
+  out.push(`Link: ${r.link.mbps} Mbit/s each way (${(r.link.bytes_per_second / 1e6).toFixed(1)} MB/s), shared by the gang; bytes counted at the relay, both directions. ${r.reps} repetition(s)${r.quick ? ", quick mode (128 MiB VMs, W4 256 MiB)" : ""}. Figures are min / median.`);
   out.push("");
   out.push("| workload | configuration | done | gang time s | link MB | worst downtime ms | gangway CPU s (migration) | gangway peak RSS MB |");
   out.push("|---|---|---|---|---|---|---|---|");

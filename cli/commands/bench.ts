@@ -2,7 +2,7 @@
 import { writeFile } from "node:fs/promises";
 import { numberFlag, parseCommandArgs, printJson } from "../args.ts";
 import { UsageError } from "../errors.ts";
-import { expectPositionals } from "../notYet.ts";
+import { expectPositionals } from "../positionals.ts";
 import { formatReport, runBench } from "../../bench/run.ts";
 import { ALL_WORKLOADS, parseWorkloads, type WorkloadId } from "../../bench/workloads.ts";
 
@@ -10,8 +10,8 @@ const help = `usage: gangway bench [--quick] [--json] [--reps N] [--link-mbps N]
 
 Migrates the same workloads with native QEMU (plain pre-copy; multifd with zstd) and with
 gangway over one shaped link (a rate-limiting TCP relay, default 1000 Mbit/s each way,
-shared by the whole gang), N repetitions each (default 3; --quick: 1, 128 MiB VMs,
-W1,W3,W4), and reports min and median of gang time, bytes on the link, downtime, and
+shared by the whole gang), N repetitions each (default 3; --quick: 1, 128 MiB VMs
+but W4, W1,W3,W4), and reports min and median of gang time, bytes on the link, downtime, and
 gangway's CPU seconds and peak memory, with gangway/native ratios and the targets.
 
   W1  4 test VMs, one image (25% zero, 25% shared), 1,000 pages/s dirtied
