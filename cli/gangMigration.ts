@@ -6,7 +6,6 @@
 import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { randomUUID } from "node:crypto";
-import type { z } from "zod";
 import { migrationRequested, type JobStats, type MigrationOptions } from "../schemas/index.ts";
 import { decodeMessage } from "../infra/events/binding.ts";
 import { createPublisher } from "../infra/events/publisher.ts";
@@ -209,5 +208,3 @@ export function summarize(view: GangView): GangSummary {
     pages_deduplicated: sum((v) => v.pages_deduplicated),
   };
 }
-
-export type MigrationRequest = z.input<typeof migrationRequested.data>;

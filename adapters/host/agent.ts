@@ -67,7 +67,6 @@ interface TargetSession {
   migrationId: string;
   vm: RunningVm;
   spec: VmSpec;
-  aborted: boolean;
   ended: Promise<void>;
   end(): void;
 }
@@ -261,7 +260,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     });
     if (!vm) return;
     const ended = latch();
-    const session: TargetSession = { migrationId: c.migrationId, vm, spec: c.spec, aborted: false, ended: ended.promise, end: ended.open };
+    const session: TargetSession = { migrationId: c.migrationId, vm, spec: c.spec, ended: ended.promise, end: ended.open };
     prepSources.add(c.sourceHost);
     targets.set(key, session);
     const state: TargetState = { pagesWritten: 0 };
@@ -328,7 +327,6 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       targets.delete(key);
       t.end();
       targetDone(c.migrationId);
-      t.aborted = true;
       await t.vm.quit().catch(() => undefined);
     }
     const s = sources.get(key);

@@ -8,7 +8,7 @@ import { startTelemetry } from "../../infra/telemetry.ts";
 import { parseCommandArgs, printJson } from "../args.ts";
 import { UsageError } from "../errors.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec, untilSignal } from "../natsFlags.ts";
-import { expectPositionals } from "../notYet.ts";
+import { expectPositionals } from "../positionals.ts";
 
 const help = `usage: gangway agent --host NAME [--nats URL] [--run-dir DIR] [--json]
 

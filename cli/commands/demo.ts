@@ -15,7 +15,7 @@ import { startEmbeddedServer } from "../../infra/nats/server.ts";
 import { numberFlag, parseCommandArgs, printJson } from "../args.ts";
 import { CheckFailedError } from "../errors.ts";
 import { migrateGang, type GangSummary } from "../gangMigration.ts";
-import { expectPositionals } from "../notYet.ts";
+import { expectPositionals } from "../positionals.ts";
 import { progressPrinter, summaryTable } from "../progressView.ts";
 
 const help = `usage: gangway demo [--vms N] [--memory MiB] [--shared PCT] [--zero PCT] [--rate PAGES_PER_S] [--no-prepare] [--nats URL] [--json]

@@ -8,7 +8,7 @@ import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { numberFlag, parseCommandArgs, printJson } from "../args.ts";
 import { CheckFailedError, UsageError } from "../errors.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
-import { expectPositionals } from "../notYet.ts";
+import { expectPositionals } from "../positionals.ts";
 
 const help = `usage: gangway evacuate HOST [--to HOST,HOST...] [--parallel N] [--reason TEXT] [--json]
 

@@ -4,7 +4,7 @@ import { watchPrinter } from "../../infra/audit/watchView.ts";
 import { parseCommandArgs } from "../args.ts";
 import { UsageError } from "../errors.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec, untilSignal } from "../natsFlags.ts";
-import { expectPositionals } from "../notYet.ts";
+import { expectPositionals } from "../positionals.ts";
 
 const help = `usage: gangway watch [--since TIME] [--once] [--json]
 
