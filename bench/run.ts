@@ -251,14 +251,21 @@ export function formatReport(r: BenchReport): string {
       out.push(`| ${w.id} | skipped: ${w.skipped} | | | | | | |`);
       continue;
     }
+    // Runs stopped by the time limit: what they had put on the link by then.
+    const sent = (xs: number[]) => (xs.length ? `(${mb(Math.min(...xs))}–${mb(Math.max(...xs))} sent, unfinished)` : "-");
     for (const m of ["plain", "multifd-zstd"] as const) {
       const s = w.native[m];
-      out.push(`| ${w.id} | native ${m === "plain" ? "plain pre-copy" : "multifd+zstd"} | ${s.completed}/${s.runs} ok, ${s.verified} verified | ${pair(s.time_ms, sec)} | ${pair(s.bytes_on_link, mb)} | ${pair(s.downtime_max_ms, ms)} | | |`);
+      const bytes = s.bytes_on_link ? pair(s.bytes_on_link, mb) : sent(w.raw.native[m].filter((x) => !x.completed).map((x) => x.bytes_on_link));
+      out.push(`| ${w.id} | native ${m === "plain" ? "plain pre-copy" : "multifd+zstd"} | ${s.completed}/${s.runs} ok, ${s.verified} verified | ${pair(s.time_ms, sec)} | ${bytes} | ${pair(s.downtime_max_ms, ms)} | | |`);
     }
     const g = w.gangway;
     if (g) {
-      out.push(`| ${w.id} | gangway (migration phase) | ${g.completed}/${g.runs} ok, ${g.verified} verified | ${pair(g.time_ms, sec)} | ${pair(g.migration_bytes_on_link, mb)} | ${pair(g.downtime_max_ms, ms)} | ${pair(g.cpu_seconds, (x) => (x ?? 0).toFixed(1))} (${pair(g.cpu_seconds_migration, (x) => (x ?? 0).toFixed(1))}) | ${pair(g.peak_rss_bytes, mb)} |`);
-      out.push(`| ${w.id} | gangway preparation phase | | ${pair(g.prep_time_ms, sec)} | ${pair(g.prep_bytes_on_link, mb)} | | | |`);
+      const unfinished = w.raw.gangway.filter((x): x is GangwayResult => !("error" in x) && !x.completed);
+      const migBytes = g.migration_bytes_on_link ? pair(g.migration_bytes_on_link, mb) : sent(unfinished.map((x) => x.bytes_on_link));
+      out.push(`| ${w.id} | gangway (migration phase) | ${g.completed}/${g.runs} ok, ${g.verified} verified | ${pair(g.time_ms, sec)} | ${migBytes} | ${pair(g.downtime_max_ms, ms)} | ${pair(g.cpu_seconds, (x) => (x ?? 0).toFixed(1))} (${pair(g.cpu_seconds_migration, (x) => (x ?? 0).toFixed(1))}) | ${pair(g.peak_rss_bytes, mb)} |`);
+      const prepTime = g.prep_time_ms ?? stat(unfinished.map((x) => x.prep_time_ms));
+      const prepBytes = g.prep_bytes_on_link ?? stat(unfinished.map((x) => x.prep_bytes_on_link));
+      out.push(`| ${w.id} | gangway preparation phase | | ${pair(prepTime, sec)} | ${pair(prepBytes, mb)} | | | |`);
       out.push(`| ${w.id} | **gangway, both phases** | | | **${pair(g.bytes_on_link, mb)}** | | | |`);
     }
   }
