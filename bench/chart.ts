@@ -52,6 +52,13 @@ function bars(w: WorkloadReport, kind: "bytes" | "time"): Bar[] {
   return out;
 }
 
+const SHORT: Record<string, string[]> = {
+  W1: ["4 test VMs,", "one image,", "1k pages/s"],
+  W2: ["4 Debian VMs,", "busybox initramfs"],
+  W3: ["1 VM, all pages", "unique random"],
+  W4: ["1 VM dirtying", "60k pages/s"],
+};
+
 const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
 
 export function renderChart(r: BenchReport): string {
@@ -75,7 +82,7 @@ export function renderChart(r: BenchReport): string {
   ws.forEach((w, row) => {
     const y0 = top + row * rowH + 20;
     s.push(`<text x="10" y="${y0 + panelH / 2}" font-weight="bold" font-size="14">${w.id}</text>`);
-    s.push(`<text x="10" y="${y0 + panelH / 2 + 16}" fill="#555" font-size="10">${esc(w.title.slice(0, 24))}</text>`);
+    SHORT[w.id].forEach((line, i) => s.push(`<text x="10" y="${y0 + panelH / 2 + 16 + i * 13}" fill="#555" font-size="10">${esc(line)}</text>`));
     (["bytes", "time"] as const).forEach((kind, col) => {
       const x0 = left + col * (panelW + 60);
       const bs = bars(w, kind);
