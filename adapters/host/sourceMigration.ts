@@ -184,7 +184,10 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
 
   const inFlight: Prepared[] = [];
   let inFlightPages = 0;
-  const MAX_IN_FLIGHT_PAGES = 16384;
+  // Pages parsed but not yet in the manifest. Small, so QEMU feels the pipeline's real pace
+  // through back-pressure: what is still in flight when it stops the guest is downtime
+  // (measured on the demo: 16384 → downtime 8–9 s, 4096 → 4–5.7 s, 1024 → 3.9–5 s).
+  const MAX_IN_FLIGHT_PAGES = 1024;
   let lastReport = 0;
 
   for await (const r of o.records) {
