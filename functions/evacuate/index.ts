@@ -1,8 +1,8 @@
 /**
  * evacuate: empties a host. VMs that share the most pages go to the same destination as one
  * gang, so their common pages cross the link once (IRLM's placement by dedup affinity); each
- * group goes where it shares most with what already runs there, then where most memory is
- * free. Gangs are issued within the evacuation's parallel limit (VMs migrating at once, after
+ * group goes where it shares most with what already runs there, then to the host running the
+ * fewest VMs, then where most memory is free. Gangs are issued within the evacuation's parallel limit (VMs migrating at once, after
  * KubeVirt's parallelOutboundMigrationsPerNode); as gangs finish, the next ones start. A VM
  * that fails is rolled back by commit and tried once more; what still fails is reported,
  * never lost. When nothing is left, the host is reported drained.
@@ -131,6 +131,7 @@ const start = defineFunction({
     const targetSamples = new Map<string, string[]>();
     for (const c of candidates) targetSamples.set(c.host, (await Promise.all(c.vms.map((v) => ctx.state.get<string[]>(sampleKey(c.host, v.vm))))).flatMap((s) => s ?? []));
     const free = new Map(candidates.map((c) => [c.host, c.memoryFreeBytes]));
+    const count = new Map(candidates.map((c) => [c.host, c.vms.length]));
     const memory = new Map(vms.map((v) => [v.vm, v.memoryBytes]));
 
     let g = 0;
@@ -142,9 +143,16 @@ const start = defineFunction({
         for (const vm of group) e.failed.push({ vm, reason: `no candidate host has ${need} bytes free for its group` });
         continue;
       }
-      fits.sort((a, b) => affinity(groupSample, targetSamples.get(b.host)!) - affinity(groupSample, targetSamples.get(a.host)!) || free.get(b.host)! - free.get(a.host)!);
+      // Most shared pages first; then the host running fewest VMs; then the most free memory.
+      fits.sort(
+        (a, b) =>
+          affinity(groupSample, targetSamples.get(b.host)!) - affinity(groupSample, targetSamples.get(a.host)!) ||
+          count.get(a.host)! - count.get(b.host)! ||
+          free.get(b.host)! - free.get(a.host)!,
+      );
       const to = fits[0]!.host;
       free.set(to, free.get(to)! - need);
+      count.set(to, count.get(to)! + group.length);
       targetSamples.get(to)!.push(...groupSample);
       // A group larger than the limit goes in several gangs to the same place: later gangs
       // find the group's common pages already there.

@@ -58,7 +58,7 @@ describe("evacuation (real QEMU, real nats-server)", () => {
     expect([...to.keys()].sort()).toEqual(["e1", "e2", "e3", "e4"]);
     expect(to.get("e1")).toBe(to.get("e2")); // one image: one destination
     expect(to.get("e3")).toBe(to.get("e4"));
-    expect(to.get("e1")).not.toBe(to.get("e3")); // the second group goes where memory is free
+    expect(to.get("e1")).not.toBe(to.get("e3")); // the second group goes to the host with fewer VMs
     for (const [vm, host] of to) expect(await verifyGuest(nats.nc, host, vm)).toMatchObject({ ok: true });
     expect([...(await hostVms(nats.nc, "evA")).keys()]).toEqual([]);
   }, 300_000);
