@@ -1,7 +1,7 @@
 /** `gangway evacuate HOST`: move every VM off a host, gangs placed by shared pages. */
 import { randomUUID } from "node:crypto";
 import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
-import { hostDrained, hostEvacuate, hostEvacuationProgress } from "../../schemas/index.ts";
+import { hostDrained, hostEvacuate, hostEvacuateCancel, hostEvacuationProgress } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
 import { createPublisher } from "../../infra/events/publisher.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
@@ -11,6 +11,7 @@ import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
 import { expectPositionals } from "../positionals.ts";
 
 const help = `usage: gangway evacuate HOST [--to HOST,HOST...] [--parallel N] [--reason TEXT] [--json]
+       gangway evacuate HOST --cancel EVACUATION_ID
 
 Publishes the evacuate command (the same CloudEvent an autoscaler can publish on
 gw.cmd.host.HOST.evacuate) and follows the evacuation until the host is drained.
@@ -19,6 +20,7 @@ VMs sharing the most pages move together, to where they share most.
   --to HOSTS        candidate destinations (default: every other host)
   --parallel N      VMs migrating at once from HOST (default 2, KubeVirt's per-node limit)
   --reason TEXT     recorded in the audit trail
+  --cancel ID       stop that evacuation from starting more gangs (gangs under way finish or roll back)
   --json            one JSON line per progress event, then the summary
 ${natsFlagHelp}`;
 
@@ -33,7 +35,7 @@ export interface EvacuationSummary {
 }
 
 export async function run(argv: string[]): Promise<void> {
-  const { values, positionals } = parseCommandArgs(argv, { ...natsFlagSpec, to: { type: "string" }, parallel: { type: "string" }, reason: { type: "string" }, json: { type: "boolean" }, help: { type: "boolean" } });
+  const { values, positionals } = parseCommandArgs(argv, { ...natsFlagSpec, to: { type: "string" }, parallel: { type: "string" }, reason: { type: "string" }, cancel: { type: "string" }, json: { type: "boolean" }, help: { type: "boolean" } });
   if (values.help) return void process.stdout.write(help + "\n");
   expectPositionals(positionals, 1, 1, "HOST to evacuate");
   const host = positionals[0]!;
@@ -41,6 +43,18 @@ export async function run(argv: string[]): Promise<void> {
   for (const h of [host, ...(to ?? [])]) if (!TOKEN.test(h)) throw new UsageError(`host "${h}" must be letters, digits, _ or -`);
   if (to?.includes(host)) throw new UsageError(`--to names ${host}, the host being evacuated`);
   const parallel = Math.round(numberFlag("parallel", values.parallel, 2));
+  if (values.cancel !== undefined) {
+    if (!TOKEN.test(values.cancel)) throw new UsageError(`evacuation id "${values.cancel}" must be letters, digits, _ or -`);
+    const nc = await connectFromFlags(values, "gangway-evacuate");
+    try {
+      await createPublisher(jetstream(nc), "gangway/cli").publish(hostEvacuateCancel, { host }, { host, evacuationId: values.cancel, requestedBy: `gangway-cli@${process.env.USER ?? "unknown"}` });
+      if (values.json) printJson({ host, evacuationId: values.cancel, cancel: "requested" });
+      else process.stdout.write(`cancel of ${values.cancel} requested\n`);
+    } finally {
+      await nc.close();
+    }
+    return;
+  }
 
   const nc = await connectFromFlags(values, "gangway-evacuate");
   try {
