@@ -46,8 +46,7 @@ export function encodePack(keys: Uint8Array, pages: Uint8Array): EncodedPack {
   new DataView(out.buffer).setUint32(8, count);
   out.set(keys, HEADER_BYTES);
   out.set(payload, HEADER_BYTES + keys.byteLength);
-  const name = `pack-${createHash("sha256").update(out).digest("hex").slice(0, 32)}`;
-  return { name, bytes: out, codec: useLz4 ? "lz4" : "raw", pages: count, rawBytes: pages.byteLength };
+  return { name: packNameOf(out), bytes: out, codec: useLz4 ? "lz4" : "raw", pages: count, rawBytes: pages.byteLength };
 }
 
 export interface DecodedPack {
