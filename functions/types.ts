@@ -68,6 +68,13 @@ export interface FunctionDefinition<D extends AnyStructured | AnyBinary = AnyStr
    * decisions must see every earlier decision, like claims in the dedup index. @default false
    */
   exclusive?: boolean;
+  /**
+   * The handler's only effects are the events it emits (no state writes), so the stream's
+   * de-duplication of their derived ids already makes a replay harmless, and the host skips
+   * its per-event bookkeeping (two round trips) — for hot paths like the dedup index.
+   * @default false
+   */
+  effectsAreEmittedOnly?: boolean;
   handler(event: EventOf<D>, ctx: FunctionContext): Promise<void>;
 }
 

@@ -37,6 +37,7 @@ export function createHashFunctions(index: DedupIndexView): FunctionDefinition<t
       trigger: hashLookup,
       filter: `gw.hash.*.lookup.${shard}`,
       exclusive: true,
+      effectsAreEmittedOnly: true,
       retry: { maxAttempts: 10, backoffMs: 100 },
       async handler(event, ctx) {
         const { ext, data } = event;

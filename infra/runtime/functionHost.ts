@@ -112,7 +112,8 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
     if (!decoded.ok) return toDeadLetter(m, decoded.reason, decoded.family);
     const event = decoded.event;
     const key = runKey(fn.id, event.id);
-    if ((await runs.get(key))?.operation === "PUT") {
+    const tracked = !fn.effectsAreEmittedOnly;
+    if (tracked && (await runs.get(key))?.operation === "PUT") {
       log.debug("duplicate event skipped", { id: event.id });
       m.ack();
       return;
@@ -150,7 +151,7 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
         await (fn.handler as (e: unknown, c: FunctionContext) => Promise<void>)(event, ctx);
         for (const out of outbox) await publisher.send(out);
       });
-      await runs.put(key, JSON.stringify({ at: new Date().toISOString(), instance: instanceId, emitted: outbox.length }));
+      if (tracked) await runs.put(key, JSON.stringify({ at: new Date().toISOString(), instance: instanceId, emitted: outbox.length }));
       m.ack();
       span.setStatus({ code: SpanStatusCode.OK });
     } catch (err) {
