@@ -72,7 +72,19 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
       } catch {
         last = 0; // nothing logged for this shard yet
       }
-      while (applied[shard]! < last) await new Promise<void>((r) => waiters[shard]!.push(r));
+      // Bounded: a follower that stopped (connection trouble) must fail the look-up, which
+      // the runtime retries, rather than hang it.
+      const deadline = Date.now() + 15_000;
+      while (applied[shard]! < last) {
+        if (Date.now() > deadline) throw new Error(`dedup index shard ${shard} did not catch up with its log (at ${applied[shard]}, log at ${last})`);
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, 1000);
+          waiters[shard]!.push(() => {
+            clearTimeout(t);
+            r();
+          });
+        });
+      }
     },
     get(tenant, key) {
       return keys[shardOfKey(key[0]!)]!.get(scoped(tenant, key));
