@@ -615,6 +615,14 @@ export class StreamParser {
   }
 
   private setBlocks(blocks: RamBlockInfo[]): void {
+    // A second RAM setup (found by fuzzing: a duplicated MEM_SIZE record) may announce
+    // fewer or other blocks. curBlock/lastBlock are indexes into the old list, so a
+    // CONTINUE record after it read this.blocks[curBlock] === undefined (a TypeError, not
+    // a MigrationStreamError). Carry them over by block name; a block no longer announced
+    // makes CONTINUE an UnknownRamBlockError.
+    const remap = (i: number) => (i < 0 ? -1 : blocks.findIndex((b) => b.id === this.blocks[i]?.id));
+    this.curBlock = remap(this.curBlock);
+    this.lastBlock = remap(this.lastBlock);
     this.blocks = blocks;
     this.blockIndex.clear();
     blocks.forEach((b, i) => this.blockIndex.set(b.id, i));
