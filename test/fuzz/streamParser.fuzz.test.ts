@@ -29,7 +29,7 @@ import { StreamEncoder, encodeRecords } from "../../adapters/qemu/stream/encoder
 import { encodeConfig } from "../../adapters/qemu/stream/config.ts";
 import { isMigrationStreamError } from "../../adapters/qemu/stream/errors.ts";
 import type { MigrationCommand, StreamRecord } from "../../adapters/qemu/stream/records.ts";
-import type { ParseOptions } from "../../adapters/qemu/stream/parser.ts";
+import { StreamParser, type ParseOptions } from "../../adapters/qemu/stream/parser.ts";
 import { BLOCKS, batch, cmd, device, head, page, ramEnd, ramPart, ramStart } from "../stream/helpers/synthetic.ts";
 
 const RUNS = Math.max(1, Number(process.env.FUZZ_RUNS ?? 6000));
@@ -444,6 +444,31 @@ describe("fuzz: QEMU migration-stream parser", () => {
       params(RUNS / 4),
     );
   }, TIMEOUT);
+
+  it("regressions: crashes the fuzzer found", () => {
+    // 1. A second RAM setup with fewer blocks, then a CONTINUE page (parser.ts setBlocks).
+    const twoSetups = encodeRecords([
+      ...head(),
+      ...ramStart(),
+      ...ramPart(batch("pc.bios", [[0, 1]])),
+      ...ramStart([{ id: "m0", usedLength: 4096 }]),
+      ...ramPart(batch("pc.bios", [[4096, page(1)]], 1, false)),
+      ...ramEnd(),
+      { type: "eof", offset: 0 },
+    ]);
+    expect(check(twoSetups.length, () => parseBuffer(twoSetups))).toEqual({ ok: false, name: "UnknownRamBlockError" });
+    // 2. An empty-payload COMMAND whose header spans two chunks, the second ending with it (byteQueue.ts copyOut).
+    const cmdAtEnd = Buffer.concat([encodeRecords(head()), Buffer.from([0x08, 0x00, 0x05, 0x00, 0x00])]);
+    for (let a = 1; a < cmdAtEnd.length; a++) {
+      const out = check(cmdAtEnd.length, () => {
+        const p = new StreamParser();
+        p.push(cmdAtEnd.subarray(0, a));
+        p.push(cmdAtEnd.subarray(a));
+        p.end();
+      });
+      expect(out).toEqual({ ok: false, name: "TruncatedStreamError" });
+    }
+  });
 
   it("a 4 GiB length field does not allocate 4 GiB", () => {
     const valid = encodeRecords([...head(), cmd({ cmd: "packaged", data: Buffer.alloc(8) }), { type: "eof", offset: 0 }]);

@@ -92,6 +92,10 @@ export class ByteQueue {
 
   /** Copies `n` bytes from `i` ahead into target at targetStart, without consuming. */
   copyOut(i: number, target: Uint8Array, targetStart: number, n: number): void {
+    // Nothing to copy. Without this, a zero-length read ending exactly at the end of the
+    // queued bytes (found by fuzzing: a COMMAND with an empty payload whose 5-byte header
+    // spans two chunks, the second ending with it) walked past the last chunk: TypeError.
+    if (n <= 0) return;
     let k = this.headIndex;
     let p = this.pos + i;
     let c = this.chunks[k];
