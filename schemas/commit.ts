@@ -47,5 +47,24 @@ export const commitAbort = defineEvent({
   family: "commit",
   subject: "gw.commit.{migrationId}.abort",
   about,
-  data: z.object({ migrationId, vm: vmName, reason, reportedBy: z.string().min(1).max(256) }),
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    reason,
+    reportedBy: z.string().min(1).max(256),
+    /**
+     * The reporter is the destination and guarantees its VM is stopped for good (resume failed,
+     * or it has none). Only such an abort may undo a commit decision not yet carried out.
+     */
+    destinationStopped: z.boolean().default(false),
+  }),
+});
+
+/** The destination runs the VM: now, and only now, the source may quit. */
+export const commitResumed = defineEvent({
+  type: "io.gangway.commit.resumed.v1",
+  family: "commit",
+  subject: "gw.commit.{migrationId}.resumed",
+  about,
+  data: z.object({ migrationId, vm: vmName, targetHost: hostName }),
 });

@@ -12,7 +12,7 @@ import { open } from "node:fs/promises";
 import type { z } from "zod";
 import {
   agentPrepareTarget, agentQuitSource, agentResumeTarget, agentRollback, agentStartSource, agentVmStart, agentVmStop,
-  commitAbort, commitReady, hostInventory, migrationProgress, scanRequested, migrationStarted, migrationSwitchover, MigrationPhase, MigrationMode,
+  commitAbort, commitReady, commitResumed, hostInventory, migrationProgress, scanRequested, migrationStarted, migrationSwitchover, MigrationPhase, MigrationMode,
   type VmSpec,
 } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
@@ -47,6 +47,8 @@ interface OwnedVm {
   spec: VmSpec;
   vm: RunningVm;
   state: "running" | "paused" | "migrating" | "incoming";
+  /** The migration this VM is leaving in, while it is migrating. */
+  migrationId?: string;
   /** The last scan's page table and pass number (preparation phase). */
   scan?: { table: Uint8Array; pass: number };
   scanning?: boolean;
@@ -167,9 +169,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       void tick();
     });
 
-  const abort = async (migrationId: string, vm: string, reason: string) => {
+  const abort = async (migrationId: string, vm: string, reason: string, destinationStopped = false) => {
     log.warn("aborting", { migrationId, vm, reason });
-    await pub.publish(commitAbort, { migrationId }, { migrationId, vm, reason: reason.slice(0, 2000), reportedBy: `host ${o.host}` }, { id: `abort-${migrationId}-${vm}-${o.host}` }).catch((e: Error) => log.error("abort not published", { error: e }));
+    await pub
+      .publish(commitAbort, { migrationId }, { migrationId, vm, reason: reason.slice(0, 2000), reportedBy: `host ${o.host}`, destinationStopped }, { id: `abort-${migrationId}-${vm}-${o.host}${destinationStopped ? "-stopped" : ""}` })
+      .catch((e: Error) => log.error("abort not published", { error: e }));
   };
 
   // --- commands ----------------------------------------------------------------
@@ -194,6 +198,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (!v) return abort(c.migrationId, c.vm, `VM ${c.vm} is not on ${o.host}`);
     if (v.state === "migrating" || sources.has(key)) return abort(c.migrationId, c.vm, `VM ${c.vm} is already migrating`);
     v.state = "migrating";
+    v.migrationId = c.migrationId;
+    void publishInventory().catch(() => undefined); // others see at once that it is taken
     let gang = gangs.get(c.migrationId);
     if (!gang) gangs.set(c.migrationId, (gang = { resolver: createKeyResolver(o.nc, pub, { migrationId: c.migrationId, targetHost: c.targetHost }), gangKeys: new Map(), users: 0 }));
     gang.users++;
@@ -290,15 +296,28 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     });
   };
 
+  const resumed = new Set<string>();
   const resumeTarget = async (c: Cmd<typeof agentResumeTarget>) => {
     const key = `${c.migrationId}/${c.vm}`;
+    if (resumed.has(key)) return; // a repeated command: already done
     const t = targets.get(key);
-    if (!t) return;
+    if (!t) {
+      // Nothing to resume here (this agent restarted, and its QEMUs died with the old one):
+      // say so, so that the intact source is resumed instead.
+      return abort(c.migrationId, c.vm, `no destination VM ${c.vm} for this migration on ${o.host}`, true);
+    }
     targets.delete(key);
     t.end();
     targetDone(c.migrationId);
-    await t.vm.cont();
+    try {
+      await t.vm.cont();
+    } catch (err) {
+      await t.vm.quit().catch(() => undefined);
+      return abort(c.migrationId, c.vm, `destination did not resume: ${(err as Error).message}`, true);
+    }
+    resumed.add(key);
     owned.set(c.vm, { spec: t.spec, vm: t.vm, state: "running" });
+    await pub.publish(commitResumed, { migrationId: c.migrationId }, { migrationId: c.migrationId, vm: c.vm, targetHost: o.host }, { id: `${c.migrationId}-${c.vm}-commit-resumed` });
     await pub.publish(migrationProgress, { migrationId: c.migrationId }, {
       migrationId: c.migrationId, vm: c.vm, phase: MigrationPhase.Succeeded, mode: MigrationMode.PreCopy, stats: { time_elapsed: 0, data_processed: 0, percent: 100 },
     }, { id: `${c.migrationId}-${c.vm}-resumed` });
@@ -312,7 +331,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     s?.end();
     await s?.done.catch(() => undefined);
     const v = owned.get(c.vm);
-    if (v && v.state === "migrating") {
+    // Only the copy that left in this migration (never a VM of the same name in another).
+    if (v && v.state === "migrating" && v.migrationId === c.migrationId) {
       owned.delete(c.vm);
       await v.vm.quit();
     }
@@ -338,11 +358,12 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       releaseGang(c.migrationId);
     }
     const v = owned.get(c.vm);
-    if (v && v.state === "migrating") {
+    if (v && v.state === "migrating" && v.migrationId === c.migrationId) {
       // The source is authoritative: resume it wherever the migration left it.
       const status = await v.vm.status().catch(() => "gone");
       if (status === "postmigrate" || status === "paused" || status === "finish-migrate") await v.vm.cont();
       v.state = "running";
+      delete v.migrationId;
       log.warn("rolled back: source resumed", { migrationId: c.migrationId, vm: c.vm, was: status, reason: c.reason });
       await publishInventory();
     }
@@ -351,7 +372,10 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   /** The destination's prefetch of a migration's packs ends with its last VM there. */
   const targetDone = (migrationId: string) => {
     if (![...targets.values()].some((t) => t.migrationId === migrationId)) pageSource?.stopPrefetch(migrationId);
-    if (targets.size === 0) for (const h of prepSources) pageSource?.stopPrefetch(`prep-${h}`);
+    if (targets.size === 0) {
+      for (const h of prepSources) pageSource?.stopPrefetch(`prep-${h}`);
+      pageSource?.clearCache(); // pages stay in the packs; the agent's memory must not grow forever
+    }
   };
 
   // --- preparation phase: scan a VM's memory and preseed what the destination side lacks ---

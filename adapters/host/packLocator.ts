@@ -32,6 +32,8 @@ export interface PageSource {
    */
   prefetch(migrationId: string, tenant: string, keyer: PageKeyer): void;
   stopPrefetch(migrationId: string): void;
+  /** Drops the cached pages (between migrations; the packs still hold them). */
+  clearCache(): void;
   /** Packs fetched and their bytes (what crossed into the destination). */
   readonly stats: { packsFetched: number; bytesFetched: number; cacheHits: number };
   close(): Promise<void>;
@@ -112,6 +114,10 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
     },
     stopPrefetch(migrationId) {
       prefetching.delete(migrationId);
+    },
+    clearCache() {
+      cache.clear();
+      fetching.clear();
     },
     async page(tenant, k, keyer, timeoutMs) {
       const id = `${tenant}/${k}`;

@@ -14,6 +14,7 @@ import {
   agentRollback,
   commitAbort,
   commitReady,
+  commitResumed,
   manifestCompleted,
   migrationCancel,
   migrationCancelled,
@@ -36,14 +37,28 @@ const sentKey = (m: string, vm: string) => `commit.${m}.${vm}.sent`;
 const readyKey = (m: string, vm: string) => `commit.${m}.${vm}.ready`;
 const decisionKey = (m: string, vm: string) => `commit.${m}.${vm}.decision`;
 const outcomeKey = (m: string) => `migration.${m}.outcome`;
+const resumedKey = (m: string, vm: string) => `commit.${m}.${vm}.resumed`;
 
 async function loadPlan(ctx: FunctionContext, migrationId: string): Promise<Plan | undefined> {
   return ctx.state.get<Plan>(planKey(migrationId));
 }
 
-async function rollback(ctx: FunctionContext, plan: Plan, vm: string, reason: string): Promise<void> {
-  const decided = await ctx.state.create<Decision>(decisionKey(plan.migrationId, vm), { outcome: "rolledback", reason, at: ctx.now().toISOString() });
-  if (!decided) return;
+/**
+ * Rolls a VM back, once. A repeat (a retried event) re-sends the rollback: agents ignore what
+ * they already did, and a decision is never recorded without its commands going out. A commit
+ * decision is undone only when the destination guarantees its VM is stopped and has not
+ * resumed; any other late abort leaves the committed VM as it is (never two copies running).
+ */
+async function rollback(ctx: FunctionContext, plan: Plan, vm: string, reason: string, destinationStopped = false): Promise<void> {
+  const key = decisionKey(plan.migrationId, vm);
+  const mine: Decision = { outcome: "rolledback", reason, at: ctx.now().toISOString() };
+  if (!(await ctx.state.create<Decision>(key, mine))) {
+    const existing = (await ctx.state.get<Decision>(key))!;
+    if (existing.outcome === "committed") {
+      if (!destinationStopped || (await ctx.state.get(resumedKey(plan.migrationId, vm)))) return;
+      await ctx.state.put<Decision>(key, mine);
+    } else reason = existing.reason ?? reason;
+  }
   const p = { migrationId: plan.migrationId };
   ctx.emit(agentRollback, { host: plan.targetHost }, { host: plan.targetHost, migrationId: plan.migrationId, vm, reason });
   ctx.emit(agentRollback, { host: plan.sourceHost }, { host: plan.sourceHost, migrationId: plan.migrationId, vm, reason });
@@ -61,12 +76,15 @@ async function decide(ctx: FunctionContext, migrationId: string, vm: string): Pr
   if (ready.digest !== sent.digest || ready.pagesDelivered !== ready.pagesExpected) {
     return rollback(ctx, plan, vm, `destination memory does not match what the source sent (digest ${ready.digest.slice(0, 16)}… vs ${sent.digest.slice(0, 16)}…, ${ready.pagesDelivered}/${ready.pagesExpected} pages)`);
   }
-  const decided = await ctx.state.create<Decision>(decisionKey(migrationId, vm), { outcome: "committed", at: ctx.now().toISOString() });
-  if (!decided) return;
+  if (!(await ctx.state.create<Decision>(decisionKey(migrationId, vm), { outcome: "committed", at: ctx.now().toISOString() }))) {
+    // Decided before (a retry, or the other side's event): re-send what a commit means.
+    const existing = await ctx.state.get<Decision>(decisionKey(migrationId, vm));
+    if (existing?.outcome === "committed") ctx.emit(agentResumeTarget, { host: plan.targetHost }, { host: plan.targetHost, migrationId, vm });
+    return settleGang(ctx, plan);
+  }
   const p = { migrationId };
-  // Destination first, then the source: at no moment are both running.
+  // Destination first; the source quits only once the destination says it runs (commit-resumed).
   ctx.emit(agentResumeTarget, { host: plan.targetHost }, { host: plan.targetHost, migrationId, vm });
-  ctx.emit(agentQuitSource, { host: plan.sourceHost }, { host: plan.sourceHost, migrationId, vm });
   ctx.emit(migrationCommitted, p, {
     migrationId,
     vm,
@@ -126,7 +144,22 @@ const commitOnAbort = defineFunction({
     const d = event.data;
     const plan = await loadPlan(ctx, d.migrationId);
     if (!plan) throw new Error(`no plan recorded for migration ${d.migrationId}`);
-    await rollback(ctx, plan, d.vm, `${d.reportedBy}: ${d.reason}`);
+    await rollback(ctx, plan, d.vm, `${d.reportedBy}: ${d.reason}`, d.destinationStopped);
+  },
+});
+
+/** The destination runs the VM: only now may the source quit. */
+const commitOnResumed = defineFunction({
+  id: "commit-resumed",
+  description: "quit the source once the destination runs the VM",
+  trigger: commitResumed,
+  retry: { maxAttempts: 8, backoffMs: 250 },
+  async handler(event, ctx) {
+    const d = event.data;
+    const plan = await loadPlan(ctx, d.migrationId);
+    if (!plan) throw new NonRetriableError(`no plan recorded for migration ${d.migrationId}`);
+    await ctx.state.put(resumedKey(d.migrationId, d.vm), true);
+    ctx.emit(agentQuitSource, { host: plan.sourceHost }, { host: plan.sourceHost, migrationId: d.migrationId, vm: d.vm });
   },
 });
 
@@ -149,4 +182,4 @@ const commitOnCancel = defineFunction({
   },
 });
 
-export const commitFunctions = [commitSent, commitOnReady, commitOnAbort, commitOnCancel] as unknown as FunctionDefinition[];
+export const commitFunctions = [commitSent, commitOnReady, commitOnAbort, commitOnCancel, commitOnResumed] as unknown as FunctionDefinition[];

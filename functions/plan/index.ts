@@ -62,18 +62,19 @@ export default defineFunction({
       if (!best) return fail(`no host has ${need} bytes free for the gang`);
       target = best.host;
     }
-    const plan = { migrationId: req.migrationId, sourceHost: req.sourceHost, targetHost: target, vms, options: req.options };
-    // Later decisions (commit, rollback, gang outcome) need the plan: keep it in state.
-    await ctx.state.put(planKey(req.migrationId), plan);
-    ctx.log.info("planned", { migrationId: req.migrationId, target, vms: req.vms.length });
+    // Later decisions (commit, rollback, gang outcome) need the plan: keep it in state, once.
+    // A retry reuses the plan already made, so it can never send a VM's halves to two places.
+    let plan: Plan = { migrationId: req.migrationId, sourceHost: req.sourceHost, targetHost: target, vms, options: req.options };
+    if (!(await ctx.state.create(planKey(req.migrationId), plan))) plan = (await ctx.state.get<Plan>(planKey(req.migrationId)))!;
+    ctx.log.info("planned", { migrationId: req.migrationId, target: plan.targetHost, vms: req.vms.length });
     ctx.emit(migrationPlanned, params, plan);
     // Start both sides of every VM: the destination prepares a paused VM of the same
     // configuration, the source starts streaming (what it sends waits in the stream).
-    for (const v of vms) {
+    for (const v of plan.vms) {
       const spec = specs.get(v.vm);
       if (!spec) continue; // inventory without specs (tests of planning alone)
-      ctx.emit(agentPrepareTarget, { host: target }, { host: target, migrationId: req.migrationId, sourceHost: req.sourceHost, spec, options: req.options });
-      ctx.emit(agentStartSource, { host: req.sourceHost }, { host: req.sourceHost, migrationId: req.migrationId, targetHost: target, vm: v.vm, options: req.options });
+      ctx.emit(agentPrepareTarget, { host: plan.targetHost }, { host: plan.targetHost, migrationId: req.migrationId, sourceHost: req.sourceHost, spec, options: req.options });
+      ctx.emit(agentStartSource, { host: req.sourceHost }, { host: req.sourceHost, migrationId: req.migrationId, targetHost: plan.targetHost, vm: v.vm, options: req.options });
     }
   },
 });
