@@ -1,0 +1,96 @@
+/**
+ * The commit protocol's decisions, with a small in-memory state and context (unit level):
+ * never a decision without its commands, the source quits only after the destination runs,
+ * and only a destination that guarantees its VM stopped can undo a commit not yet carried out.
+ */
+import { describe, expect, it } from "vitest";
+import { commitFunctions } from "../../functions/index.ts";
+import type { FunctionContext, StateStore } from "../../functions/types.ts";
+import { planKey } from "../../functions/plan/index.ts";
+
+function memoryState(): StateStore & { map: Map<string, unknown> } {
+  const map = new Map<string, unknown>();
+  return {
+    map,
+    get: async <T,>(k: string) => map.get(k) as T | undefined,
+    put: async (k, v) => void map.set(k, v),
+    create: async (k, v) => (map.has(k) ? false : (map.set(k, v), true)),
+    delete: async (k) => void map.delete(k),
+    keys: async (prefix) => [...map.keys()].filter((k) => k.startsWith(prefix)),
+  };
+}
+
+function harness() {
+  const state = memoryState();
+  let emitted: { type: string; data: Record<string, unknown> }[] = [];
+  const ctx: FunctionContext = {
+    emit: (def, _p, data) => void emitted.push({ type: def.type, data: data as Record<string, unknown> }),
+    emitBinary: () => undefined,
+    state,
+    log: { debug() {}, info() {}, warn() {}, error() {} },
+    now: () => new Date(),
+    attempt: 1,
+  };
+  const fn = (id: string) => commitFunctions.find((f) => f.id === id)!;
+  const run = async (id: string, data: Record<string, unknown>) => {
+    emitted = [];
+    await fn(id).handler({ specversion: "1.0", id: `e-${Math.random()}`, source: "t", type: fn(id).trigger.type, time: new Date().toISOString(), data } as never, ctx);
+    return emitted.map((e) => `${e.type.replace(/^io\.gangway\./, "").replace(/\.v1$/, "")}${e.data.host ? `@${e.data.host}` : ""}`);
+  };
+  return { state, run };
+}
+
+const digest = "ab".repeat(32);
+const sent = { migrationId: "m", vm: "v", deviceState: "s", deviceStateBytes: 1, rounds: 2, batches: 3, records: 10, digest };
+const ready = { migrationId: "m", vm: "v", targetHost: "B", pagesExpected: 10, pagesDelivered: 10, digest };
+
+async function planned() {
+  const h = harness();
+  await h.state.put(planKey("m"), { migrationId: "m", sourceHost: "A", targetHost: "B", vms: [{ vm: "v", tenant: "t", memoryBytes: 1 }], options: {} });
+  return h;
+}
+
+describe("commit decisions", () => {
+  it("commit resumes the destination first; the source quits only once the destination runs", async () => {
+    const h = await planned();
+    expect(await h.run("commit-sent", sent)).toEqual([]);
+    expect(await h.run("commit-ready", ready)).toEqual(["agent.resume-target@B", "migration.committed", "migration.succeeded"]);
+    expect(await h.run("commit-resumed", { migrationId: "m", vm: "v", targetHost: "B" })).toEqual(["agent.quit-source@A"]);
+  });
+
+  it("a replayed or late event re-sends the decision's commands, never a new decision", async () => {
+    const h = await planned();
+    await h.run("commit-sent", sent);
+    await h.run("commit-ready", ready);
+    expect(await h.run("commit-ready", ready)).toEqual(["agent.resume-target@B"]);
+    // A peer-loss abort after the commit decision: the committed VM is left as it is.
+    expect(await h.run("commit-abort", { migrationId: "m", vm: "v", reason: "host B stopped answering", reportedBy: "host A", destinationStopped: false })).toEqual([]);
+  });
+
+  it("a destination that stopped before resuming undoes the commit: the intact source resumes", async () => {
+    const h = await planned();
+    await h.run("commit-sent", sent);
+    await h.run("commit-ready", ready);
+    expect(await h.run("commit-abort", { migrationId: "m", vm: "v", reason: "no destination VM", reportedBy: "host B", destinationStopped: true })).toEqual([
+      "agent.rollback@B",
+      "agent.rollback@A",
+      "migration.rolledback",
+    ]);
+  });
+
+  it("once the destination runs, nothing undoes the commit", async () => {
+    const h = await planned();
+    await h.run("commit-sent", sent);
+    await h.run("commit-ready", ready);
+    await h.run("commit-resumed", { migrationId: "m", vm: "v", targetHost: "B" });
+    expect(await h.run("commit-abort", { migrationId: "m", vm: "v", reason: "late", reportedBy: "host B", destinationStopped: true })).toEqual([]);
+  });
+
+  it("digests that differ roll back; a repeat re-sends the rollback", async () => {
+    const h = await planned();
+    await h.run("commit-sent", sent);
+    expect(await h.run("commit-ready", { ...ready, digest: "cd".repeat(32) })).toEqual(["agent.rollback@B", "agent.rollback@A", "migration.rolledback", "migration.failed"]);
+    expect(await h.run("commit-abort", { migrationId: "m", vm: "v", reason: "again", reportedBy: "host A", destinationStopped: false })).toEqual(["agent.rollback@B", "agent.rollback@A", "migration.rolledback"]);
+  });
+});
+
