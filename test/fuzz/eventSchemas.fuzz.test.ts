@@ -118,7 +118,6 @@ const weird = fc.oneof(
   fc.jsonValue({ maxDepth: 2 }),
   fc.constantFrom<unknown>(null, "", -1, 0, -0, 1.5, 1e308, -1e308, 2 ** 53, "NaN", "1e999", [], {}, true, "\u0000", "\ud800", "%", "%zz", "a".repeat(3000)),
 );
-type Mut = (x: unknown) => unknown;
 /** Paths of every value inside x. */
 function paths(x: unknown, prefix: (string | number)[] = [], out: (string | number)[][] = []): (string | number)[][] {
   out.push(prefix);
