@@ -107,6 +107,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const owned = new Map<string, OwnedVm>();
   const sources = new Map<string, SourceSession>(); // key: migration/vm
   const targets = new Map<string, TargetSession>();
+  /** Destinations whose QEMU is still starting. */
+  const preparing = new Map<string, { rolledBack: boolean }>();
   const gangs = new Map<string, GangContext>();
   const prepSources = new Set<string>();
   const started = Date.now();
@@ -258,13 +260,20 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
 
   const prepareTarget = async (c: Cmd<typeof agentPrepareTarget>) => {
     const key = `${c.migrationId}/${c.spec.name}`;
-    if (targets.has(key)) return;
+    if (targets.has(key) || preparing.has(key)) return;
     if (owned.has(c.spec.name)) return abort(c.migrationId, c.spec.name, `a VM named ${c.spec.name} already runs on ${o.host}`);
-    const vm = await o.driver.startVm(c.spec, "destination", c.migrationId).catch(async (err: Error) => {
-      await abort(c.migrationId, c.spec.name, `destination VM did not start: ${err.message}`);
-      return undefined;
-    });
+    // A rollback can come while QEMU is still starting: it marks this, and the VM is quit.
+    const pending = { rolledBack: false };
+    preparing.set(key, pending);
+    const vm = await o.driver
+      .startVm(c.spec, "destination", c.migrationId)
+      .catch(async (err: Error) => {
+        await abort(c.migrationId, c.spec.name, `destination VM did not start: ${err.message}`);
+        return undefined;
+      })
+      .finally(() => preparing.delete(key));
     if (!vm) return;
+    if (pending.rolledBack) return void (await vm.quit().catch(() => undefined));
     const ended = latch();
     const session: TargetSession = { migrationId: c.migrationId, vm, spec: c.spec, ended: ended.promise, end: ended.open };
     prepSources.add(c.sourceHost);
@@ -342,6 +351,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
 
   const rollback = async (c: Cmd<typeof agentRollback>) => {
     const key = `${c.migrationId}/${c.vm}`;
+    const pending = preparing.get(key);
+    if (pending) pending.rolledBack = true;
     const t = targets.get(key);
     if (t) {
       targets.delete(key);
