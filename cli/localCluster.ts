@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { resolve, join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
+import type { z } from "zod";
 import { agentVmStart, hostInventory, scanCompleted, type VmSpec } from "../schemas/index.ts";
 import { createPublisher } from "../infra/events/publisher.ts";
 import { readEvents } from "../infra/events/reader.ts";
@@ -63,13 +64,23 @@ export const startFunctions = (natsUrl: string) => spawnGangway("functions", ["u
 export const startAgentProcess = (natsUrl: string, host: string, runDir: string) =>
   spawnGangway(`agent ${host}`, ["agent", "--host", host, "--nats", natsUrl, "--run-dir", join(runDir, host), "--json"], /"ready"/);
 
+export type InventoryVm = z.infer<typeof hostInventory.data>["vms"][number];
+
+/** Each host's latest inventory (of one host, when named), from the retained events. */
+export async function latestInventories(nc: NatsConnection, host?: string): Promise<Map<string, InventoryVm[]>> {
+  const latest = new Map<string, InventoryVm[]>();
+  for await (const e of readEvents(nc, { filter: host ? hostInventory.subject({ host }) : hostInventory.filter })) {
+    if (e.result.ok && e.result.event.mode === "structured") {
+      const d = e.result.event.data as z.infer<typeof hostInventory.data>;
+      latest.set(d.host, d.vms);
+    }
+  }
+  return latest;
+}
+
 /** The VMs a host last reported, with their states. */
 export async function hostVms(nc: NatsConnection, host: string): Promise<Map<string, string>> {
-  let vms = new Map<string, string>();
-  for await (const e of readEvents(nc, { filter: hostInventory.subject({ host }) })) {
-    if (e.result.ok && e.result.event.mode === "structured") vms = new Map((e.result.event.data as { vms: { vm: string; state: string }[] }).vms.map((v) => [v.vm, v.state]));
-  }
-  return vms;
+  return new Map(((await latestInventories(nc, host)).get(host) ?? []).map((v) => [v.vm, v.state]));
 }
 
 /** Asks a host's agent to start VMs and waits until its inventory shows them running. */
@@ -132,13 +143,6 @@ export async function waitForScans(nc: NatsConnection, host: string, vms: string
 
 /** The host whose latest inventory holds every one of these VMs, if one does. */
 export async function hostOf(nc: NatsConnection, vms: string[]): Promise<string | undefined> {
-  const latest = new Map<string, Set<string>>();
-  for await (const e of readEvents(nc, { filter: hostInventory.filter })) {
-    if (e.result.ok && e.result.event.mode === "structured") {
-      const d = e.result.event.data as { host: string; vms: { vm: string }[] };
-      latest.set(d.host, new Set(d.vms.map((v) => v.vm)));
-    }
-  }
-  for (const [host, have] of latest) if (vms.every((v) => have.has(v))) return host;
+  for (const [host, have] of await latestInventories(nc)) if (vms.every((v) => have.some((h) => h.vm === v))) return host;
   return undefined;
 }

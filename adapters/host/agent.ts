@@ -8,7 +8,6 @@ import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMes
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { SpanKind, context, trace } from "@opentelemetry/api";
 import { freemem, totalmem } from "node:os";
-import { open } from "node:fs/promises";
 import type { z } from "zod";
 import {
   agentPrepareTarget, agentQuitSource, agentResumeTarget, agentRollback, agentStartSource, agentVmStart, agentVmStop,
@@ -23,6 +22,7 @@ import { extractTraceContext, meter, tracer } from "../../infra/telemetry.ts";
 import { inSpan } from "../../infra/spans.ts";
 import { createPageKeyer, PAGE_SIZE, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
 import { openPackStore, type PackStore } from "../dataplane/packStore.ts";
+import { ramPages } from "../dataplane/ramFile.ts";
 import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
 import { scanMemory } from "./memoryScanner.ts";
 import { openPageSource, type PageSource } from "./packLocator.ts";
@@ -498,25 +498,14 @@ async function proveImage(state: TargetState, ramPath: string, keyer: PageKeyer)
   if (!img || !header) throw new Error("nothing was delivered");
   const m0 = header.blocks.findIndex((b) => b.id === "m0");
   if (m0 >= 0) {
-    const fh = await open(ramPath, "r");
-    try {
-      const chunk = Buffer.allocUnsafe(1 << 20);
-      const key = new Uint8Array(16);
-      const size = header.blocks[m0]!.usedBytes;
-      for (let off = 0; off < size; off += chunk.byteLength) {
-        const { bytesRead } = await fh.read(chunk, 0, Math.min(chunk.byteLength, size - off), off);
-        for (let p = 0; p < bytesRead; p += PAGE_SIZE) {
-          const page = chunk.subarray(p, p + PAGE_SIZE);
-          const fill = uniformByte(page);
-          if (fill !== undefined) img.fill(m0, off + p, fill);
-          else {
-            keyer.keyInto(page, key, 0);
-            img.keyed(m0, off + p, key, 0);
-          }
-        }
+    const key = new Uint8Array(16);
+    for await (const { offset, page } of ramPages(ramPath, header.blocks[m0]!.usedBytes)) {
+      const fill = uniformByte(page);
+      if (fill !== undefined) img.fill(m0, offset, fill);
+      else {
+        keyer.keyInto(page, key, 0);
+        img.keyed(m0, offset, key, 0);
       }
-    } finally {
-      await fh.close();
     }
   }
   return { digest: img.digest(), expected: img.totalPages(), delivered: img.pages() };

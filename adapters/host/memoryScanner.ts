@@ -5,13 +5,13 @@
  * destination side then already holds them when a migration comes. Each pass is announced
  * (scan batches of changed pages, then the pass's totals).
  */
-import { open } from "node:fs/promises";
 import { KeyStatus, scanBatch, scanCompleted, SCAN_RECORD_BYTES } from "../../schemas/index.ts";
 import type { EventPublisher } from "../../infra/events/publisher.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
 import type { KeyResolver } from "./keyResolver.ts";
 import { PackWriter } from "./packWriter.ts";
+import { ramPages } from "../dataplane/ramFile.ts";
 
 /** Per page: 1 marker byte (0 keyed, 1 fill) + key (or the fill byte). */
 const ENTRY = 1 + KEY_BYTES;
@@ -86,41 +86,30 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
     records = new Uint8Array(LOOKUP_PAGES * SCAN_RECORD_BYTES);
   };
 
-  const fh = await open(o.ramPath, "r");
-  try {
-    const chunk = Buffer.allocUnsafe(CHUNK_PAGES * PAGE_SIZE);
-    for (let first = 0; first < pages; first += CHUNK_PAGES) {
-      if (o.shouldStop?.()) break;
-      const n = Math.min(CHUNK_PAGES, pages - first);
-      const { bytesRead } = await fh.read(chunk, 0, n * PAGE_SIZE, first * PAGE_SIZE);
-      for (let j = 0; j < bytesRead / PAGE_SIZE; j++) {
-        const index = first + j;
-        const page = chunk.subarray(j * PAGE_SIZE, (j + 1) * PAGE_SIZE);
-        const at = index * ENTRY;
-        const fill = uniformByte(page);
-        if (fill !== undefined) {
-          table[at] = 1;
-          table[at + 1] = fill;
-          if (fill === 0) zeroPages++;
-        } else o.keyer.keyInto(page, table, at + 1);
-        if (o.previous && Buffer.compare(Buffer.from(o.previous.buffer, o.previous.byteOffset + at, ENTRY), Buffer.from(table.buffer, at, ENTRY)) === 0) continue;
-        changed++;
-        const rec = new DataView(records.buffer, recorded * SCAN_RECORD_BYTES, SCAN_RECORD_BYTES);
-        rec.setBigUint64(0, BigInt(index * PAGE_SIZE));
-        if (fill === undefined) records.set(table.subarray(at + 1, at + ENTRY), recorded * SCAN_RECORD_BYTES + 8);
-        if (++recorded === LOOKUP_PAGES) await announce();
-        if (fill !== undefined || o.known.has(keyHex(table, at + 1))) continue;
-        askKeys.set(table.subarray(at + 1, at + ENTRY), asked * KEY_BYTES);
-        askPages.set(page, asked * PAGE_SIZE);
-        if (++asked === LOOKUP_PAGES) await lookUp();
-      }
-    }
-    await lookUp();
-    await announce();
-    await packer.drain();
-  } finally {
-    await fh.close();
+  for await (const { offset, page } of ramPages(o.ramPath, pages * PAGE_SIZE)) {
+    const index = offset / PAGE_SIZE;
+    if (index % CHUNK_PAGES === 0 && o.shouldStop?.()) break;
+    const at = index * ENTRY;
+    const fill = uniformByte(page);
+    if (fill !== undefined) {
+      table[at] = 1;
+      table[at + 1] = fill;
+      if (fill === 0) zeroPages++;
+    } else o.keyer.keyInto(page, table, at + 1);
+    if (o.previous && Buffer.compare(Buffer.from(o.previous.buffer, o.previous.byteOffset + at, ENTRY), Buffer.from(table.buffer, at, ENTRY)) === 0) continue;
+    changed++;
+    const rec = new DataView(records.buffer, recorded * SCAN_RECORD_BYTES, SCAN_RECORD_BYTES);
+    rec.setBigUint64(0, BigInt(offset));
+    if (fill === undefined) records.set(table.subarray(at + 1, at + ENTRY), recorded * SCAN_RECORD_BYTES + 8);
+    if (++recorded === LOOKUP_PAGES) await announce();
+    if (fill !== undefined || o.known.has(keyHex(table, at + 1))) continue;
+    askKeys.set(table.subarray(at + 1, at + ENTRY), asked * KEY_BYTES);
+    askPages.set(page, asked * PAGE_SIZE);
+    if (++asked === LOOKUP_PAGES) await lookUp();
   }
+  await lookUp();
+  await announce();
+  await packer.drain();
   bytesSent += packer.linkBytes;
   const sample: string[] = [];
   for (let at = 0; at < table.byteLength && sample.length < 8192; at += ENTRY) if (table[at] === 0 && table[at + 1] === 0) sample.push(keyHex(table, at + 1));

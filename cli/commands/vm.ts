@@ -1,11 +1,10 @@
 /** `gangway vm start|list|stop`: manage VMs through the host agents. */
 import { jetstream } from "@nats-io/jetstream";
-import { agentVmStop, hostInventory } from "../../schemas/index.ts";
+import { agentVmStop } from "../../schemas/index.ts";
 import { createPublisher } from "../../infra/events/publisher.ts";
-import { readEvents } from "../../infra/events/reader.ts";
 import { parseCommandArgs, numberFlag, printJson } from "../args.ts";
 import { UsageError } from "../errors.ts";
-import { hostVms, startVms } from "../localCluster.ts";
+import { hostVms, latestInventories, startVms } from "../localCluster.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
 
 const help = `usage: gangway vm start NAME --host HOST --kernel FILE [--memory MiB] [--append ARGS] [--initrd FILE] [--tenant T] [--ready TEXT]
@@ -53,13 +52,7 @@ export async function run(argv: string[]): Promise<void> {
       else process.stdout.write(`${rest[0]} stopped on ${values.host}\n`);
     } else {
       // The newest inventory of every host (or of one).
-      const latest = new Map<string, { vm: string; tenant: string; memoryBytes: number; state: string }[]>();
-      for await (const e of readEvents(nc, { filter: values.host ? hostInventory.subject({ host: values.host }) : hostInventory.filter })) {
-        if (e.result.ok && e.result.event.mode === "structured") {
-          const d = e.result.event.data as { host: string; vms: { vm: string; tenant: string; memoryBytes: number; state: string }[] };
-          latest.set(d.host, d.vms);
-        }
-      }
+      const latest = await latestInventories(nc, values.host);
       const rows = [...latest].flatMap(([host, vms]) => vms.map((v) => ({ host, vm: v.vm, tenant: v.tenant, memoryMiB: v.memoryBytes / 1048576, state: v.state })));
       if (values.json) printJson({ vms: rows });
       else {

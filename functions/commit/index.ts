@@ -39,8 +39,15 @@ const decisionKey = (m: string, vm: string) => `commit.${m}.${vm}.decision`;
 const outcomeKey = (m: string) => `migration.${m}.outcome`;
 const resumedKey = (m: string, vm: string) => `commit.${m}.${vm}.resumed`;
 
-async function loadPlan(ctx: FunctionContext, migrationId: string): Promise<Plan | undefined> {
-  return ctx.state.get<Plan>(planKey(migrationId));
+/**
+ * The migration's plan; without one nothing can be decided. Commit facts and aborts may be
+ * retried while it is missing; a cancel or a resume for an unknown migration is dead-lettered.
+ */
+async function loadPlan(ctx: FunctionContext, migrationId: string, retriable: boolean): Promise<Plan> {
+  const plan = await ctx.state.get<Plan>(planKey(migrationId));
+  if (plan) return plan;
+  const message = `no plan recorded for migration ${migrationId}`;
+  throw retriable ? new Error(message) : new NonRetriableError(message);
 }
 
 /**
@@ -69,8 +76,7 @@ async function rollback(ctx: FunctionContext, plan: Plan, vm: string, reason: st
 
 /** Decides a VM once both sides have spoken. */
 async function decide(ctx: FunctionContext, migrationId: string, vm: string): Promise<void> {
-  const plan = await loadPlan(ctx, migrationId);
-  if (!plan) throw new Error(`no plan recorded for migration ${migrationId}`);
+  const plan = await loadPlan(ctx, migrationId, true);
   const [sent, ready] = await Promise.all([ctx.state.get<Sent>(sentKey(migrationId, vm)), ctx.state.get<Ready>(readyKey(migrationId, vm))]);
   if (!sent || !ready) return; // the other side has not spoken yet
   if (ready.digest !== sent.digest || ready.pagesDelivered !== ready.pagesExpected) {
@@ -142,8 +148,7 @@ const commitOnAbort = defineFunction({
   retry: { maxAttempts: 8, backoffMs: 250 },
   async handler(event, ctx) {
     const d = event.data;
-    const plan = await loadPlan(ctx, d.migrationId);
-    if (!plan) throw new Error(`no plan recorded for migration ${d.migrationId}`);
+    const plan = await loadPlan(ctx, d.migrationId, true);
     await rollback(ctx, plan, d.vm, `${d.reportedBy}: ${d.reason}`, d.destinationStopped);
   },
 });
@@ -156,8 +161,7 @@ const commitOnResumed = defineFunction({
   retry: { maxAttempts: 8, backoffMs: 250 },
   async handler(event, ctx) {
     const d = event.data;
-    const plan = await loadPlan(ctx, d.migrationId);
-    if (!plan) throw new NonRetriableError(`no plan recorded for migration ${d.migrationId}`);
+    const plan = await loadPlan(ctx, d.migrationId, false);
     await ctx.state.put(resumedKey(d.migrationId, d.vm), true);
     ctx.emit(agentQuitSource, { host: plan.sourceHost }, { host: plan.sourceHost, migrationId: d.migrationId, vm: d.vm });
   },
@@ -171,8 +175,7 @@ const commitOnCancel = defineFunction({
   retry: { maxAttempts: 8, backoffMs: 250 },
   async handler(event, ctx) {
     const d = event.data;
-    const plan = await loadPlan(ctx, d.migrationId);
-    if (!plan) throw new NonRetriableError(`no plan recorded for migration ${d.migrationId}`);
+    const plan = await loadPlan(ctx, d.migrationId, false);
     const before = await Promise.all(plan.vms.map((v) => ctx.state.get<Decision>(decisionKey(d.migrationId, v.vm))));
     for (const v of plan.vms) await rollback(ctx, plan, v.vm, `cancelled by ${d.requestedBy}: ${d.reason}`);
     // Said once, and only if it changed something (a cancel after completion is a no-op).
