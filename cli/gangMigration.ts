@@ -166,6 +166,8 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
   } finally {
     clearInterval(timer);
     messages.stop();
+    // The server keeps an ordered consumer for minutes after its client stops reading.
+    await consumer.delete().catch(() => undefined);
   }
   if (timedOut && !view.outcome) throw new MigrationTimeoutError(`no event of migration ${migrationId} for ${Math.round(idle / 1000)} s`);
   return summarize(view);

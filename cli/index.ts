@@ -20,6 +20,7 @@ const commands: Record<string, CommandEntry> = {
   audit: { summary: "replay and re-verify a migration from the retained event stream", load: () => import("./commands/audit.ts") },
   stream: { summary: "inspect or re-encode a saved QEMU migration stream", load: () => import("./commands/stream.ts") },
   bench: { summary: "benchmark gangway against native QEMU migration", load: () => import("./commands/bench.ts") },
+  auth: { summary: "write NATS identities (nkeys) and per-host permissions for a cluster", load: () => import("./commands/auth.ts") },
 };
 
 function usage(): string {

@@ -6,6 +6,7 @@ import { UsageError } from "./errors.ts";
 export const natsFlagSpec = {
   nats: { type: "string" },
   creds: { type: "string" },
+  nkey: { type: "string" },
   "tls-ca": { type: "string" },
   "tls-cert": { type: "string" },
   "tls-key": { type: "string" },
@@ -14,6 +15,7 @@ export const natsFlagSpec = {
 export const natsFlagHelp = [
   "  --nats URL        NATS server(s), comma separated (env GANGWAY_NATS_URL)",
   "  --creds FILE      NATS credentials file",
+  "  --nkey FILE       nkey seed file of this identity (written by `gangway auth`)",
   "  --tls-ca FILE     CA that signs the servers' certificates (enables TLS)",
   "  --tls-cert FILE   client certificate (mutual TLS), with --tls-key FILE",
 ].join("\n");
@@ -21,6 +23,7 @@ export const natsFlagHelp = [
 export interface NatsFlags {
   nats?: string;
   creds?: string;
+  nkey?: string;
   "tls-ca"?: string;
   "tls-cert"?: string;
   "tls-key"?: string;
@@ -39,12 +42,14 @@ export async function connectFromFlags(flags: NatsFlags, name: string, opts: { r
   const servers = natsUrl(flags);
   if (!servers) throw new UsageError("needs a NATS server: pass --nats URL (or set GANGWAY_NATS_URL); `gangway up` starts one");
   if (flags["tls-cert"] && !flags["tls-key"]) throw new UsageError("--tls-cert needs --tls-key");
+  if (flags.creds && flags.nkey) throw new UsageError("--creds and --nkey are two ways to authenticate: pass one");
   try {
     return await connectNats({
       servers,
       name,
       reconnect: opts.reconnect ?? false,
       ...(flags.creds ? { credsFile: flags.creds } : {}),
+      ...(flags.nkey ? { nkeyFile: flags.nkey } : {}),
       ...(flags["tls-ca"] ? { tlsCaFile: flags["tls-ca"] } : {}),
       ...(flags["tls-cert"] ? { tlsCertFile: flags["tls-cert"], tlsKeyFile: flags["tls-key"] } : {}),
     });

@@ -69,6 +69,8 @@ async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<Return
   } finally {
     clearInterval(timer);
     messages.stop();
+    // The server keeps an ordered consumer for minutes after its client stops reading.
+    await consumer.delete().catch(() => undefined);
   }
 }
 

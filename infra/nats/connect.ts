@@ -1,6 +1,8 @@
 /** Connecting to NATS: the embedded server's URL or an operator's, with credentials and TLS. */
-import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { connect, credsAuthenticator, nkeyAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+import { fromSeed } from "@nats-io/nkeys";
 import { readFile } from "node:fs/promises";
+import { inboxPrefixFor } from "./auth.ts";
 
 export interface ConnectOptions {
   /** Server URL(s), comma separated. */
@@ -9,6 +11,11 @@ export interface ConnectOptions {
   name?: string;
   /** NATS credentials file (JWT + nkey seed), as `nats --creds`. */
   credsFile?: string;
+  /**
+   * A file holding an nkey seed (SU…), as written by `gangway auth`. The connection's
+   * inboxes then live under _INBOX.<public key>, the only inbox its permissions allow.
+   */
+  nkeyFile?: string;
   /** User and password, for simple deployments. */
   user?: string;
   pass?: string;
@@ -22,7 +29,8 @@ export interface ConnectOptions {
 }
 
 export async function connectNats(opts: ConnectOptions): Promise<NatsConnection> {
-  const authenticator = opts.credsFile ? credsAuthenticator(await readFile(opts.credsFile)) : undefined;
+  const nkey = opts.nkeyFile ? await readNkeySeed(opts.nkeyFile) : undefined;
+  const authenticator = opts.credsFile ? credsAuthenticator(await readFile(opts.credsFile)) : nkey ? nkeyAuthenticator(nkey.seed) : undefined;
   const tls =
     opts.tlsCaFile || opts.tlsCertFile
       ? {
@@ -37,8 +45,31 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
     ...(authenticator ? { authenticator } : {}),
     ...(opts.user ? { user: opts.user, pass: opts.pass } : {}),
     ...(tls ? { tls } : {}),
+    ...(nkey ? { inboxPrefix: inboxPrefixFor(nkey.publicKey) } : {}),
     reconnect: opts.reconnect ?? true,
     maxReconnectAttempts: opts.reconnect === false ? 0 : -1,
     reconnectTimeWait: 250,
   });
+}
+
+export class NkeySeedError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "NkeySeedError";
+  }
+}
+
+/** Reads a user seed file; errors name the file, never its content (the seed is a secret). */
+export async function readNkeySeed(path: string): Promise<{ seed: Uint8Array; publicKey: string }> {
+  const text = await readFile(path, "utf8").catch((err: Error) => {
+    throw new NkeySeedError(`cannot read nkey seed file ${path}: ${(err as NodeJS.ErrnoException).code ?? err.message}`, { cause: err });
+  });
+  const line = text.split(/\r?\n/).map((l) => l.trim()).find((l) => l.startsWith("SU"));
+  if (!line) throw new NkeySeedError(`${path} holds no nkey user seed (a line starting with SU)`);
+  const seed = new TextEncoder().encode(line);
+  try {
+    return { seed, publicKey: fromSeed(seed).getPublicKey() };
+  } catch (err) {
+    throw new NkeySeedError(`${path} holds an invalid nkey user seed`, { cause: err });
+  }
 }

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve as resolvePath } from "node:path";
 
 export interface EmbeddedServerOptions {
   /** Directory for JetStream files; a fresh temporary one (removed on stop) when unset. */
@@ -21,8 +21,22 @@ export interface EmbeddedServerOptions {
   startTimeoutSec?: number;
   /** Fixed client port; a free one when unset. */
   port?: number;
-  /** Extra lines for the server config (e.g. authorization, tls). */
+  /** Extra lines for the server config. */
   extraConfig?: string;
+  /**
+   * A config file with an `authorization { users = [...] }` block (`gangway auth` writes
+   * one), included as it is: every client must then authenticate. @default none (open)
+   */
+  authorizationFile?: string;
+  /** TLS for client connections: once set, the server refuses plaintext. @default none */
+  tls?: ServerTlsOptions;
+}
+
+export interface ServerTlsOptions {
+  certFile: string;
+  keyFile: string;
+  /** CA of client certificates; with it, clients must present one (mutual TLS). */
+  caFile?: string;
 }
 
 export class NatsServerStartError extends Error {
@@ -42,6 +56,8 @@ export interface EmbeddedServer extends AsyncDisposable {
   stop(): Promise<void>;
   /** Sends a signal without waiting (fault tests: SIGSTOP/SIGCONT/SIGKILL). */
   signal(sig: NodeJS.Signals): void;
+  /** The server's log so far (the last 1 MiB): permission violations show up here. */
+  log(): string;
 }
 
 export async function startEmbeddedServer(opts: EmbeddedServerOptions = {}): Promise<EmbeddedServer> {
@@ -59,6 +75,17 @@ export async function startEmbeddedServer(opts: EmbeddedServerOptions = {}): Pro
     `  max_file_store: 64GB`,
     opts.domain ? `  domain: ${JSON.stringify(opts.domain)}` : "",
     `}`,
+    opts.authorizationFile ? `include ${JSON.stringify(resolvePath(opts.authorizationFile))}` : "",
+    opts.tls
+      ? [
+          `tls {`,
+          `  cert_file: ${JSON.stringify(resolvePath(opts.tls.certFile))}`,
+          `  key_file: ${JSON.stringify(resolvePath(opts.tls.keyFile))}`,
+          opts.tls.caFile ? `  ca_file: ${JSON.stringify(resolvePath(opts.tls.caFile))}\n  verify: true` : "",
+          `  timeout: 5`,
+          `}`,
+        ].join("\n")
+      : "",
     opts.extraConfig ?? "",
   ].join("\n");
   await writeFile(confPath, conf);
@@ -71,8 +98,8 @@ export async function startEmbeddedServer(opts: EmbeddedServerOptions = {}): Pro
   }
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
 
+  let log = "";
   const port = await new Promise<number>((resolve, reject) => {
-    let log = "";
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
       reject(new NatsServerStartError(`nats-server did not start within ${opts.startTimeoutSec ?? 15}s:\n${log.slice(-2000)}`));
@@ -96,9 +123,14 @@ export async function startEmbeddedServer(opts: EmbeddedServerOptions = {}): Pro
       reject(new NatsServerStartError(`nats-server exited with code ${code}:\n${log.slice(-2000)}`));
     });
   });
-  // Keep draining its output so a chatty server never blocks on a full pipe.
-  child.stderr!.resume();
-  child.stdout!.resume();
+  // Keep draining its output so a chatty server never blocks on a full pipe, and keep the
+  // tail for tests that look for permission violations.
+  const keep = (chunk: Buffer) => {
+    log += chunk.toString();
+    if (log.length > 2 * 1024 * 1024) log = log.slice(-1024 * 1024);
+  };
+  child.stderr!.removeAllListeners("data").on("data", keep);
+  child.stdout!.removeAllListeners("data").on("data", keep);
 
   let stopped = false;
   const stop = async () => {
@@ -122,6 +154,7 @@ export async function startEmbeddedServer(opts: EmbeddedServerOptions = {}): Pro
     signal: (sig) => {
       child.kill(sig);
     },
+    log: () => log,
     [Symbol.asyncDispose]: stop,
   };
 }
