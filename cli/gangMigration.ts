@@ -19,6 +19,8 @@ export interface VmView {
   stats: JobStats;
   switchoverAt?: number;
   resumedAt?: number;
+  /** PostCopy once the destination resumed before all pages arrived. */
+  mode?: "PreCopy" | "PostCopy";
   downtime_ms?: number;
 }
 
@@ -41,7 +43,7 @@ export interface GangSummary {
   time_elapsed_ms: number;
   vms: {
     vm: string; outcome: string; reason?: string; pages: number; memory_constant: number; pages_deduplicated: number; pages_sent: number;
-    native_bytes: number; bytes_on_link: number; rounds: number; downtime_ms?: number;
+    native_bytes: number; bytes_on_link: number; rounds: number; downtime_ms?: number; mode?: "PreCopy" | "PostCopy";
   }[];
   native_bytes: number;
   bytes_on_link: number;
@@ -91,7 +93,8 @@ export async function migrateGang(o: GangMigrationOptions): Promise<GangSummary>
 export async function followGang(nc: NatsConnection, migrationId: string, o: Pick<GangMigrationOptions, "onUpdate" | "idleTimeoutMs"> = {}): Promise<GangSummary> {
   const view: GangView = { migrationId, sourceHost: "", startedAt: Date.now(), vms: new Map() };
   const js = jetstream(nc);
-  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: `gw.migration.${migrationId}.>`, deliver_policy: DeliverPolicy.All });
+  // A killed CLI's consumer goes 15 s after its last pull, not the client's default 5 min.
+  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: `gw.migration.${migrationId}.>`, deliver_policy: DeliverPolicy.All, inactive_threshold: 15_000 });
   const messages: ConsumerMessages = await consumer.consume();
   const idle = o.idleTimeoutMs ?? 180_000;
   let last = Date.now();
@@ -127,7 +130,12 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
           if (!data.vm) break;
           const v = vmView(data.vm);
           const s = data.stats as JobStats;
-          if (data.phase === "Succeeded") {
+          if (data.mode === "PostCopy" && d.event.id.endsWith("-postcopy-resumed")) {
+            // Post-copy: the guest runs at the destination from here; its pages follow.
+            v.resumedAt = at;
+            if (v.switchoverAt) v.downtime_ms = at - v.switchoverAt;
+            v.mode = "PostCopy";
+          } else if (data.phase === "Succeeded") {
             v.resumedAt = at;
             if (v.switchoverAt) v.downtime_ms = at - v.switchoverAt;
             v.phase = "Succeeded";
@@ -155,6 +163,11 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
           view.outcome = "succeeded";
           break;
         case "io.gangway.migration.failed.v1":
+          if (data.vm) {
+            // One VM lost in post-copy: the gang's own outcome follows.
+            vmView(data.vm).reason = data.reason as string;
+            break;
+          }
           view.outcome = "failed";
           view.reason = data.reason as string;
           break;
@@ -186,6 +199,7 @@ export function summarize(view: GangView): GangSummary {
     bytes_on_link: v.stats.bytes_on_link ?? 0,
     rounds: v.stats.memory_iteration ?? 0,
     ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}),
+    ...(v.mode ? { mode: v.mode } : {}),
   }));
   const sum = (f: (v: (typeof vms)[number]) => number) => vms.reduce((n, v) => n + f(v), 0);
   const stats = [...view.vms.values()].map((v) => v.stats);

@@ -4,11 +4,13 @@ import plan from "./plan/index.ts";
 import scan, { scanSampled } from "./scan/index.ts";
 import { evacuateFunctions } from "./evacuate/index.ts";
 import { commitFunctions } from "./commit/index.ts";
+import { dirtyLogFunctions } from "./dirtyLog/index.ts";
+import pageRequest from "./pageRequest/index.ts";
 import { createHashFunctions, type DedupIndexView } from "./hash/index.ts";
 import type { FunctionDefinition } from "./types.ts";
 
 /** The functions that need nothing but their context. */
-export const functions: readonly FunctionDefinition[] = [inventory, plan, scan, scanSampled, ...commitFunctions, ...evacuateFunctions] as unknown as readonly FunctionDefinition[];
+export const functions: readonly FunctionDefinition[] = [inventory, plan, scan, scanSampled, ...commitFunctions, ...dirtyLogFunctions, pageRequest, ...evacuateFunctions] as unknown as readonly FunctionDefinition[];
 
 /** All functions, given the services some of them are built with (the dedup index). */
 export function allFunctions(services: { dedupIndex: DedupIndexView }): readonly FunctionDefinition[] {

@@ -49,6 +49,22 @@ export const agentSwitchover = action(
   z.object({ host: hostName, migrationId, vm: vmName, mode: z.enum(["stop-and-copy", "post-copy"]), reason }),
 );
 
+/**
+ * Source, post-copy: have QEMU send these pages next (the destination faulted on them, or
+ * they neighbour a fault). `ranges` are bytes of RAM block `block`.
+ */
+export const agentPageRequest = action(
+  "page-request",
+  z.object({
+    host: hostName,
+    migrationId,
+    vm: vmName,
+    block: z.string().min(1).max(255),
+    ranges: z.array(z.object({ offset: z.number().int().nonnegative().multipleOf(4096), length: z.number().int().positive().multipleOf(4096) })).min(1).max(4096),
+    requestSeq: z.number().int().nonnegative(),
+  }),
+);
+
 /** Destination: commit — resume the destination VM. */
 export const agentResumeTarget = action("resume-target", z.object({ host: hostName, migrationId, vm: vmName }));
 

@@ -26,6 +26,24 @@ export const commitReady = defineEvent({
   }),
 });
 
+/**
+ * Post-copy: the destination QEMU loaded the device state and waits paused while pages
+ * still arrive. Resuming it is the point of no return: from then on the source only serves pages.
+ */
+export const commitPostcopyReady = defineEvent({
+  type: "io.gangway.commit.postcopy-ready.v1",
+  family: "commit",
+  subject: "gw.commit.{migrationId}.postcopy-ready",
+  about,
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    targetHost: hostName,
+    /** Pages still to come (never sent, or re-dirtied and discarded at the switch-over). */
+    pagesMissing: z.number().int().nonnegative(),
+  }),
+});
+
 /** The source finished sending: what it sent, for the commit function to compare. */
 export const commitSent = defineEvent({
   type: "io.gangway.commit.sent.v1",
@@ -66,5 +84,14 @@ export const commitResumed = defineEvent({
   family: "commit",
   subject: "gw.commit.{migrationId}.resumed",
   about,
-  data: z.object({ migrationId, vm: vmName, targetHost: hostName }),
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    targetHost: hostName,
+    /**
+     * Post-copy: the destination says this once every page arrived, with the digest of the
+     * image delivered to QEMU, for the commit function to compare with the source's.
+     */
+    postcopy: z.object({ digest: digestHex, pagesAfterSwitchover: z.number().int().nonnegative(), duplicatesDropped: z.number().int().nonnegative() }).optional(),
+  }),
 });

@@ -22,8 +22,10 @@ export const dirtyRound = defineEvent({
     durationMs: z.number().nonnegative(),
     /** Pages per second dirtied by the guest. */
     dirtyRate: z.number().nonnegative(),
-    /** Bytes per second actually carried on the link. */
+    /** Bytes per second of QEMU's stream that the pipeline took in during the pass. */
     transferRate: z.number().nonnegative(),
+    /** QEMU's estimate of what is still dirty (query-migrate ram.remaining). */
+    remainingBytes: z.number().nonnegative(),
     /** Estimated stop-and-copy time for what remains. */
     expectedDowntimeMs: z.number().nonnegative(),
   }),

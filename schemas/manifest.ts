@@ -46,6 +46,24 @@ export const manifestBatch = defineBinaryEvent({
   },
 });
 
+const discardRange = z.object({ start: z.number().int().nonnegative(), length: z.number().int().positive() });
+
+/**
+ * QEMU's migration commands as they pass through gangway, in stream order between the
+ * manifest batches (post-copy: OPEN_RETURN_PATH, ADVISE, the discards of re-dirtied pages,
+ * and PACKAGED — device state, LISTEN and RUN — whose bytes are an object in the pack store).
+ */
+export const migrationCommand = z.discriminatedUnion("cmd", [
+  z.object({ cmd: z.literal("openReturnPath") }),
+  z.object({ cmd: z.literal("ping"), value: z.number().int().nonnegative() }),
+  z.object({ cmd: z.literal("postcopyAdvise"), pageSizeSummary: z.number().int().nonnegative().optional(), targetPageSize: z.number().int().nonnegative().optional() }),
+  z.object({ cmd: z.literal("postcopyListen") }),
+  z.object({ cmd: z.literal("postcopyRun") }),
+  z.object({ cmd: z.literal("postcopyRamDiscard"), version: z.number().int().nonnegative(), block: z.string().min(1).max(255), ranges: z.array(discardRange).max(100_000) }),
+  z.object({ cmd: z.literal("packaged"), object: z.string().min(1).max(256), bytes: z.number().int().nonnegative() }),
+]);
+export type ManifestCommand = z.infer<typeof migrationCommand>;
+
 /**
  * What the destination needs before any page: the machine and the RAM blocks (in the
  * order block indexes refer to), and, once the source finished, where the device state is.
@@ -68,6 +86,8 @@ export const manifestHeader = defineEvent({
     configRaw: z.string().max(65536),
     /** The ram section's id, instance and version as the source numbered them. */
     ramSection: z.object({ id: z.number().int().nonnegative(), instance: z.number().int().nonnegative(), version: z.number().int().nonnegative() }),
+    /** Commands QEMU sent before the RAM (post-copy: OPEN_RETURN_PATH, ADVISE), in order. */
+    commands: z.array(migrationCommand).max(16).default([]),
   }),
 });
 
@@ -88,6 +108,20 @@ export const manifestCompleted = defineEvent({
     records: z.number().int().nonnegative(),
     /** Digest of the image the stream implies (last content of every page of every block). */
     digest: z.string().regex(/^[0-9a-f]{64}$/),
+  }),
+});
+
+export const manifestCommand = defineEvent({
+  type: "io.gangway.manifest.command.v1",
+  family: "manifest",
+  subject: "gw.manifest.{migrationId}.{vm}.command",
+  about: aboutVm,
+  data: z.object({
+    migrationId,
+    vm: vmName,
+    /** Position among the VM's manifest batches (one sequence for both). */
+    seq: z.number().int().nonnegative(),
+    command: migrationCommand,
   }),
 });
 

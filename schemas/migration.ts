@@ -103,8 +103,10 @@ export const migrationCommitted = defineEvent({
     vm: vmName,
     targetHost: hostName,
     pages: z.number().int().nonnegative(),
-    /** Digest of the delivered memory image, as the destination proved it. */
-    digest: digestHex,
+    /** Digest of the delivered memory image, as the destination proved it (pre-copy). */
+    digest: digestHex.optional(),
+    /** post-copy: the destination runs while the rest of the pages follow. @default pre-copy */
+    mode: z.enum(MigrationMode).optional(),
     stats: jobStats,
   }),
 });

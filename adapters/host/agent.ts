@@ -10,8 +10,9 @@ import { SpanKind, context, trace } from "@opentelemetry/api";
 import { freemem, totalmem } from "node:os";
 import type { z } from "zod";
 import {
-  agentPrepareTarget, agentQuitSource, agentResumeTarget, agentRollback, agentStartSource, agentVmStart, agentVmStop,
-  commitAbort, commitReady, commitResumed, hostInventory, migrationProgress, scanRequested, migrationStarted, migrationSwitchover, MigrationPhase, MigrationMode,
+  agentPageRequest, agentPrepareTarget, agentQuitSource, agentResumeTarget, agentRollback, agentStartSource, agentSwitchover, agentVmStart, agentVmStop,
+  commitAbort, commitPostcopyReady, commitReady, commitResumed, dirtyRound, hostInventory, migrationProgress, pageMissing, pageRequested, pageServed, scanRequested,
+  migrationStarted, migrationSwitchover, MigrationPhase, MigrationMode,
   type VmSpec,
 } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
@@ -24,11 +25,12 @@ import { createPageKeyer, PAGE_SIZE, uniformByte, type PageKeyer } from "../data
 import { openPackStore, type PackStore } from "../dataplane/packStore.ts";
 import { ramPages } from "../dataplane/ramFile.ts";
 import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
+import type { ReturnPathMessage } from "../qemu/returnPath.ts";
 import { scanMemory } from "./memoryScanner.ts";
 import { openPageSource, type PageSource } from "./packLocator.ts";
-import type { QemuDriver, RunningVm } from "./qemuDriver.ts";
+import type { OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
 import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
-import { targetRecords, type TargetState } from "./targetMigration.ts";
+import { missingPages, targetRecords, type TargetState } from "./targetMigration.ts";
 
 export interface AgentOptions {
   host: string;
@@ -58,6 +60,12 @@ interface SourceSession {
   migrationId: string;
   vm: string;
   targetHost: string;
+  /** QEMU's outgoing migration, once started. */
+  out?: OutgoingStream;
+  /** The switch-over decided for this VM, once executed. */
+  switchover?: { mode: "stop-and-copy" | "post-copy"; reason: string };
+  /** Post-copy: pages the destination asked for and the manifest has not carried yet ("block:offset"). */
+  requested: Set<string>;
   cancel(): Promise<void>;
   done: Promise<unknown>;
   /** Resolved when the VM is decided here (quit after commit, or rolled back). */
@@ -71,6 +79,8 @@ interface TargetSession {
   spec: VmSpec;
   ended: Promise<void>;
   end(): void;
+  /** Post-copy, once PACKAGED went to QEMU: resumed before all pages are here. */
+  postcopy?: { resumed: ReturnType<typeof latch>; isResumed: boolean };
 }
 
 /** A promise and the function that resolves it. */
@@ -209,12 +219,41 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const params = { migrationId: c.migrationId };
     let last: SourceProgress | undefined;
     let out: Awaited<ReturnType<QemuDriver["migrateOut"]>> | undefined;
+    let session!: SourceSession;
+    /** The dirty log of one pre-copy pass, with QEMU's own view of what remains. */
+    const publishRound = async (r: { round: number; pages: number; durationMs: number; nativeBytes: number }) => {
+      const f = await out!.figures();
+      const transferRate = r.durationMs > 0 ? (r.nativeBytes * 1000) / r.durationMs : 0;
+      await pub.publish(dirtyRound, params, {
+        migrationId: c.migrationId, vm: c.vm, sourceHost: o.host, round: r.round, pagesSent: r.pages, pagesDirtied: Math.round((f.dirtyPagesRate * r.durationMs) / 1000),
+        durationMs: r.durationMs, dirtyRate: f.dirtyPagesRate, transferRate: Math.round(transferRate), remainingBytes: f.remainingBytes,
+        expectedDowntimeMs: transferRate > 0 ? Math.round((f.remainingBytes / transferRate) * 1000) : 1e9,
+      }, { id: `${c.migrationId}-${c.vm}-dirty-${r.round}` });
+    };
+    /** Requested pages the manifest carried since the last report. */
+    const served = { ranges: [] as { block: string; offset: number }[], fromSource: 0, fromDestination: 0 };
+    const publishServed = async () => {
+      if (served.ranges.length === 0) return;
+      const { ranges, fromSource, fromDestination } = served;
+      served.ranges = [];
+      served.fromSource = served.fromDestination = 0;
+      const block = ranges[0]!.block;
+      await pub.publish(pageServed, params, {
+        migrationId: c.migrationId, vm: c.vm, block, fromSource, fromDestination,
+        ranges: ranges.filter((r) => r.block === block).slice(0, 4096).map((r) => ({ offset: r.offset, length: PAGE_SIZE })),
+      });
+    };
     const done = (async () => {
       await pub.publish(migrationStarted, params, { migrationId: c.migrationId, vm: c.vm, sourceHost: o.host, targetHost: c.targetHost, phase: MigrationPhase.Running });
-      out = await o.driver.migrateOut(v.vm);
-      void out.stopped.then((at) =>
-        pub.publish(migrationSwitchover, params, { migrationId: c.migrationId, vm: c.vm, mode: "stop-and-copy", reason: "QEMU's remaining pages fit its downtime limit", round: last?.round ?? 0 }, { id: `${c.migrationId}-${c.vm}-switchover`, time: new Date(at) }),
-      ).catch(() => undefined);
+      out = await o.driver.migrateOut(v.vm, {
+        postcopy: c.options.postcopy, downtimeLimitMs: c.options.maxDowntimeMs,
+        ...(c.options.bandwidthMBps ? { maxBandwidthBps: c.options.bandwidthMBps * 1e6 } : {}),
+      });
+      session.out = out;
+      void out.stopped.then((at) => {
+        const s = session.switchover ?? { mode: "stop-and-copy" as const, reason: "QEMU's remaining pages fit its downtime limit" };
+        return pub.publish(migrationSwitchover, params, { migrationId: c.migrationId, vm: c.vm, mode: s.mode, reason: s.reason, round: last?.round ?? 0 }, { id: `${c.migrationId}-${c.vm}-switchover`, time: new Date(at) });
+      }).catch(() => undefined);
       const emitProgress = (p: SourceProgress) => {
         last = p;
         const elapsed = (Date.now() - t0) / 1000;
@@ -222,7 +261,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         const rate = elapsed > 0 ? processedBytes / elapsed : 0;
         const remaining = Math.max(0, p.memory_total - processedBytes);
         void pub.publish(migrationProgress, params, {
-          migrationId: c.migrationId, vm: c.vm, phase: MigrationPhase.Running, mode: MigrationMode.PreCopy,
+          migrationId: c.migrationId, vm: c.vm, phase: MigrationPhase.Running, mode: session.switchover?.mode === "post-copy" ? MigrationMode.PostCopy : MigrationMode.PreCopy,
           stats: {
             time_elapsed: Math.round(elapsed * 1000), memory_total: p.memory_total, memory_processed: processedBytes, memory_remaining: remaining,
             time_remaining: rate > 0 ? Math.round((remaining / rate) * 1000) : undefined, memory_constant: p.memory_constant, memory_normal: p.pages - p.memory_constant,
@@ -237,6 +276,15 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       const result = await inSpan("scan stream", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": o.host }, () => runSourceMigration({
         migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: o.host, records: outgoing.records, publisher: pub, packs,
         vm: c.vm, keyer: keyerFor(v.spec.tenant), resolver: gang!.resolver, gangKeys: gang!.gangKeys, nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
+        onRound: (r) => void publishRound(r).catch((e: Error) => log.warn("dirty log not published", { error: e })),
+        onPostcopyPage: (block, offset, sent) => {
+          const k = `${block}:${offset}`;
+          if (!session.requested.delete(k)) return;
+          served.ranges.push({ block, offset });
+          if (sent) served.fromSource++;
+          else served.fromDestination++;
+        },
+        onPostcopyFlushed: () => void publishServed().catch(() => undefined),
       }));
       bytesOnLink.add(result.progress.bytes_on_link, { "gangway.host": o.host });
       pagesCounter.add(result.progress.memory_constant, { outcome: "zero" });
@@ -246,7 +294,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       log.info("source sent everything", { migrationId: c.migrationId, ...result.progress });
     })();
     const ended = latch();
-    const session: SourceSession = { migrationId: c.migrationId, vm: c.vm, targetHost: c.targetHost, done, cancel: async () => void (await out?.cancel()), ended: ended.promise, end: ended.open };
+    // Filled in before `done` runs past its first await (which is where `out` appears).
+    session = { migrationId: c.migrationId, vm: c.vm, targetHost: c.targetHost, requested: new Set(), done, cancel: async () => void (await out?.cancel()), ended: ended.promise, end: ended.open };
     sources.set(key, session);
     // Watch the destination until this VM is decided, not just until it is sent: a
     // destination lost after the source finished still must not leave the source paused.
@@ -279,15 +328,40 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     prepSources.add(c.sourceHost);
     targets.set(key, session);
     const state: TargetState = { pagesWritten: 0 };
+    const params = { migrationId: c.migrationId };
+    let faults = 0;
+    /** Post-copy: QEMU faulted on pages it lacks; page-request decides how they come. */
+    const onReturnPath = (m: ReturnPathMessage) => {
+      if (m.type !== "reqPages") return;
+      const seq = faults++;
+      void pub.publish(pageRequested, params, { migrationId: c.migrationId, vm: c.spec.name, block: m.block, blockBytes: state.header?.blocks.find((b) => b.id === m.block)?.usedBytes ?? m.start + PAGE_SIZE, ranges: [{ offset: m.start, length: Math.max(PAGE_SIZE, m.length) }], seq }, { id: `${c.migrationId}-${c.spec.name}-fault-${seq}` })
+        .catch((e: Error) => log.warn("page request not published", { error: e }));
+    };
+    /** Post-copy: once QEMU has the devices and waits for `cont`, ask commit to go ahead. */
+    const onSwitchover = () => {
+      session.postcopy = { resumed: latch(), isResumed: false };
+      void (async () => {
+        const deadline = Date.now() + 120_000;
+        while (Date.now() < deadline) {
+          const st = await vm.status().catch(() => "gone");
+          if (st === "paused") break;
+          if (st === "gone" || st === "running") throw new Error(`destination QEMU is ${st} after the device state`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        await pub.publish(commitPostcopyReady, params, { migrationId: c.migrationId, vm: c.spec.name, targetHost: o.host, pagesMissing: missingPages(state, 0).pages }, { id: `${c.migrationId}-${c.spec.name}-postcopy-ready` });
+      })().catch((e: Error) => abort(c.migrationId, c.spec.name, `destination: ${e.message}`));
+    };
     const run = (async () => {
       const source = await pages();
       // What the preparation phase preseeded first (it is most of the memory), then what
       // this migration stores as it goes.
       source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyerFor(c.spec.tenant));
       source.prefetch(c.migrationId, c.spec.tenant, keyerFor(c.spec.tenant));
-      const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000 }, state);
-      await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": o.host }, () => o.driver.migrateIn(vm, records));
+      const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover }, state);
+      await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": o.host }, () =>
+        o.driver.migrateIn(vm, records, { postcopy: c.options.postcopy, onReturnPath }));
       log.debug("destination loaded", { migrationId: c.migrationId, vm: c.spec.name });
+      if (session.postcopy) return finishPostcopy(c.migrationId, session, state);
       const status = await vm.status();
       if (status !== "paused" && status !== "prelaunch") throw new Error(`destination QEMU is ${status} after loading, expected paused`);
       // The proof: read back what QEMU holds (block m0 from its RAM file) and digest it.
@@ -298,11 +372,45 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered });
     })();
     const lost = watchPeer(c.sourceHost, ended.promise);
-    void lost.then((reason) => (reason ? abort(c.migrationId, c.spec.name, reason) : undefined));
+    void lost.then((reason) => (reason ? failTarget(session, state, reason) : undefined));
     run.catch(async (err: Error) => {
       log.warn("destination failed", { migrationId: c.migrationId, vm: c.spec.name, error: err });
-      await abort(c.migrationId, c.spec.name, `destination: ${err.message}`);
+      await failTarget(session, state, `destination: ${err.message}`);
     });
+  };
+
+  /**
+   * A destination that cannot go on. Before post-copy resumed it the source is intact and
+   * takes over; after, the pages it never got are lost with the source: it is paused (its
+   * guest would hang on them anyway) and they are named.
+   */
+  const failTarget = async (t: TargetSession, state: TargetState, reason: string) => {
+    if (t.postcopy) {
+      const missing = missingPages(state);
+      // QEMU may be stuck on a fault with its lock held: do not wait on it for long.
+      if (t.postcopy.isResumed) await Promise.race([t.vm.stop().catch(() => undefined), new Promise((r) => setTimeout(r, 3000))]);
+      if (missing.pages > 0) {
+        await pub.publish(pageMissing, { migrationId: t.migrationId }, { migrationId: t.migrationId, vm: t.spec.name, targetHost: o.host, pages: missing.pages, block: missing.block, ranges: missing.ranges, reason: reason.slice(0, 2000) })
+          .catch((e: Error) => log.error("missing pages not reported", { error: e }));
+      }
+      reason = `${reason} (post-copy: ${missing.pages} pages never arrived)`;
+    }
+    await abort(t.migrationId, t.spec.name, reason);
+  };
+
+  /** Post-copy: every page is in; say so with the digest of what QEMU got, once it runs. */
+  const finishPostcopy = async (migrationId: string, t: TargetSession, state: TargetState) => {
+    await t.postcopy!.resumed.promise;
+    const key = `${migrationId}/${t.spec.name}`;
+    targets.delete(key);
+    t.end();
+    targetDone(migrationId);
+    const digest = state.delivered!.digest();
+    log.info("post-copy complete", { migrationId, vm: t.spec.name, pagesAfterSwitchover: state.pagesAfterSwitchover ?? 0, duplicatesDropped: state.duplicatesDropped ?? 0 });
+    await pub.publish(commitResumed, { migrationId }, {
+      migrationId, vm: t.spec.name, targetHost: o.host,
+      postcopy: { digest, pagesAfterSwitchover: state.pagesAfterSwitchover ?? 0, duplicatesDropped: state.duplicatesDropped ?? 0 },
+    }, { id: `${migrationId}-${t.spec.name}-commit-resumed` });
   };
 
   const resumed = new Set<string>();
@@ -310,6 +418,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const key = `${c.migrationId}/${c.vm}`;
     if (resumed.has(key)) return; // a repeated command: already done
     const t = targets.get(key);
+    if (t?.postcopy) return resumePostcopy(c.migrationId, t);
     if (!t) {
       // Nothing to resume here (this agent restarted, and its QEMUs died with the old one):
       // say so, so that the intact source is resumed instead.
@@ -331,6 +440,46 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       migrationId: c.migrationId, vm: c.vm, phase: MigrationPhase.Succeeded, mode: MigrationMode.PreCopy, stats: { time_elapsed: 0, data_processed: 0, percent: 100 },
     }, { id: `${c.migrationId}-${c.vm}-resumed` });
     await publishInventory();
+  };
+
+  /** Post-copy: the VM runs here now while its remaining pages are faulted in. */
+  const resumePostcopy = async (migrationId: string, t: TargetSession) => {
+    const key = `${migrationId}/${t.spec.name}`;
+    try {
+      await t.vm.cont();
+    } catch (err) {
+      await t.vm.quit().catch(() => undefined);
+      return abort(migrationId, t.spec.name, `destination did not resume: ${(err as Error).message}`, true);
+    }
+    resumed.add(key);
+    t.postcopy!.isResumed = true;
+    t.postcopy!.resumed.open();
+    owned.set(t.spec.name, { spec: t.spec, vm: t.vm, state: "running" });
+    await pub.publish(migrationProgress, { migrationId }, {
+      migrationId, vm: t.spec.name, phase: MigrationPhase.Running, mode: MigrationMode.PostCopy, stats: { time_elapsed: 0, data_processed: 0 },
+    }, { id: `${migrationId}-${t.spec.name}-postcopy-resumed` });
+    await publishInventory();
+  };
+
+  /** Executes the dirty log's switch-over decision on the source QEMU. */
+  const switchover = async (c: Cmd<typeof agentSwitchover>) => {
+    const s = sources.get(`${c.migrationId}/${c.vm}`);
+    if (!s?.out || s.switchover) return;
+    s.switchover = { mode: c.mode, reason: c.reason };
+    log.info("switching over", { migrationId: c.migrationId, vm: c.vm, mode: c.mode, reason: c.reason });
+    if (c.mode === "post-copy") await s.out.startPostcopy();
+    else await s.out.forceComplete();
+  };
+
+  /** Post-copy: the destination needs these pages first; QEMU sends what it has not sent yet. */
+  const pageRequest = async (c: Cmd<typeof agentPageRequest>) => {
+    const s = sources.get(`${c.migrationId}/${c.vm}`);
+    if (!s?.out) return;
+    for (const r of c.ranges) {
+      // QEMU already sent everything (the pages are on their way): nothing to ask for.
+      if (!s.out.requestPages(c.block, r.offset, r.length)) return void log.debug("page request after the source's stream ended", { migrationId: c.migrationId, vm: c.vm });
+      for (let at = r.offset; at < r.offset + r.length; at += PAGE_SIZE) s.requested.add(`${c.block}:${at}`);
+    }
   };
 
   const quitSource = async (c: Cmd<typeof agentQuitSource>) => {
@@ -427,6 +576,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     [agentResumeTarget.type]: resumeTarget,
     [agentQuitSource.type]: quitSource,
     [agentRollback.type]: rollback,
+    [agentSwitchover.type]: switchover,
+    [agentPageRequest.type]: pageRequest,
     [scanRequested.type]: scan,
   };
 

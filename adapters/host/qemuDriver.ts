@@ -5,6 +5,7 @@
  */
 import type { VmSpec } from "../../schemas/index.ts";
 import type { StreamRecord } from "../qemu/stream/records.ts";
+import type { ReturnPathMessage } from "../qemu/returnPath.ts";
 
 export type VmRole = "source" | "destination";
 
@@ -35,6 +36,32 @@ export interface OutgoingStream {
   stopped: Promise<number>;
   /** Stops the outgoing migration (migrate_cancel) if it is still running. */
   cancel(): Promise<void>;
+  /** QEMU's own view of the pass in progress (query-migrate), for the dirty log. */
+  figures(): Promise<{ remainingBytes: number; dirtyPagesRate: number; dirtySyncCount: number; status: string }>;
+  /** Switch-over now, stop-and-copy: whatever remains is sent with the guest stopped. */
+  forceComplete(): Promise<void>;
+  /** Switch-over now, post-copy (needs MigrateOutOptions.postcopy). */
+  startPostcopy(): Promise<void>;
+  /** Post-copy: asks QEMU to send these bytes of a RAM block next. False once QEMU has sent its whole stream (nothing is left to ask for). */
+  requestPages(block: string, start: number, length: number): boolean;
+}
+
+export interface MigrateOutOptions {
+  /** Enable post-copy (postcopy-ram) so the migration may switch to it later. */
+  postcopy?: boolean;
+  /** Cap on QEMU's stream, bytes/s (virsh --bandwidth), before and after a post-copy switch-over. @default none */
+  maxBandwidthBps?: number;
+  /** QEMU's own downtime limit (it switches over by itself when the rest fits). */
+  downtimeLimitMs?: number;
+}
+
+export interface MigrateInOptions {
+  /** Enable post-copy on the destination (it must match the source). */
+  postcopy?: boolean;
+  /** What the destination QEMU says on its return path (page faults, SHUT). */
+  onReturnPath?: (message: ReturnPathMessage) => void;
+  /** Post-copy: called once the stream is written, while QEMU may still be faulting pages in. */
+  onWritten?: () => void;
 }
 
 export interface QemuDriver {
@@ -45,7 +72,7 @@ export interface QemuDriver {
   reclaim(): Promise<string[]>;
   startVm(spec: VmSpec, role: VmRole, tag: string): Promise<RunningVm>;
   /** Starts migrating a source VM into a proxy this host owns. */
-  migrateOut(vm: RunningVm): Promise<OutgoingStream>;
+  migrateOut(vm: RunningVm, options?: MigrateOutOptions): Promise<OutgoingStream>;
   /** Feeds a rebuilt stream into a destination VM (started paused, -incoming defer); resolves when QEMU has loaded it. */
-  migrateIn(vm: RunningVm, records: AsyncIterable<StreamRecord>): Promise<{ bytes: number }>;
+  migrateIn(vm: RunningVm, records: AsyncIterable<StreamRecord>, options?: MigrateInOptions): Promise<{ bytes: number }>;
 }

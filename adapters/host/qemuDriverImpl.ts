@@ -11,6 +11,7 @@ import { startVm, type VmHandle } from "../qemu/vm.ts";
 import { createSourceProxy } from "../qemu/sourceProxy.ts";
 import { writeToDestination } from "../qemu/destinationProxy.ts";
 import type { StreamRecord } from "../qemu/stream/records.ts";
+import { encodeReqPages } from "../qemu/returnPath.ts";
 import type { OutgoingStream, QemuDriver, RunningVm, VmRole } from "./qemuDriver.ts";
 
 export interface QemuDriverOptions {
@@ -38,6 +39,8 @@ async function ramFilesInUse(): Promise<Set<string>> {
 
 /** QEMU 7.2 caps outgoing migration at 32 MiB/s by default; the proxy is local, so lift it. */
 const UNLIMITED_BPS = 100 * 1024 ** 3;
+/** A downtime limit no remainder exceeds: QEMU completes at its next check (QEMU's maximum). */
+const FORCE_DOWNTIME_MS = 2_000_000;
 
 export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
   const handles = new WeakMap<RunningVm, VmHandle>();
@@ -87,10 +90,16 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
       return wrap(h, spec, role);
     },
 
-    async migrateOut(vm): Promise<OutgoingStream> {
+    async migrateOut(vm, options = {}): Promise<OutgoingStream> {
       const h = handles.get(vm);
       if (!h) throw new Error(`VM ${vm.name} is not one of this driver's`);
-      await h.qmp.migrateSetParameters({ "max-bandwidth": UNLIMITED_BPS });
+      await h.qmp.migrateSetParameters({
+        "max-bandwidth": Math.round(options.maxBandwidthBps ?? UNLIMITED_BPS),
+        // The link is the link after the switch-over too (0: unlimited).
+        "max-postcopy-bandwidth": Math.round(options.maxBandwidthBps ?? 0),
+        ...(options.downtimeLimitMs ? { "downtime-limit": options.downtimeLimitMs } : {}),
+      });
+      await h.qmp.migrateSetCapabilities({ "postcopy-ram": options.postcopy === true });
       const proxy = await createSourceProxy({ socketPath: join(h.runDir, "out.sock") });
       // The guest stops for the final pass: the start of the downtime, by QEMU's clock.
       const stopped = h.qmp
@@ -119,16 +128,27 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
           if (info?.status && !["completed", "failed", "cancelled", "none"].includes(info.status)) await h.qmp.migrateCancel().catch(() => undefined);
           await proxy.close();
         },
+        figures: async () => {
+          const info = await h.qmp.queryMigrate();
+          return { remainingBytes: info.ram?.remaining ?? 0, dirtyPagesRate: info.ram?.["dirty-pages-rate"] ?? 0, dirtySyncCount: info.ram?.["dirty-sync-count"] ?? 0, status: info.status ?? "none" };
+        },
+        forceComplete: () => h.qmp.migrateSetParameters({ "downtime-limit": FORCE_DOWNTIME_MS }),
+        startPostcopy: () => h.qmp.migrateStartPostcopy(),
+        requestPages: (block, start, length) => proxy.sendReturnPath(encodeReqPages(block, start, length)),
       };
     },
 
-    async migrateIn(vm, records) {
+    async migrateIn(vm, records, options = {}) {
       const h = handles.get(vm);
       if (!h) throw new Error(`VM ${vm.name} is not one of this driver's`);
       const sock = join(h.runDir, "in.sock");
+      await h.qmp.migrateSetCapabilities({ "postcopy-ram": options.postcopy === true });
       await h.qmp.migrateIncoming(`unix:${sock}`);
-      const written = await writeToDestination(records, { socketPath: sock });
-      const info = await h.qmp.waitForMigration({ timeoutMs: 120_000 });
+      const written = await writeToDestination(records, { socketPath: sock, ...(options.onReturnPath ? { onReturnPath: options.onReturnPath } : {}) });
+      options.onWritten?.();
+      // Post-copy: QEMU completes once its last fault is served; the manifest's own progress
+      // time-out has already bounded the wait for the stream itself.
+      const info = await h.qmp.waitForMigration({ timeoutMs: options.postcopy ? 600_000 : 120_000 });
       if (info.status !== "completed") throw new Error(`the destination QEMU did not load the stream (status ${info.status}); ${h.stderrTail().slice(-300)}`);
       return { bytes: written.bytes };
     },

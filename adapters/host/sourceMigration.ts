@@ -5,9 +5,9 @@
  * completion with the device state and the image digest). Look-ups of several batches are
  * in flight at once; manifest batches still go out in stream order.
  */
-import { KeyStatus, manifestBatch, manifestCompleted, manifestHeader } from "../../schemas/index.ts";
+import { KeyStatus, manifestBatch, manifestCommand, manifestCompleted, manifestHeader, type ManifestCommand } from "../../schemas/index.ts";
 import type { EventPublisher } from "../../infra/events/publisher.ts";
-import type { StreamRecord, PageBatch } from "../qemu/stream/records.ts";
+import type { MigrationCommand, StreamRecord, PageBatch } from "../qemu/stream/records.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
 import { ImageDigest } from "../dataplane/imageDigest.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
@@ -56,6 +56,24 @@ export interface SourceMigrationOptions {
   batchPages?: number;
   /** Pages per page pack. @default 256 (1 MiB raw) */
   packPages?: number;
+  /** A pre-copy pass ended (QEMU's stream wrapped around): its figures, for the dirty log. */
+  onRound?: (r: RoundFigures) => void;
+  /** Post-copy: a page went into the manifest after the switch-over; `sent`: as content, else by key only. */
+  onPostcopyPage?: (block: string, offset: number, sent: boolean) => void;
+  /** Post-copy: the manifest batches holding those pages are published. */
+  onPostcopyFlushed?: () => void;
+}
+
+/** One pre-copy pass as the source saw it. */
+export interface RoundFigures {
+  round: number;
+  /** Pages the pass carried (zero, by key and as content). */
+  pages: number;
+  durationMs: number;
+  /** Bytes of QEMU's stream during the pass. */
+  nativeBytes: number;
+  /** Bytes gangway put on the link for it. */
+  linkBytes: number;
 }
 
 export interface SourceResult {
@@ -95,6 +113,9 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   const packer = new PackWriter({ migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, publisher: o.publisher, packs: o.packs, ...(o.packPages ? { packPages: o.packPages } : {}) });
   /** Keys this VM claimed and has packed (or is packing): hex set, to never pack one twice. */
   const packedHere = new Set<string>();
+  /** After PACKAGED: the destination runs (or is about to), pages are faulted in. */
+  let postcopy = false;
+  let roundStart = { at: Date.now(), pages: 0, native: 0, link: 0 };
 
   const report = () => {
     p.native_bytes = o.nativeBytes();
@@ -170,11 +191,13 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
         // 255: the gang knew the key before this batch asked: someone else sends it.
         const status = statuses[i]!;
         if (status !== 255) o.gangKeys.set(k, status);
-        if (status === KeyStatus.claimed && !packedHere.has(k)) {
+        const sendNow = status === KeyStatus.claimed && !packedHere.has(k);
+        if (sendNow) {
           packedHere.add(k);
           packer.add(pr.keys, i * KEY_BYTES, page!);
           p.pages_sent++;
         } else p.pages_deduplicated++;
+        if (postcopy) o.onPostcopyPage?.(batch.block, offset, sendNow);
         writer.addPage(offset, pr.blockIndex, pr.keys, i * KEY_BYTES);
         digest!.keyed(pr.blockIndex, offset, pr.keys, i * KEY_BYTES);
       }
@@ -189,6 +212,48 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   // (measured on the demo: 16384 → downtime 8–9 s, 4096 → 4–5.7 s, 1024 → 3.9–5 s).
   const MAX_IN_FLIGHT_PAGES = 1024;
   let lastReport = 0;
+  const drain = async () => {
+    while (inFlight.length) {
+      const pr = inFlight.shift()!;
+      inFlightPages -= pr.batch.count;
+      await finish(pr);
+    }
+  };
+  /** Passes a command on in stream order: everything before it is in the manifest first. */
+  /** Commands before the RAM setup travel in the manifest header (QEMU needs them before the RAM). */
+  const preamble: ManifestCommand[] = [];
+  const forward = async (c: MigrationCommand) => {
+    if (!headerSent) {
+      if (c.cmd !== "openReturnPath" && c.cmd !== "postcopyAdvise" && c.cmd !== "ping") throw new Error(`migration command ${c.cmd} before the RAM setup is not supported through gangway`);
+      preamble.push(c);
+      return;
+    }
+    await drain();
+    await flushManifest(p.round, false);
+    let command: ManifestCommand;
+    switch (c.cmd) {
+      case "packaged": {
+        // Device state with LISTEN and RUN: too big for an event, so an object.
+        const object = `packaged-${o.migrationId}-${o.vm}`;
+        await o.packs.putObject(object, c.data);
+        p.bytes_on_link += c.data.byteLength;
+        command = { cmd: "packaged", object, bytes: c.data.byteLength };
+        break;
+      }
+      case "openReturnPath":
+      case "ping":
+      case "postcopyAdvise":
+      case "postcopyRamDiscard":
+        command = c;
+        break;
+      default:
+        throw new Error(`migration command ${c.cmd} is not supported through gangway`);
+    }
+    const seq = manifestSeq++;
+    await o.publisher.publish(manifestCommand, vmParams, { migrationId: o.migrationId, vm: o.vm, seq, command }, { id: `${o.migrationId}-${o.vm}-m${seq}` });
+    p.bytes_on_link += 300;
+    if (c.cmd === "packaged") postcopy = true;
+  };
 
   for await (const r of o.records) {
     switch (r.type) {
@@ -207,20 +272,23 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
         digest = new ImageDigest(blocks.map((b) => b.usedBytes));
         p.memory_total = blocks.reduce((n, b) => n + b.usedBytes, 0);
         await o.publisher.publish(manifestHeader, vmParams, {
-          ...ext, sourceHost: o.sourceHost, machine, blocks, ramSetupWord: String(r.totalBytes), configRaw: (configRaw ?? Buffer.alloc(0)).toString("base64"), ramSection,
+          ...ext, sourceHost: o.sourceHost, machine, blocks, ramSetupWord: String(r.totalBytes), configRaw: (configRaw ?? Buffer.alloc(0)).toString("base64"), ramSection, commands: preamble,
         }, { id: `${o.migrationId}-${o.vm}-header` });
         headerSent = true;
         break;
-      case "round":
+      case "round": {
         // Manifest batches never span rounds: the destination keeps each round's order.
-        while (inFlight.length) {
-          const pr = inFlight.shift()!;
-          inFlightPages -= pr.batch.count;
-          await finish(pr);
-        }
+        await drain();
         await flushManifest(p.round, false);
+        if (!postcopy && p.pages > roundStart.pages) {
+          // Faults in post-copy come in any order; only pre-copy passes are rounds.
+          const link = p.bytes_on_link + packer.linkBytes;
+          o.onRound?.({ round: p.round, pages: p.pages - roundStart.pages, durationMs: Date.now() - roundStart.at, nativeBytes: o.nativeBytes() - roundStart.native, linkBytes: link - roundStart.link });
+          roundStart = { at: Date.now(), pages: p.pages, native: o.nativeBytes(), link };
+        }
         p.round = r.round;
         break;
+      }
       case "pages": {
         if (!headerSent) throw new Error("page records before the RAM setup");
         const pr = prepare(r);
@@ -230,6 +298,13 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
           const first = inFlight.shift()!;
           inFlightPages -= first.batch.count;
           await finish(first);
+        }
+        if (postcopy) {
+          // A guest waits on each faulted page: no batching across parser batches.
+          await drain();
+          packer.flush();
+          await flushManifest(p.round, false);
+          o.onPostcopyFlushed?.();
         }
         if (Date.now() - lastReport > 250) {
           lastReport = Date.now();
@@ -243,7 +318,8 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
         deviceState.push(r.raw);
         break;
       case "command":
-        throw new Error(`migration command ${r.command.cmd} is not supported in a pre-copy migration through gangway`);
+        await forward(r.command);
+        break;
       case "eof":
         // The destination writes its own EOF after the device state.
         break;
@@ -259,7 +335,8 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
 
   const state = Buffer.concat(deviceState);
   const stateName = `state-${o.migrationId}-${o.vm}`;
-  await o.packs.putObject(stateName, state);
+  // Post-copy sent the device state in PACKAGED: nothing is left for the end.
+  if (state.byteLength > 0) await o.packs.putObject(stateName, state);
   p.bytes_on_link += state.byteLength;
   p.packed_raw_bytes = packer.rawBytes;
   p.packed_bytes = packer.storedBytes;

@@ -8,18 +8,19 @@
 import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
-import { ManifestKind, manifestBatch, manifestCompleted, manifestHeader } from "../../schemas/index.ts";
+import { ManifestKind, manifestBatch, manifestCommand, manifestCompleted, manifestHeader } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { ImageDigest } from "../dataplane/imageDigest.ts";
 import { readManifestRecords } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
-import type { PageBatch, StreamRecord } from "../qemu/stream/records.ts";
+import type { MigrationCommand, PageBatch, StreamRecord } from "../qemu/stream/records.ts";
 import type { PageSource } from "./packLocator.ts";
 
 export type ManifestHeader = z.infer<typeof manifestHeader.data>;
 export type ManifestCompleted = z.infer<typeof manifestCompleted.data>;
+type ManifestCommandData = z.infer<typeof manifestCommand.data>;
 
 export class ManifestError extends Error {
   constructor(message: string, options?: ErrorOptions) {
@@ -39,6 +40,8 @@ export interface TargetMigrationOptions {
   /** Give up when nothing arrives for this long. @default 150000 (KubeVirt's progressTimeout) */
   progressTimeoutMs?: number;
   onProgress?: (p: { round: number; pages: number; batches: number }) => void;
+  /** Post-copy: PACKAGED was handed on (QEMU loads the devices, then waits for `cont`). */
+  onSwitchover?: () => void;
 }
 
 /** What the rebuild learned, for the commit proof once QEMU has loaded the stream. */
@@ -48,12 +51,40 @@ export interface TargetState {
   /** The image as delivered (last content per page). */
   delivered?: ImageDigest;
   pagesWritten: number;
+  /** Post-copy: PACKAGED (device state, LISTEN, RUN) was handed to QEMU. */
+  postcopy?: boolean;
+  /** Pages the destination QEMU holds, per block (1 byte per page): what a fault need not fetch. */
+  held?: Uint8Array[];
+  /** Post-copy: pages written after the switch-over, and repeats dropped (QEMU would die of one). */
+  pagesAfterSwitchover?: number;
+  duplicatesDropped?: number;
+}
+
+/** Pages the destination does not hold yet, with the first ranges of them (bytes of `block`). */
+export function missingPages(state: TargetState, maxRanges = 64): { pages: number; block: string; ranges: { offset: number; length: number }[] } {
+  const blocks = state.header?.blocks ?? [];
+  let pages = 0;
+  const ranges: { offset: number; length: number }[] = [];
+  let firstBlock = blocks[0]?.id ?? "unknown";
+  (state.held ?? []).forEach((held, b) => {
+    for (let i = 0; i < held.length; i++) {
+      if (held[i]) continue;
+      if (pages === 0) firstBlock = blocks[b]!.id;
+      pages++;
+      if (blocks[b]!.id !== firstBlock) continue;
+      const last = ranges[ranges.length - 1];
+      if (last && last.offset + last.length === i * PAGE_SIZE) last.length += PAGE_SIZE;
+      else if (ranges.length < maxRanges) ranges.push({ offset: i * PAGE_SIZE, length: PAGE_SIZE });
+    }
+  });
+  return { pages, block: firstBlock, ranges };
 }
 
 /** Reads the VM's manifest events in order, with a progress time-out. */
 async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<ReturnType<typeof decodeMessage>> {
   const js = jetstream(o.nc);
-  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: `gw.manifest.${o.migrationId}.${o.vm}.>`, deliver_policy: DeliverPolicy.All });
+  // A dead agent's consumer goes 15 s after its last pull, not the client's default 5 min.
+  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: `gw.manifest.${o.migrationId}.${o.vm}.>`, deliver_policy: DeliverPolicy.All, inactive_threshold: 15_000 });
   const timeout = o.progressTimeoutMs ?? 150_000;
   const messages: ConsumerMessages = await consumer.consume({ idle_heartbeat: 1000 });
   let last = Date.now();
@@ -88,10 +119,15 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       blocks = h.blocks;
       ram = h.ramSection;
       state.delivered = new ImageDigest(blocks.map((b) => b.usedBytes));
+      state.held = blocks.map((b) => new Uint8Array(Math.ceil(b.usedBytes / PAGE_SIZE)));
       const raw = Buffer.from(h.configRaw, "base64");
       yield { type: "header", offset: 0, version: 3 };
       // The config record is passed on as the source sent it (machine name and subsections).
       yield { type: "config", offset: 0, config: { machine: h.machine }, raw };
+      for (const command of h.commands) {
+        if (command.cmd === "packaged") throw new ManifestError("PACKAGED before the RAM setup");
+        yield { type: "command", offset: 0, command };
+      }
       yield { type: "ramSection", offset: 0, section: "start", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
       yield { type: "ramSetup", offset: 0, totalBytes: Number(h.ramSetupWord), blocks: blocks.map((b) => ({ id: b.id, usedLength: b.usedBytes })) };
       yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };
@@ -118,6 +154,19 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         const run = recs.slice(i, j);
         const block = blocks[run[0]!.block];
         if (!block) throw new ManifestError(`manifest names RAM block ${run[0]!.block}, the header has ${blocks.length}`);
+        const held = state.held![run[0]!.block]!;
+        if (state.postcopy) {
+          // After LISTEN each page may reach QEMU once: a repeat (a replayed or forged
+          // record) would make its UFFDIO_COPY fail and kill the destination VM.
+          const fresh = run.filter((r) => !held[r.offset / PAGE_SIZE]);
+          state.duplicatesDropped = (state.duplicatesDropped ?? 0) + run.length - fresh.length;
+          state.pagesAfterSwitchover = (state.pagesAfterSwitchover ?? 0) + fresh.length;
+          run.splice(0, run.length, ...fresh);
+          if (run.length === 0) {
+            i = j;
+            continue;
+          }
+        }
         const normal = run.filter((r) => r.kind === ManifestKind.page).length;
         const batch: PageBatch = {
           type: "pages", offset: 0, block: block.id, round: ext.round, count: run.length,
@@ -128,6 +177,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         run.forEach((r, n) => {
           if (r.offset + PAGE_SIZE > block.usedBytes) throw new ManifestError(`manifest page at ${r.offset} is outside block ${block.id} (${block.usedBytes} bytes)`);
           batch.offsets[n] = r.offset;
+          held[r.offset / PAGE_SIZE] = 1;
           batch.named[n] = n === 0 ? 1 : 0;
           if (r.kind === ManifestKind.page) {
             batch.kinds[n] = 1;
@@ -147,15 +197,37 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       if (recs.length) yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };
       batches++;
       o.onProgress?.({ round, pages: state.pagesWritten, batches });
+    } else if (ev.type === manifestCommand.type) {
+      if (!state.held) throw new ManifestError("migration command before the manifest header");
+      const c = (ev.data as ManifestCommandData).command;
+      let command: MigrationCommand;
+      if (c.cmd === "packaged") {
+        const data = await o.packs.getObject(c.object);
+        if (!data || data.byteLength !== c.bytes) throw new ManifestError(`packaged device state ${c.object} is missing or has the wrong size`);
+        command = { cmd: "packaged", data: Buffer.from(data) };
+      } else command = c;
+      if (c.cmd === "postcopyRamDiscard") {
+        // Re-dirtied since sent: QEMU drops them, and they come again after the switch-over.
+        const b = blocks.findIndex((x) => x.id === c.block);
+        if (b < 0) throw new ManifestError(`discard names RAM block ${c.block}, not in the header`);
+        const held = state.held[b]!;
+        for (const r of c.ranges) held.fill(0, Math.floor(r.start / PAGE_SIZE), Math.ceil((r.start + r.length) / PAGE_SIZE));
+      }
+      yield { type: "command", offset: 0, command };
+      if (c.cmd === "packaged") {
+        state.postcopy = true;
+        o.onSwitchover?.();
+      }
     } else if (ev.type === manifestCompleted.type) {
       const c = ev.data as ManifestCompleted;
       state.completed = c;
       if (!state.header) throw new ManifestError("manifest completed without a header");
-      const device = await o.packs.getObject(c.deviceState);
+      // Post-copy sent the device state in PACKAGED; only the end of the RAM is left.
+      const device = c.deviceStateBytes > 0 ? await o.packs.getObject(c.deviceState) : Buffer.alloc(0);
       if (!device || device.byteLength !== c.deviceStateBytes) throw new ManifestError(`device state ${c.deviceState} is missing or has the wrong size`);
       yield { type: "ramSection", offset: 0, section: "end", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
       yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };
-      yield { type: "device", offset: 0, section: "full", sectionId: 0, idstr: "", instanceId: 0, versionId: 0, raw: Buffer.from(device) };
+      if (device.byteLength > 0) yield { type: "device", offset: 0, section: "full", sectionId: 0, idstr: "", instanceId: 0, versionId: 0, raw: Buffer.from(device) };
       yield { type: "eof", offset: 0 };
       return;
     }

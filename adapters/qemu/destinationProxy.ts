@@ -17,6 +17,7 @@ import { createLogger, type Logger } from "../../infra/log.ts";
 import { canonicalize } from "./stream/canonical.ts";
 import { StreamEncoder, type EncodeOptions } from "./stream/encoder.ts";
 import type { StreamRecord } from "./stream/records.ts";
+import { ReturnPathDecoder, type ReturnPathMessage } from "./returnPath.ts";
 
 /** Options of writeToDestination. */
 export interface DestinationProxyOptions {
@@ -32,6 +33,11 @@ export interface DestinationProxyOptions {
   signal?: AbortSignal;
   /** @default a logger with component "destinationProxy" */
   logger?: Logger;
+  /**
+   * Messages QEMU writes back on its return path (post-copy: page faults, then SHUT). They
+   * keep coming after the stream is written, until QEMU closes the connection. @default ignored
+   */
+  onReturnPath?: (message: ReturnPathMessage) => void;
 }
 
 export interface DestinationResult {
@@ -107,6 +113,18 @@ export async function writeToDestination(
   const socket = await connectToIncoming(options.socketPath, options.connectTimeoutMs, options.signal);
   // Errors surface through writeAll; keep an 'error' without a listener from crashing the process.
   socket.on("error", (err) => log.debug("destination socket error", { error: err }));
+  if (options.onReturnPath) {
+    const rp = new ReturnPathDecoder();
+    const onMessage = options.onReturnPath;
+    socket.on("data", (chunk: Buffer) => {
+      try {
+        for (const m of rp.push(chunk)) onMessage(m);
+      } catch (err) {
+        log.warn("unreadable return path; closing the connection", { error: err });
+        socket.destroy();
+      }
+    });
+  } else socket.resume(); // nothing is expected back; never let unread bytes stall QEMU
   const onAbort = () => socket.destroy();
   options.signal?.addEventListener("abort", onAbort, { once: true });
   const enc = new StreamEncoder(options.encode);

@@ -20,6 +20,7 @@ import { readableGroups } from "./stream/input.ts";
 import type { ParseOptions } from "./stream/parser.ts";
 import type { StreamRecord } from "./stream/records.ts";
 import { parseStream } from "./stream/stream.ts";
+import { encodeShut } from "./returnPath.ts";
 
 /** Options of createSourceProxy. */
 export interface SourceProxyOptions {
@@ -53,6 +54,11 @@ export interface SourceProxy extends AsyncDisposable {
    * (and VMDESC, if sent) when QEMU closes; throws a MigrationStreamError on a bad stream.
    */
   records(): AsyncGenerator<StreamRecord, void, undefined>;
+  /**
+   * Writes a return-path message to QEMU (post-copy page requests). False when QEMU has
+   * not opened its return path or the connection is gone.
+   */
+  sendReturnPath(message: Buffer): boolean;
   /** Stops listening, drops the connection, removes the socket. */
   close(): Promise<void>;
 }
@@ -97,6 +103,13 @@ export async function createSourceProxy(options: SourceProxyOptions = {}): Promi
   let native = 0;
   let closed = false;
   let used = false;
+  /** QEMU sent OPEN_RETURN_PATH (post-copy enabled): it reads messages back on this connection. */
+  let returnPathOpen = false;
+  const sendReturnPath = (message: Buffer) => {
+    if (!returnPathOpen || !conn || conn.destroyed) return false;
+    conn.write(message);
+    return true;
+  };
 
   const close = async () => {
     if (closed) return;
@@ -154,7 +167,17 @@ export async function createSourceProxy(options: SourceProxyOptions = {}): Promi
     options.signal?.addEventListener("abort", onAbort, { once: true });
     let ok = false;
     try {
-      yield* parseStream(input(socket), options.parse);
+      for await (const r of parseStream(input(socket), options.parse)) {
+        if (r.type === "command" && r.command.cmd === "openReturnPath") returnPathOpen = true;
+        // gangway has the whole stream: tell QEMU its destination is done, or its
+        // completion waits on the return path forever (and fails when it closes).
+        if (r.type === "eof" && returnPathOpen) {
+          sendReturnPath(encodeShut(0));
+          // SHUT is the last word: QEMU closes soon, and a write after that would break the read side.
+          returnPathOpen = false;
+        }
+        yield r;
+      }
       ok = true;
       log.debug("source stream complete", { nativeBytes: native });
     } catch (err) {
@@ -173,6 +196,7 @@ export async function createSourceProxy(options: SourceProxyOptions = {}): Promi
     uri: `unix:${socketPath}`,
     nativeBytes: () => native,
     records,
+    sendReturnPath,
     close,
     [Symbol.asyncDispose]: close,
   };

@@ -7,12 +7,20 @@
  * VM is killed and the source resumed. Each VM is decided once (a claim in state), so a
  * replayed event can never flip a decision. When every VM of the gang is decided, the gang's
  * outcome is published.
+ *
+ * Post-copy moves the point of no return: once the destination loaded the device state
+ * (commit postcopy-ready) it is resumed while its remaining pages are faulted in, and the
+ * source, paused, only serves pages. The VM is decided then; the source quits when the
+ * destination reports every page in with the digest of the image it got (commit resumed).
+ * If post-copy breaks off before that, the VM is lost: that is reported, never rolled back
+ * onto a source whose guest is older than the one that ran.
  */
 import {
   agentQuitSource,
   agentResumeTarget,
   agentRollback,
   commitAbort,
+  commitPostcopyReady,
   commitReady,
   commitResumed,
   manifestCompleted,
@@ -22,16 +30,18 @@ import {
   migrationFailed,
   migrationRolledBack,
   migrationSucceeded,
+  MigrationMode,
   MigrationPhase,
 } from "../../schemas/index.ts";
 import type { z } from "zod";
 import { defineFunction, type FunctionContext, type FunctionDefinition } from "../types.ts";
-import { NonRetriableError } from "../errors.ts";
+import { NonRetriableError, RetryAfterError } from "../errors.ts";
 import { planKey, type Plan } from "../plan/index.ts";
 
 type Sent = z.infer<typeof manifestCompleted.data>;
 type Ready = z.infer<typeof commitReady.data>;
-type Decision = { outcome: "committed" | "rolledback"; reason?: string; at: string };
+/** lost: post-copy broke off after the destination ran; neither copy is whole. */
+type Decision = { outcome: "committed" | "rolledback" | "lost"; mode?: "post-copy"; reason?: string; at: string };
 
 const sentKey = (m: string, vm: string) => `commit.${m}.${vm}.sent`;
 const readyKey = (m: string, vm: string) => `commit.${m}.${vm}.ready`;
@@ -61,8 +71,11 @@ async function rollback(ctx: FunctionContext, plan: Plan, vm: string, reason: st
   const mine: Decision = { outcome: "rolledback", reason, at: ctx.now().toISOString() };
   if (!(await ctx.state.create<Decision>(key, mine))) {
     const existing = (await ctx.state.get<Decision>(key))!;
+    if (existing.outcome === "lost") return;
     if (existing.outcome === "committed") {
-      if (!destinationStopped || (await ctx.state.get(resumedKey(plan.migrationId, vm)))) return;
+      const done = await ctx.state.get(resumedKey(plan.migrationId, vm));
+      if (existing.mode === "post-copy" && !done && !destinationStopped) return lose(ctx, plan, vm, reason);
+      if (!destinationStopped || done) return;
       await ctx.state.put<Decision>(key, mine);
     } else reason = existing.reason ?? reason;
   }
@@ -71,6 +84,16 @@ async function rollback(ctx: FunctionContext, plan: Plan, vm: string, reason: st
   ctx.emit(agentRollback, { host: plan.sourceHost }, { host: plan.sourceHost, migrationId: plan.migrationId, vm, reason });
   ctx.emit(migrationRolledBack, p, { migrationId: plan.migrationId, vm, reason, phase: MigrationPhase.Failed, sourceRunning: true });
   ctx.log.warn("rolled back", { migrationId: plan.migrationId, vm, reason });
+  await settleGang(ctx, plan);
+}
+
+/** Post-copy broke off after the destination ran: say so, once; both copies stay paused for the operator. */
+async function lose(ctx: FunctionContext, plan: Plan, vm: string, reason: string): Promise<void> {
+  await ctx.state.put<Decision>(decisionKey(plan.migrationId, vm), { outcome: "lost", mode: "post-copy", reason, at: ctx.now().toISOString() });
+  if (await ctx.state.create(`commit.${plan.migrationId}.${vm}.lost`, true)) {
+    ctx.emit(migrationFailed, { migrationId: plan.migrationId }, { migrationId: plan.migrationId, vm, reason: `post-copy broke off after the destination resumed: ${reason}`.slice(0, 2000), phase: MigrationPhase.Failed });
+    ctx.log.error("VM lost in post-copy", { migrationId: plan.migrationId, vm, reason });
+  }
   await settleGang(ctx, plan);
 }
 
@@ -106,7 +129,9 @@ async function decide(ctx: FunctionContext, migrationId: string, vm: string): Pr
 async function settleGang(ctx: FunctionContext, plan: Plan): Promise<void> {
   const decisions = await Promise.all(plan.vms.map((v) => ctx.state.get<Decision>(decisionKey(plan.migrationId, v.vm))));
   if (decisions.some((d) => d === undefined)) return;
-  const failed = plan.vms.filter((_, i) => decisions[i]!.outcome === "rolledback");
+  // A post-copy VM is done once every page arrived, not when it resumed.
+  for (const [i, d] of decisions.entries()) if (d!.outcome === "committed" && d!.mode === "post-copy" && !(await ctx.state.get(resumedKey(plan.migrationId, plan.vms[i]!.vm)))) return;
+  const failed = plan.vms.filter((_, i) => decisions[i]!.outcome !== "committed");
   if (!(await ctx.state.create(outcomeKey(plan.migrationId), { failed: failed.map((v) => v.vm), at: ctx.now().toISOString() }))) return;
   const p = { migrationId: plan.migrationId };
   if (failed.length === 0) {
@@ -156,14 +181,46 @@ const commitOnAbort = defineFunction({
 /** The destination runs the VM: only now may the source quit. */
 const commitOnResumed = defineFunction({
   id: "commit-resumed",
-  description: "quit the source once the destination runs the VM",
+  description: "quit the source once the destination runs the VM (post-copy: once it has every page)",
   trigger: commitResumed,
   retry: { maxAttempts: 8, backoffMs: 250 },
   async handler(event, ctx) {
     const d = event.data;
     const plan = await loadPlan(ctx, d.migrationId, false);
+    if (d.postcopy) {
+      const sent = await ctx.state.get<Sent>(sentKey(d.migrationId, d.vm));
+      if (!sent) throw new RetryAfterError("waiting for the source's account of what it sent", 500);
+      if (sent.digest !== d.postcopy.digest) {
+        return lose(ctx, plan, d.vm, `the image delivered in post-copy differs from the source's (digest ${d.postcopy.digest.slice(0, 16)}… vs ${sent.digest.slice(0, 16)}…)`);
+      }
+    }
     await ctx.state.put(resumedKey(d.migrationId, d.vm), true);
     ctx.emit(agentQuitSource, { host: plan.sourceHost }, { host: plan.sourceHost, migrationId: d.migrationId, vm: d.vm });
+    if (d.postcopy) await settleGang(ctx, plan);
+  },
+});
+
+/** Post-copy: the destination has the devices; resuming it is the commit. */
+const commitOnPostcopyReady = defineFunction({
+  id: "commit-postcopy-ready",
+  description: "commit a VM switched to post-copy: resume the destination while its pages follow",
+  trigger: commitPostcopyReady,
+  retry: { maxAttempts: 8, backoffMs: 250 },
+  async handler(event, ctx) {
+    const d = event.data;
+    const plan = await loadPlan(ctx, d.migrationId, true);
+    const key = decisionKey(d.migrationId, d.vm);
+    if (!(await ctx.state.create<Decision>(key, { outcome: "committed", mode: "post-copy", at: ctx.now().toISOString() }))) {
+      const existing = (await ctx.state.get<Decision>(key))!;
+      if (existing.outcome === "committed") ctx.emit(agentResumeTarget, { host: plan.targetHost }, { host: plan.targetHost, migrationId: d.migrationId, vm: d.vm });
+      // Rolled back first (a cancel, a failure): its commands go out again.
+      else if (existing.outcome === "rolledback") await rollback(ctx, plan, d.vm, existing.reason ?? "rolled back");
+      return;
+    }
+    ctx.emit(agentResumeTarget, { host: plan.targetHost }, { host: plan.targetHost, migrationId: d.migrationId, vm: d.vm });
+    ctx.emit(migrationCommitted, { migrationId: d.migrationId }, {
+      migrationId: d.migrationId, vm: d.vm, targetHost: plan.targetHost, pages: 0, mode: MigrationMode.PostCopy, stats: { time_elapsed: 0, data_processed: 0 },
+    });
   },
 });
 
@@ -177,7 +234,8 @@ const commitOnCancel = defineFunction({
     const d = event.data;
     const plan = await loadPlan(ctx, d.migrationId, false);
     const before = await Promise.all(plan.vms.map((v) => ctx.state.get<Decision>(decisionKey(d.migrationId, v.vm))));
-    for (const v of plan.vms) await rollback(ctx, plan, v.vm, `cancelled by ${d.requestedBy}: ${d.reason}`);
+    // A committed VM stays where it is (post-copy cannot be taken back once the destination ran).
+    for (const [i, v] of plan.vms.entries()) if (before[i]?.outcome !== "committed") await rollback(ctx, plan, v.vm, `cancelled by ${d.requestedBy}: ${d.reason}`);
     // Said once, and only if it changed something (a cancel after completion is a no-op).
     if (before.some((b) => b === undefined) && (await ctx.state.create(`migration.${d.migrationId}.cancelled`, true))) {
       ctx.emit(migrationCancelled, { migrationId: d.migrationId }, { migrationId: d.migrationId, reason: d.reason, requestedBy: d.requestedBy });
@@ -185,4 +243,4 @@ const commitOnCancel = defineFunction({
   },
 });
 
-export const commitFunctions = [commitSent, commitOnReady, commitOnAbort, commitOnCancel, commitOnResumed] as unknown as FunctionDefinition[];
+export const commitFunctions = [commitSent, commitOnReady, commitOnAbort, commitOnCancel, commitOnResumed, commitOnPostcopyReady] as unknown as FunctionDefinition[];

@@ -202,9 +202,9 @@ export function buildTimeline(migrationId: string, facts: Fact[]): MigrationTime
         const v = vmOf(d.vm);
         v.outcome = VmOutcome.committed;
         v.decidedAt = iso(f.at);
-        v.digests.committed = d.digest;
+        if (d.digest) v.digests.committed = d.digest;
         if (d.stats.memory_iteration !== undefined) v.rounds = Math.max(v.rounds, d.stats.memory_iteration);
-        entry(f, d.vm, `on ${d.targetHost}, ${d.pages} pages, digest ${d.digest.slice(0, 16)}…`);
+        entry(f, d.vm, d.digest ? `on ${d.targetHost}, ${d.pages} pages, digest ${d.digest.slice(0, 16)}…` : `on ${d.targetHost}, post-copy: resumed with ${d.pages} pages, the rest follows`);
         break;
       }
       case "io.gangway.migration.rolledback.v1": {
