@@ -4,7 +4,7 @@
  * servers and pass --nats instead.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve as resolvePath } from "node:path";
 
@@ -75,7 +75,8 @@ export async function startEmbeddedServer(opts: EmbeddedServerOptions = {}): Pro
     `  max_file_store: 64GB`,
     opts.domain ? `  domain: ${JSON.stringify(opts.domain)}` : "",
     `}`,
-    opts.authorizationFile ? `include ${JSON.stringify(resolvePath(opts.authorizationFile))}` : "",
+    // nats-server resolves includes relative to the including file only: inline it instead.
+    opts.authorizationFile ? await readFile(opts.authorizationFile, "utf8") : "",
     opts.tls
       ? [
           `tls {`,
