@@ -183,9 +183,19 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
 
   const abort = async (migrationId: string, vm: string, reason: string, destinationStopped = false) => {
     log.warn("aborting", { migrationId, vm, reason });
-    await pub
-      .publish(commitAbort, { migrationId }, { migrationId, vm, reason: reason.slice(0, 2000), reportedBy: `host ${o.host}`, destinationStopped }, { id: `abort-${migrationId}-${vm}-${o.host}${destinationStopped ? "-stopped" : ""}` })
-      .catch((e: Error) => log.error("abort not published", { error: e }));
+    // NATS may be away (stopped, paused, cut off) just when things fail: an abort that is
+    // never published leaves the VM undecided for good, so keep trying (for up to ~10 min;
+    // the stream drops the copies of one that got through unseen).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await pub.publish(commitAbort, { migrationId }, { migrationId, vm, reason: reason.slice(0, 2000), reportedBy: `host ${o.host}`, destinationStopped }, { id: `abort-${migrationId}-${vm}-${o.host}${destinationStopped ? "-stopped" : ""}` });
+        return;
+      } catch (e) {
+        if (attempt >= 120 || o.nc.isClosed()) return log.error("abort not published; giving up", { migrationId, vm, error: e });
+        if (attempt === 0) log.error("abort not published; retrying", { migrationId, vm, error: e });
+        await new Promise((r) => setTimeout(r, Math.min(5000, 250 * 2 ** attempt)));
+      }
+    }
   };
 
   // --- commands ----------------------------------------------------------------
