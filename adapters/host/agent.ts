@@ -398,7 +398,12 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (t.postcopy) {
       const missing = missingPages(state);
       // QEMU may be stuck on a fault with its lock held: do not wait on it for long.
-      if (t.postcopy.isResumed) await Promise.race([t.vm.stop().catch(() => undefined), new Promise((r) => setTimeout(r, 3000))]);
+      if (t.postcopy.isResumed) {
+        await Promise.race([t.vm.stop().catch(() => undefined), new Promise((r) => setTimeout(r, 3000))]);
+        const v = owned.get(t.spec.name);
+        if (v?.vm === t.vm) v.state = "paused";
+        void publishInventory().catch(() => undefined);
+      }
       if (missing.pages > 0) {
         await pub.publish(pageMissing, { migrationId: t.migrationId }, { migrationId: t.migrationId, vm: t.spec.name, targetHost: o.host, pages: missing.pages, block: missing.block, ranges: missing.ranges, reason: reason.slice(0, 2000) })
           .catch((e: Error) => log.error("missing pages not reported", { error: e }));

@@ -9,7 +9,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
-import { startTestNats, type TestNats } from "../helpers/nats.ts";
+import { execFileSync } from "node:child_process";
+import { eventually, startTestNats, type TestNats } from "../helpers/nats.ts";
 import { hostVms, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../../cli/localCluster.ts";
 import { migrateGang, newMigrationId } from "../../cli/gangMigration.ts";
 import { readEvents } from "../../infra/events/reader.ts";
@@ -103,4 +104,32 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     for (const e of served) for (const r of e.data.ranges as { offset: number; length: number }[]) asked.set(r.offset, (asked.get(r.offset) ?? 0) + 1);
     expect([...asked.values()].every((n) => n === 1)).toBe(true);
   }, 420_000);
+
+  it("source lost during post-copy: the destination is paused, the pages it never got are named, and the migration is reported failed", async () => {
+    procs.push(await startFunctions(nats.url));
+    const a = await startAgentProcess(nats.url, "plA", work);
+    procs.push(a, await startAgentProcess(nats.url, "plB", work));
+    await startVms(nats.nc, "plA", [hot("lost1", 9)]);
+    const migrationId = newMigrationId();
+    const done = migrateGang({ nc: nats.nc, vms: ["lost1"], sourceHost: "plA", targetHost: "plB", migrationId, options: { bandwidthMBps: 4, maxRounds: 2, postcopy: true } });
+    // The destination runs the guest; its remaining pages are still crossing a 4 MB/s link.
+    await eventually(async () => (await eventsOf(migrationId, `gw.migration.${migrationId}.committed`)).length > 0, 120_000, "post-copy commit");
+    await a.kill(); // the source host's agent, and with it the source QEMU
+    const s = await done;
+    expect(s.outcome).toBe("failed");
+    expect(s.reason).toMatch(/post-copy/);
+    const events = await eventsOf(migrationId);
+    const missing = events.find((e) => e.type === "io.gangway.page.missing.v1");
+    expect(missing, "a page.missing event").toBeDefined();
+    expect(missing!.data.pages as number).toBeGreaterThan(0);
+    expect((missing!.data.ranges as unknown[]).length).toBeGreaterThan(0);
+    const lost = events.find((e) => e.type === "io.gangway.migration.failed.v1" && e.data.vm === "lost1");
+    expect(String(lost?.data.reason)).toMatch(/post-copy broke off/);
+    // No rollback was sent: the source's guest is older than the one that ran.
+    expect(events.some((e) => e.type === "io.gangway.migration.rolledback.v1")).toBe(false);
+    // The destination copy is paused, not running on with holes in its memory.
+    const list = JSON.parse(execFileSync(process.execPath, ["bin/gangway.mjs", "vm", "list", "--json", "--nats", nats.url], { encoding: "utf8" })) as { vms: { host: string; vm: string; state: string }[] };
+    expect(list.vms.find((v) => v.vm === "lost1" && v.host === "plB")).toMatchObject({ state: "paused" });
+    console.log(`post-copy loss: ${missing!.data.pages} pages missing`);
+  }, 300_000);
 });
