@@ -92,5 +92,44 @@ describe("commit decisions", () => {
     expect(await h.run("commit-ready", { ...ready, digest: "cd".repeat(32) })).toEqual(["agent.rollback@B", "agent.rollback@A", "migration.rolledback", "migration.failed"]);
     expect(await h.run("commit-abort", { migrationId: "m", vm: "v", reason: "again", reportedBy: "host A", destinationStopped: false })).toEqual(["agent.rollback@B", "agent.rollback@A", "migration.rolledback"]);
   });
-});
 
+  it("post-copy: resuming the destination is the commit; the gang succeeds and the source quits only once every page arrived with the source's digest", async () => {
+    const h = await planned();
+    expect(await h.run("commit-postcopy-ready", { migrationId: "m", vm: "v", targetHost: "B", pagesMissing: 100 })).toEqual(["agent.resume-target@B", "migration.committed"]);
+    // A repeat re-sends the resume, nothing else.
+    expect(await h.run("commit-postcopy-ready", { migrationId: "m", vm: "v", targetHost: "B", pagesMissing: 100 })).toEqual(["agent.resume-target@B"]);
+    // The source's account arrives; no outcome yet: pages are still faulted in.
+    expect(await h.run("commit-sent", sent)).toEqual([]);
+    const done = { migrationId: "m", vm: "v", targetHost: "B", postcopy: { digest, pagesAfterSwitchover: 100, duplicatesDropped: 0 } };
+    expect(await h.run("commit-resumed", done)).toEqual(["agent.quit-source@A", "migration.succeeded"]);
+  });
+
+  it("post-copy: an image that differs from the source's is reported lost, and the source is kept", async () => {
+    const h = await planned();
+    await h.run("commit-postcopy-ready", { migrationId: "m", vm: "v", targetHost: "B", pagesMissing: 1 });
+    await h.run("commit-sent", sent);
+    const bad = { migrationId: "m", vm: "v", targetHost: "B", postcopy: { digest: "cd".repeat(32), pagesAfterSwitchover: 1, duplicatesDropped: 0 } };
+    expect(await h.run("commit-resumed", bad)).toEqual(["migration.failed", "migration.failed"]);
+  });
+
+  it("post-copy: a failure after the destination resumed is a lost VM, reported once, never rolled back; cancel cannot take it back either", async () => {
+    const h = await planned();
+    await h.run("commit-postcopy-ready", { migrationId: "m", vm: "v", targetHost: "B", pagesMissing: 50 });
+    expect(await h.run("commit-cancel", { migrationId: "m", reason: "operator", requestedBy: "test" })).toEqual([]);
+    const abort = { migrationId: "m", vm: "v", reason: "host A stopped answering", reportedBy: "host B", destinationStopped: false };
+    // The VM's failure, then the gang's.
+    expect(await h.run("commit-abort", abort)).toEqual(["migration.failed", "migration.failed"]);
+    expect(await h.run("commit-abort", abort)).toEqual([]);
+  });
+
+  it("post-copy: a destination that stopped before resuming still rolls back onto the intact source", async () => {
+    const h = await planned();
+    await h.run("commit-postcopy-ready", { migrationId: "m", vm: "v", targetHost: "B", pagesMissing: 50 });
+    expect(await h.run("commit-abort", { migrationId: "m", vm: "v", reason: "cont failed", reportedBy: "host B", destinationStopped: true })).toEqual([
+      "agent.rollback@B",
+      "agent.rollback@A",
+      "migration.rolledback",
+      "migration.failed",
+    ]);
+  });
+});

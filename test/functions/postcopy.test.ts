@@ -1,0 +1,115 @@
+/**
+ * The decisions behind hybrid pre/post-copy, at unit level: the switch-over policy of the
+ * dirty log, and page-request's claims (a page is asked of the source once, whatever is
+ * repeated), with a small in-memory state.
+ */
+import { describe, expect, it } from "vitest";
+import { decideSwitchover, type PassFigures } from "../../functions/dirtyLog/policy.ts";
+import pageRequest, { PREFETCH_PAGES, rangesOf, windowOf } from "../../functions/pageRequest/index.ts";
+import { dirtyLogFunctions } from "../../functions/dirtyLog/index.ts";
+import type { FunctionContext, FunctionDefinition, StateStore } from "../../functions/types.ts";
+import { planKey } from "../../functions/plan/index.ts";
+
+const pass = (round: number, pagesSent: number, expectedDowntimeMs = 5000): PassFigures => ({ round, pagesSent, remainingBytes: pagesSent * 4096, expectedDowntimeMs, transferRate: 8e6, dirtyRate: 3000 });
+const limits = { maxDowntimeMs: 300, postcopy: true, maxRounds: 30, timeBudgetMs: 600_000 };
+
+describe("switch-over policy", () => {
+  it("goes on while passes shrink", () => {
+    expect(decideSwitchover([pass(1, 20000), pass(2, 10000)], limits, 10_000)).toEqual({ action: "continue" });
+  });
+  it("stops and copies when the remainder fits the downtime limit", () => {
+    expect(decideSwitchover([pass(1, 20000), pass(2, 500, 250)], limits, 10_000)).toMatchObject({ action: "stop-and-copy" });
+  });
+  it("switches to post-copy when passes stop shrinking, after the round limit, or after the time budget", () => {
+    expect(decideSwitchover([pass(1, 20000), pass(2, 9000), pass(3, 8800), pass(4, 8700)], limits, 10_000)).toMatchObject({ action: "post-copy", reason: expect.stringMatching(/stopped shrinking/) });
+    expect(decideSwitchover([pass(1, 20000), pass(2, 10000)], { ...limits, maxRounds: 3 }, 10_000)).toMatchObject({ action: "post-copy", reason: expect.stringMatching(/3 rounds/) });
+    expect(decideSwitchover([pass(1, 20000)], limits, 700_000)).toMatchObject({ action: "post-copy", reason: expect.stringMatching(/budget/) });
+  });
+  it("without post-copy: a stuck pre-copy keeps trying until a hard limit, then aborts", () => {
+    const stuck = [pass(1, 20000), pass(2, 9000), pass(3, 8800), pass(4, 8700)];
+    expect(decideSwitchover(stuck, { ...limits, postcopy: false }, 10_000)).toEqual({ action: "continue" });
+    expect(decideSwitchover(stuck, { ...limits, postcopy: false, maxRounds: 5 }, 10_000)).toMatchObject({ action: "abort", reason: expect.stringMatching(/did not converge/) });
+  });
+});
+
+function harness(fn: FunctionDefinition) {
+  const map = new Map<string, unknown>();
+  const state: StateStore = {
+    get: async <T,>(k: string) => structuredClone(map.get(k)) as T | undefined,
+    put: async (k, v) => void map.set(k, structuredClone(v)),
+    create: async (k, v) => (map.has(k) ? false : (map.set(k, structuredClone(v)), true)),
+    delete: async (k) => void map.delete(k),
+    keys: async (prefix) => [...map.keys()].filter((k) => k.startsWith(prefix)),
+  };
+  let emitted: { type: string; data: Record<string, unknown> }[] = [];
+  const ctx: FunctionContext = {
+    emit: (def, _p, data) => void emitted.push({ type: def.type, data: data as Record<string, unknown> }),
+    emitBinary: () => undefined,
+    state,
+    log: { debug() {}, info() {}, warn() {}, error() {} },
+    now: () => new Date(),
+    attempt: 1,
+  };
+  const run = async (data: Record<string, unknown>, id = `e-${Math.random()}`, time = new Date().toISOString()) => {
+    emitted = [];
+    await fn.handler({ specversion: "1.0", id, source: "t", type: fn.trigger.type, time, data } as never, ctx);
+    return emitted;
+  };
+  return { state, run, map };
+}
+
+const plan = { migrationId: "m", sourceHost: "A", targetHost: "B", vms: [{ vm: "v", tenant: "t", memoryBytes: 1 << 30 }], options: { maxDowntimeMs: 300, postcopy: true, maxRounds: 3, completionTimeoutPerGiB: 150 } };
+const fault = (seq: number, page: number, blockBytes = 1 << 20) => ({ migrationId: "m", vm: "v", block: "pc.ram", blockBytes, ranges: [{ offset: page * 4096, length: 4096 }], seq });
+const pagesAsked = (out: { data: Record<string, unknown> }[]) => out.flatMap((e) => (e.data.ranges as { offset: number; length: number }[]).flatMap((r) => Array.from({ length: r.length / 4096 }, (_, i) => r.offset / 4096 + i)));
+
+describe("page-request", () => {
+  it("asks for the faulting page's aligned window, clipped to the block", () => {
+    expect(windowOf([{ offset: 20 * 4096, length: 4096 }], 1 << 20)).toEqual(Array.from({ length: PREFETCH_PAGES }, (_, i) => 16 + i));
+    expect(windowOf([{ offset: 250 * 4096, length: 4096 }], 252 * 4096)).toEqual([240, 241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251]);
+    expect(rangesOf([1, 2, 3, 7])).toEqual([{ offset: 4096, length: 3 * 4096 }, { offset: 7 * 4096, length: 4096 }]);
+  });
+
+  it("every page is asked of the source once: repeated, overlapping and replayed requests ask for nothing again", async () => {
+    const h = harness(pageRequest as unknown as FunctionDefinition);
+    await h.state.put(planKey("m"), plan);
+    const first = await h.run(fault(0, 20), "f0");
+    expect(first).toHaveLength(1);
+    expect(first[0]!.data).toMatchObject({ host: "A", vm: "v", block: "pc.ram", requestSeq: 0 });
+    expect(pagesAsked(first)).toEqual(Array.from({ length: 16 }, (_, i) => 16 + i));
+    // The same fault again (QEMU re-faulting, or an injected copy with a new id): nothing.
+    expect(await h.run(fault(1, 20), "f1")).toEqual([]);
+    expect(await h.run(fault(2, 31), "f2")).toEqual([]);
+    // A redelivery of the first event asks again for exactly what it claimed (same derived id: a no-op copy on the stream).
+    expect(pagesAsked(await h.run(fault(0, 20), "f0"))).toEqual(pagesAsked(first));
+    // A neighbouring window is new.
+    expect(pagesAsked(await h.run(fault(3, 40), "f3"))).toEqual(Array.from({ length: 16 }, (_, i) => 32 + i));
+    // Across many faults, no page is asked twice.
+    const all: number[] = [...pagesAsked(first), ...Array.from({ length: 16 }, (_, i) => 32 + i)];
+    for (let seq = 4; seq < 60; seq++) all.push(...pagesAsked(await h.run(fault(seq, (seq * 37) % 256), `f${seq}`)));
+    expect(new Set(all).size).toBe(all.length);
+  });
+});
+
+describe("dirty-log", () => {
+  const round = (r: number, pagesSent: number, expectedDowntimeMs: number) => ({ migrationId: "m", vm: "v", sourceHost: "A", round: r, pagesSent, pagesDirtied: 1000, durationMs: 1000, dirtyRate: 3000, transferRate: 8e6, remainingBytes: 1e7, expectedDowntimeMs });
+  const fn = dirtyLogFunctions.find((f) => f.id === "dirty-log")!;
+
+  it("decides once per VM and sends the decision to the source host", async () => {
+    const h = harness(fn);
+    await h.state.put(planKey("m"), plan);
+    expect(await h.run(round(1, 20000, 5000))).toEqual([]);
+    const out = await h.run(round(2, 19000, 5000));
+    expect(out.map((e) => e.type)).toEqual(["io.gangway.agent.switchover.v1"]);
+    expect(out[0]!.data).toMatchObject({ host: "A", vm: "v", mode: "post-copy" });
+    expect(await h.run(round(3, 100, 10))).toEqual([]); // decided: history only
+  });
+
+  it("without post-copy, the round limit is an abort the commit function rolls back", async () => {
+    const h = harness(fn);
+    await h.state.put(planKey("m"), { ...plan, options: { ...plan.options, postcopy: false } });
+    await h.run(round(1, 20000, 5000));
+    const out = await h.run(round(2, 19000, 5000));
+    expect(out.map((e) => e.type)).toEqual(["io.gangway.commit.abort.v1"]);
+    expect(out[0]!.data).toMatchObject({ reportedBy: "dirty-log", reason: expect.stringMatching(/did not converge/) });
+  });
+});
