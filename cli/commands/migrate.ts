@@ -5,12 +5,13 @@ import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
 import { migrateGang } from "../gangMigration.ts";
 import { hostOf } from "../localCluster.ts";
 import { jetstream } from "@nats-io/jetstream";
-import { migrationCancel } from "../../schemas/index.ts";
+import { migrationCancel, migrationForceComplete } from "../../schemas/index.ts";
 import { createPublisher } from "../../infra/events/publisher.ts";
 import { progressPrinter, summaryTable } from "../progressView.ts";
 
 const help = `usage: gangway migrate VM... [--from HOST] [--to HOST] [options]
        gangway migrate --cancel MIGRATION_ID [--reason TEXT]
+       gangway migrate --force-complete MIGRATION_ID
 
 Live-migrates the VMs as one gang: each distinct page crosses the link once.
 
@@ -18,8 +19,12 @@ Live-migrates the VMs as one gang: each distinct page crosses the link once.
   --to HOST              destination (default: the host with most free memory)
   --max-downtime-ms N    largest acceptable downtime (default 300)
   --progress-timeout S   abort after S seconds without progress (default 150)
+  --postcopy             allow a switch to post-copy when pre-copy stops converging (virsh --postcopy)
+  --max-rounds N         pre-copy passes before post-copy, or before giving up without it (default 30)
+  --bandwidth MBPS       cap the migration stream at MBPS megabytes/s (virsh --bandwidth)
   --reason TEXT          recorded in the audit trail
   --cancel ID            cancel a migration in whatever phase it is: VMs not yet committed roll back
+  --force-complete ID    switch over now: post-copy where allowed, else stop-and-copy (Nova's force-complete)
   --json                 one JSON line per progress update, then the summary
 ${natsFlagHelp}`;
 
@@ -28,18 +33,22 @@ const TOKEN = /^[A-Za-z0-9_-]{1,128}$/;
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parseCommandArgs(argv, {
     ...natsFlagSpec, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" }, "max-downtime-ms": { type: "string" }, "progress-timeout": { type: "string" }, reason: { type: "string" }, cancel: { type: "string" }, help: { type: "boolean" },
+    postcopy: { type: "boolean" }, "max-rounds": { type: "string" }, bandwidth: { type: "string" }, "force-complete": { type: "string" },
   });
   if (values.help) return void process.stdout.write(help + "\n");
-  if (values.cancel !== undefined) {
-    if (positionals.length) throw new UsageError("--cancel takes a migration id and no VM names");
-    if (!TOKEN.test(values.cancel)) throw new UsageError(`migration id "${values.cancel}" must be letters, digits, _ or -`);
+  for (const flag of ["cancel", "force-complete"] as const) {
+    const migrationId = values[flag];
+    if (migrationId === undefined) continue;
+    if (positionals.length) throw new UsageError(`--${flag} takes a migration id and no VM names`);
+    if (!TOKEN.test(migrationId)) throw new UsageError(`migration id "${migrationId}" must be letters, digits, _ or -`);
     const nc = await connectFromFlags(values, "gangway-migrate");
     try {
-      await createPublisher(jetstream(nc), "gangway/cli").publish(migrationCancel, { migrationId: values.cancel }, {
-        migrationId: values.cancel, requestedBy: `gangway-cli@${process.env.USER ?? "unknown"}`, ...(values.reason ? { reason: values.reason } : {}),
-      });
-      if (values.json) printJson({ migrationId: values.cancel, cancel: "requested" });
-      else process.stdout.write(`cancel of ${values.cancel} requested\n`);
+      const pub = createPublisher(jetstream(nc), "gangway/cli");
+      const requestedBy = `gangway-cli@${process.env.USER ?? "unknown"}`;
+      if (flag === "cancel") await pub.publish(migrationCancel, { migrationId }, { migrationId, requestedBy, ...(values.reason ? { reason: values.reason } : {}) });
+      else await pub.publish(migrationForceComplete, { migrationId }, { migrationId, requestedBy });
+      if (values.json) printJson({ migrationId, [flag]: "requested" });
+      else process.stdout.write(`${flag} of ${migrationId} requested\n`);
     } finally {
       await nc.close();
     }
@@ -50,6 +59,9 @@ export async function run(argv: string[]): Promise<void> {
   for (const h of [values.from, values.to]) if (h !== undefined && !TOKEN.test(h)) throw new UsageError(`host "${h}" must be letters, digits, _ or -`);
   const maxDowntimeMs = numberFlag("max-downtime-ms", values["max-downtime-ms"], 300);
   const progressTimeoutSec = numberFlag("progress-timeout", values["progress-timeout"], 150);
+  const maxRounds = numberFlag("max-rounds", values["max-rounds"], 30);
+  if (!Number.isInteger(maxRounds)) throw new UsageError(`--max-rounds must be a whole number, got "${values["max-rounds"]}"`);
+  const bandwidthMBps = values.bandwidth === undefined ? undefined : numberFlag("bandwidth", values.bandwidth, 0);
   const nc = await connectFromFlags(values, "gangway-migrate");
   try {
     const from = values.from ?? (await hostOf(nc, positionals));
@@ -57,7 +69,7 @@ export async function run(argv: string[]): Promise<void> {
     const printer = progressPrinter({ json: Boolean(values.json), tty: Boolean(process.stderr.isTTY) });
     const summary = await migrateGang({
       nc, vms: positionals, sourceHost: from, ...(values.to ? { targetHost: values.to } : {}), ...(values.reason ? { reason: values.reason } : {}),
-      options: { maxDowntimeMs, progressTimeoutSec }, onUpdate: (v) => printer.update(v), idleTimeoutMs: progressTimeoutSec * 1000 + 30_000,
+      options: { maxDowntimeMs, progressTimeoutSec, maxRounds, postcopy: Boolean(values.postcopy), ...(bandwidthMBps ? { bandwidthMBps } : {}) }, onUpdate: (v) => printer.update(v), idleTimeoutMs: progressTimeoutSec * 1000 + 30_000,
     });
     printer.done();
     if (values.json) printJson({ type: "summary", ...summary });
