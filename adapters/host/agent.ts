@@ -367,7 +367,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       // this migration stores as it goes.
       source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyerFor(c.spec.tenant));
       source.prefetch(c.migrationId, c.spec.tenant, keyerFor(c.spec.tenant));
-      const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover }, state);
+      const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover, ended: ended.promise }, state);
       await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": o.host }, () =>
         o.driver.migrateIn(vm, records, { postcopy: c.options.postcopy, onReturnPath }));
       log.debug("destination loaded", { migrationId: c.migrationId, vm: c.spec.name });

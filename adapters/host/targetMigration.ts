@@ -42,6 +42,8 @@ export interface TargetMigrationOptions {
   onProgress?: (p: { round: number; pages: number; batches: number }) => void;
   /** Post-copy: PACKAGED was handed on (QEMU loads the devices, then waits for `cont`). */
   onSwitchover?: () => void;
+  /** Stop reading when this settles (the VM was decided on this host, say rolled back). */
+  ended?: Promise<unknown>;
 }
 
 /** What the rebuild learned, for the commit proof once QEMU has loaded the stream. */
@@ -91,6 +93,8 @@ async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<Return
   const timer = setInterval(() => {
     if (Date.now() - last > timeout) messages.stop(new ManifestError(`no manifest progress for ${Math.round(timeout / 1000)} s`));
   }, 500);
+  // A rollback must not leave the reader waiting for a source that is gone (until the time-out).
+  void o.ended?.then(() => messages.stop(new ManifestError("the migration ended on this host")));
   try {
     for await (const m of messages) {
       last = Date.now();
