@@ -15,6 +15,8 @@ import { inventoryKey, type HostInventory } from "../inventory/index.ts";
 
 export type Plan = z.infer<typeof migrationPlanned.data>;
 export const planKey = (migrationId: string) => `migration.${migrationId}.plan`;
+/** The migration a VM (on its source host) is leaving in; over once that one has an outcome. */
+const vmClaimKey = (host: string, vm: string) => `vm.${host}.${vm}.migration`;
 
 export default defineFunction({
   id: "plan",
@@ -52,6 +54,12 @@ export default defineFunction({
       if (!inv && ctx.attempt < WAIT_FOR_INVENTORY_ATTEMPTS) throw new RetryAfterError("waiting for the target host's inventory", 500);
       if (!inv) return fail(`target host ${target} has not reported its inventory`);
       if (inv.memoryFreeBytes < need) return fail(`target host ${target} has ${inv.memoryFreeBytes} bytes free, the gang needs ${need}`);
+      // Another VM of the same name or identity there (another tenant's, say) would receive
+      // these pages: refuse now, before any page moves.
+      for (const v of vms) {
+        const clash = inv.vms.find((t) => t.vm === v.vm || (v.uuid !== undefined && t.uuid === v.uuid));
+        if (clash) return fail(`target host ${target} already has VM ${clash.vm} (tenant ${clash.tenant}${clash.uuid ? `, uuid ${clash.uuid}` : ""}); VM ${v.vm} of tenant ${v.tenant} cannot move there`);
+      }
     } else {
       const hosts = (await ctx.state.keys("inventory.")).map((k) => k.slice("inventory.".length)).filter((h) => h !== req.sourceHost);
       let best: HostInventory | undefined;
@@ -65,6 +73,18 @@ export default defineFunction({
     // Later decisions (commit, rollback, gang outcome) need the plan: keep it in state, once.
     // A retry reuses the plan already made, so it can never send a VM's halves to two places.
     let plan: Plan = { migrationId: req.migrationId, sourceHost: req.sourceHost, targetHost: target, vms, options: req.options };
+    const existing = await ctx.state.get<Plan>(planKey(req.migrationId));
+    if (!existing) {
+      // One migration per VM at a time: a VM is claimed until its migration has an outcome
+      // (the inventory says "migrating" only a moment later). Cancel the other one first.
+      for (const v of vms) {
+        const other = await ctx.state.get<string>(vmClaimKey(req.sourceHost, v.vm));
+        if (other && other !== req.migrationId && !(await ctx.state.get(`migration.${other}.outcome`))) {
+          return fail(`VM ${v.vm} is already migrating (migration ${other}); cancel that one first`);
+        }
+      }
+      for (const v of vms) await ctx.state.put(vmClaimKey(req.sourceHost, v.vm), req.migrationId);
+    }
     if (!(await ctx.state.create(planKey(req.migrationId), plan))) plan = (await ctx.state.get<Plan>(planKey(req.migrationId)))!;
     ctx.log.info("planned", { migrationId: req.migrationId, target: plan.targetHost, vms: req.vms.length });
     ctx.emit(migrationPlanned, params, plan);
