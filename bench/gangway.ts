@@ -175,7 +175,7 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
     const migrationId = newMigrationId();
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<"timeout">((r) => (timer = setTimeout(() => r("timeout"), w.timeLimitMs)));
-    const run = migrateGang({ nc, vms: names, sourceHost: hostA, targetHost: hostB, requestedBy: "gangway bench", migrationId });
+    const run = migrateGang({ nc, vms: names, sourceHost: hostA, targetHost: hostB, requestedBy: "gangway bench", migrationId, ...(w.gangwayOptions ? { options: w.gangwayOptions } : {}) });
     const first = await Promise.race([run, timedOut]);
     clearTimeout(timer);
     let summary: GangSummary | undefined;

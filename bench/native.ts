@@ -4,6 +4,9 @@
  *   plain         pre-copy, max-bandwidth lifted (QEMU 7.2 caps at 32 MiB/s by default)
  *   multifd-zstd  the same plus multifd (2 channels) with zstd compression on both ends;
  *                 every channel is another TCP connection, and all of them go through the link.
+ *   postcopy      plain pre-copy with postcopy-ram on both ends, switched to post-copy once the
+ *                 first pass is done (virsh --postcopy-after-precopy); the destination is
+ *                 resumed as soon as it has the device state, its pages follow.
  * Bytes are counted at the link (QEMU's own counters show uncompressed sizes). Time is from
  * the first `migrate` to the last destination that finished loading; downtime is QEMU's
  * (`query-migrate` on the source). Every destination is resumed and checked.
@@ -15,7 +18,7 @@ import { verifyTestGuest } from "../adapters/qemu/testGuest.ts";
 import { createLink, diffCounters, freePort } from "./shaper.ts";
 import type { Workload } from "./workloads.ts";
 
-export type NativeMode = "plain" | "multifd-zstd";
+export type NativeMode = "plain" | "multifd-zstd" | "postcopy";
 
 /** QEMU 7.2 caps outgoing migration at 32 MiB/s by default; a user lifts it (the link limits). */
 const UNLIMITED_BPS = 100 * 1024 ** 3;
@@ -100,6 +103,7 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
             await h.qmp.migrateSetParameters({ "multifd-channels": 2, "multifd-compression": "zstd" });
           }
         }
+        if (mode === "postcopy") for (const h of [src, dst]) await h.qmp.migrateSetCapabilities({ "postcopy-ram": true });
         await src.qmp.migrateSetParameters({ "max-bandwidth": UNLIMITED_BPS });
         const port = await freePort();
         await dst.qmp.migrateIncoming(`tcp:127.0.0.1:${port}`);
@@ -118,12 +122,25 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
         // The destination has everything once its incoming migration completed.
         let loadedAt: number | undefined;
         let srcInfo: MigrationInfo = {};
+        let postcopyResumedAt: number | undefined;
+        let switched = false;
         const deadline = start + w.timeLimitMs;
         for (;;) {
           const d = await dst.qmp.queryMigrate();
           if (d.status === "completed") {
             loadedAt = performance.now();
             break;
+          }
+          if (mode === "postcopy") {
+            if (!switched && ((await src.qmp.queryMigrate()).ram?.["dirty-sync-count"] ?? 0) >= 2) {
+              await src.qmp.migrateStartPostcopy();
+              switched = true;
+            }
+            // The destination has the devices (RUN done, -S keeps it paused): resume it now.
+            if (postcopyResumedAt === undefined && d.status === "postcopy-active" && (await dst.qmp.queryStatus()).status === "paused") {
+              await dst.qmp.cont();
+              postcopyResumedAt = performance.now();
+            }
           }
           if (d.status === "failed") break;
           srcInfo = await src.qmp.queryMigrate();
@@ -138,8 +155,8 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
           log(`${mode}: ${vm} ${status} (${info.status}, ${info["error-desc"] ?? `${info.ram?.["dirty-sync-count"] ?? "?"} passes in ${Math.round(w.timeLimitMs / 1000)} s`})`);
           return { vm, status, verified: false, check: "", qemu_transferred: info.ram?.transferred, dirty_sync_count: info.ram?.["dirty-sync-count"] };
         }
-        await dst.qmp.cont();
-        const resumedAt = performance.now();
+        if (postcopyResumedAt === undefined) await dst.qmp.cont();
+        const resumedAt = postcopyResumedAt ?? performance.now();
         srcInfo = await src.qmp.waitForMigration({ timeoutMs: 30_000 });
         const srcEnd = start + (srcInfo["total-time"] ?? 0);
         const stoppedAt = srcEnd - (srcInfo.downtime ?? 0);

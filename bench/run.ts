@@ -8,6 +8,8 @@ import { cpus, loadavg, totalmem } from "node:os";
 import { execFileSync } from "node:child_process";
 import { runGangway, type GangwayResult } from "./gangway.ts";
 import { runNative, type NativeMode, type NativeResult } from "./native.ts";
+
+const NATIVE_MODES: readonly NativeMode[] = ["plain", "multifd-zstd", "postcopy"];
 import { unavailable, workload, type Workload, type WorkloadId } from "./workloads.ts";
 
 export interface BenchOptions {
@@ -148,6 +150,11 @@ function targets(id: WorkloadId, native: Record<NativeMode, ConfigSummary>, g: G
   if (id === "W3") t.push(mk("time ≤ 1.1× the faster native", 1.1, ratio(g?.time_ms, fasterNative)));
   const bestDowntime = [native.plain.downtime_max_ms, native["multifd-zstd"].downtime_max_ms].filter((s): s is Stat => !!s).sort((a, b) => a.median - b.median)[0];
   if (id !== "W4") t.push(mk("worst VM downtime ≤ the better native's (ratio ≤ 1)", 1, ratio(g?.downtime_max_ms, bestDowntime)));
+  if (id === "W4") {
+    t.push(mk("gangway completes (post-copy): runs not completed", 0, g ? g.runs - g.completed : undefined));
+    t.push(mk("time ≤ native post-copy's", 1, ratio(g?.time_ms, native.postcopy?.time_ms)));
+    t.push(mk("worst VM downtime ≤ native post-copy's", 1, ratio(g?.downtime_max_ms, native.postcopy?.downtime_max_ms)));
+  }
   return t;
 }
 
@@ -166,7 +173,7 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
   const work = await mkdtemp("/tmp/gwb-");
   try {
     for (const id of o.workloads) {
-      const empty = (): Record<NativeMode, NativeResult[]> => ({ plain: [], "multifd-zstd": [] });
+      const empty = (): Record<NativeMode, NativeResult[]> => ({ plain: [], "multifd-zstd": [], postcopy: [] });
       const raw: WorkloadReport["raw"] = { native: empty(), gangway: [], errors: [], load: [] };
       // Other work on the machine skews every figure: record the load around each run.
       const loadOf = async <T>(run: string, f: () => Promise<T>): Promise<T> => {
@@ -180,13 +187,13 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
       const why = unavailable(id);
       if (why) {
         log(`${id}: skipped: ${why}`);
-        report.workloads.push({ id, title: id, skipped: why, native: { plain: summarizeNative([]), "multifd-zstd": summarizeNative([]) }, targets: [], raw });
+        report.workloads.push({ id, title: id, skipped: why, native: { plain: summarizeNative([]), "multifd-zstd": summarizeNative([]), postcopy: summarizeNative([]) }, targets: [], raw });
         continue;
       }
       const w: Workload = await workload(id, { quick: o.quick, workDir: work });
       log(`${id}: ${w.title}`);
       for (let rep = 1; rep <= o.reps; rep++) {
-        for (const mode of ["plain", "multifd-zstd"] as const) {
+        for (const mode of w.nativeModes ?? (["plain", "multifd-zstd"] as const)) {
           try {
             const r = await loadOf(`native ${mode} #${rep}`, () => runNative({ workload: w, mode, bytesPerSecond, baseDir: `${work}/n`, log: (s) => log(`${id} #${rep} native ${s}`) }));
             raw.native[mode].push(r);
@@ -209,10 +216,10 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
           await rm(gw, { recursive: true, force: true });
         }
       }
-      const native = { plain: summarizeNative(raw.native.plain), "multifd-zstd": summarizeNative(raw.native["multifd-zstd"]) };
+      const native = { plain: summarizeNative(raw.native.plain), "multifd-zstd": summarizeNative(raw.native["multifd-zstd"]), postcopy: summarizeNative(raw.native.postcopy) };
       const g = summarizeGangway(raw.gangway.filter((r): r is GangwayResult => !("error" in r)));
       const ratios = Object.fromEntries(
-        (["plain", "multifd-zstd"] as const).map((m) => [
+        NATIVE_MODES.map((m) => [
           m,
           {
             ...opt("bytes", ratio(g.bytes_on_link, native[m].bytes_on_link)),
@@ -253,10 +260,11 @@ export function formatReport(r: BenchReport): string {
     }
     // Runs stopped by the time limit: what they had put on the link by then.
     const sent = (xs: number[]) => (xs.length ? `(${mb(Math.min(...xs))}–${mb(Math.max(...xs))} sent, unfinished)` : "-");
-    for (const m of ["plain", "multifd-zstd"] as const) {
+    for (const m of NATIVE_MODES) {
       const s = w.native[m];
+      if (!s || s.runs === 0) continue;
       const bytes = s.bytes_on_link ? pair(s.bytes_on_link, mb) : sent(w.raw.native[m].filter((x) => !x.completed).map((x) => x.bytes_on_link));
-      out.push(`| ${w.id} | native ${m === "plain" ? "plain pre-copy" : "multifd+zstd"} | ${s.completed}/${s.runs} ok, ${s.verified} verified | ${pair(s.time_ms, sec)} | ${bytes} | ${pair(s.downtime_max_ms, ms)} | | |`);
+      out.push(`| ${w.id} | native ${m === "plain" ? "plain pre-copy" : m === "postcopy" ? "post-copy after one pass" : "multifd+zstd"} | ${s.completed}/${s.runs} ok, ${s.verified} verified | ${pair(s.time_ms, sec)} | ${bytes} | ${pair(s.downtime_max_ms, ms)} | | |`);
     }
     const g = w.gangway;
     if (g) {
@@ -276,8 +284,9 @@ export function formatReport(r: BenchReport): string {
   out.push("|---|---|---|---|---|---|");
   for (const w of r.workloads) {
     if (!w.ratios) continue;
-    for (const m of ["plain", "multifd-zstd"] as const) {
+    for (const m of NATIVE_MODES) {
       const x = w.ratios[m];
+      if (!x || !w.native[m] || w.native[m].runs === 0) continue;
       out.push(`| ${w.id} | native ${m} | ${r3(x.bytes)} | ${r3(x.migration_bytes)} | ${r3(x.time)} | ${r3(x.downtime_max)} |`);
     }
   }
@@ -288,7 +297,7 @@ export function formatReport(r: BenchReport): string {
     for (const t of w.targets) out.push(`- ${w.id}: ${t.what}: ${t.value === undefined ? "not measured" : `${t.value.toFixed(2)} → ${t.met ? "met" : "MISSED"}`}`);
     for (const e of w.raw.errors) out.push(`- ${w.id}: error: ${e}`);
     if (w.raw.load.length) out.push(`- ${w.id}: machine load (1-min average) before the runs: ${Math.min(...w.raw.load.map((l) => l.loadavg1_before)).toFixed(1)}–${Math.max(...w.raw.load.map((l) => l.loadavg1_before)).toFixed(1)} on ${r.machine.cpus} cores`);
-    const notDone = [...w.raw.native.plain, ...w.raw.native["multifd-zstd"]].filter((n) => !n.completed);
+    const notDone = NATIVE_MODES.flatMap((m) => w.raw.native[m] ?? []).filter((n) => !n.completed);
     for (const n of notDone) out.push(`- ${w.id}: native ${n.mode} did not finish: ${n.reason}`);
     for (const g of w.raw.gangway) if (!("error" in g) && !g.completed) out.push(`- ${w.id}: gangway did not finish: ${g.reason}`);
   }

@@ -13,6 +13,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { chmod, copyFile, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { GUEST_KERNEL } from "../cli/localCluster.ts";
+import type { MigrationOptions } from "../schemas/index.ts";
 
 export type WorkloadId = "W1" | "W2" | "W3" | "W4";
 export const ALL_WORKLOADS: WorkloadId[] = ["W1", "W2", "W3", "W4"];
@@ -36,6 +37,10 @@ export interface Workload {
   verify: "test-guest" | "shell";
   /** Give up a migration (and report it) after this long. */
   timeLimitMs: number;
+  /** Native configurations to compare with. @default plain and multifd-zstd */
+  nativeModes?: ("plain" | "multifd-zstd" | "postcopy")[];
+  /** gangway's migration options for this workload. @default none */
+  gangwayOptions?: Partial<MigrationOptions>;
 }
 
 export interface WorkloadOptions {
@@ -120,6 +125,10 @@ export async function workload(id: WorkloadId, o: WorkloadOptions): Promise<Work
         id, title: "1 test VM × 256 MiB dirtying 60,000 pages/s (≈246 MB/s, twice what the link carries)",
         vms: [guest("w4vm1", 256, { seed: 21, image: 7, zero: 25, shared: 25, rate: 60000 })],
         verify: "test-guest", timeLimitMs: o.quick ? 30_000 : 60_000,
+        // Post-copy on both sides: native after its first pass, gangway when its dirty log
+        // sees the passes stop shrinking (or after 3 rounds).
+        nativeModes: ["plain", "postcopy"],
+        gangwayOptions: { postcopy: true, maxRounds: 3 },
       };
   }
 }

@@ -20,11 +20,12 @@ const report: BenchReport = {
       native: {
         plain: { runs: 1, completed: 1, verified: 1, time_ms: { min: 1000, median: 1000, n: 1 }, bytes_on_link: { min: 135e6, median: 135e6, n: 1 }, downtime_max_ms: { min: 200, median: 200, n: 1 } },
         "multifd-zstd": { runs: 1, completed: 0, verified: 0 },
+        postcopy: { runs: 0, completed: 0, verified: 0 },
       },
       gangway: { runs: 1, completed: 1, verified: 1, time_ms: { min: 2000, median: 2000, n: 1 }, bytes_on_link: { min: 150e6, median: 150e6, n: 1 }, prep_bytes_on_link: { min: 130e6, median: 130e6, n: 1 }, migration_bytes_on_link: { min: 20e6, median: 20e6, n: 1 } },
-      ratios: { plain: { bytes: 1.111, time: 2 }, "multifd-zstd": {} },
+      ratios: { plain: { bytes: 1.111, time: 2 }, "multifd-zstd": {}, postcopy: {} },
       targets: [{ what: "time ≤ 1.1× the faster native", limit: 1.1, value: 2, met: false }],
-      raw: { native: { plain: [], "multifd-zstd": [] }, gangway: [], errors: [], load: [] },
+      raw: { native: { plain: [], "multifd-zstd": [], postcopy: [] }, gangway: [], errors: [], load: [] },
     },
   ],
 };
