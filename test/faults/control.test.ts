@@ -1,0 +1,153 @@
+/**
+ * Fault cases 8, 9, 11 and 12: cancel in every phase (twice) and after completion; an
+ * unreachable destination and a destination holding a VM of another identity (refused
+ * before any page moves); ten failed migrations in a row, then a good one, with nothing
+ * leaked; a second migration of a VM that is already migrating, refused.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { execFileSync } from "node:child_process";
+import { readdir } from "node:fs/promises";
+import { migrateGang, newMigrationId, type GangSummary } from "../../cli/gangMigration.ts";
+import { readEvents } from "../../infra/events/reader.ts";
+import {
+  checkPlacement, ephemeralConsumers, expectRolledBack, expectSucceeded, guest, MigrationWatch, qemus, runCase, startCluster, startVms,
+  type CaseRecorder, type Cluster,
+} from "./harness.ts";
+
+let c: Cluster;
+let at = "hostA";
+const other = () => (at === "hostA" ? "hostB" : "hostA");
+
+beforeAll(async () => {
+  c = await startCluster({ hosts: ["hostA", "hostB", "hostC"] });
+  await startVms(c.nats.nc, "hostA", [guest("c1", 1)]);
+}, 120_000);
+afterAll(async () => c?.stop(), 60_000);
+
+const cancel = (migrationId: string) =>
+  execFileSync(process.execPath, ["bin/gangway.mjs", "migrate", "--cancel", migrationId, "--reason", "fault suite", "--nats", c.nats.url], { encoding: "utf8" });
+
+async function cancelledEvents(migrationId: string): Promise<number> {
+  let n = 0;
+  for await (const e of readEvents(c.nats.nc, { filter: `gw.migration.${migrationId}.cancelled` })) if (e.result.ok) n++;
+  return n;
+}
+
+/** A refused request: failed with a bounded reason, and no page moved (no agent was told anything). */
+async function expectRefused(r: CaseRecorder, s: GangSummary, w: MigrationWatch, reason: RegExp): Promise<void> {
+  r.f.migrations++;
+  expect(s.outcome).toBe("failed");
+  expect(s.reason).toMatch(reason);
+  expect(s.reason!.length).toBeLessThanOrEqual(2000);
+  expect(w.has("agent.start-source")).toBe(false);
+  expect(w.has("agent.prepare-target")).toBe(false);
+  expect(w.has("manifest.")).toBe(false);
+  r.f.refused++;
+  w.stop();
+}
+
+describe("fault: control — cancel, refusals, repeats", () => {
+  it("8: cancel in each phase, twice in a row, and after completion", () =>
+    runCase("8", "cancel (twice, by the CLI) at setup, while pages flow, at switch-over; then twice after completion", async (r) => {
+      for (const phase of ["migration.planned", "migration.progress", "migration.switchover"]) {
+        const migrationId = newMigrationId();
+        const w = await MigrationWatch.start(c, migrationId);
+        const from = at;
+        const to = other();
+        const done = migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: from, targetHost: to, migrationId });
+        await w.waitFor(phase);
+        cancel(migrationId);
+        cancel(migrationId);
+        r.f.faultsInjected += 2;
+        const s = await done;
+        if (s.outcome === "succeeded") {
+          // At switch-over the commit may be decided first: then the cancel changes nothing.
+          w.stop();
+          await expectSucceeded(c, r, s, { vms: ["c1"], source: from, target: to });
+          expect(await cancelledEvents(migrationId)).toBe(0);
+          at = to;
+        } else {
+          await expectRolledBack(c, r, s, w, { vms: ["c1"], source: from, target: to, reason: /cancelled by .*fault suite/ });
+          r.f.cancelled++;
+          expect(await cancelledEvents(migrationId)).toBe(1);
+        }
+      }
+      const s = await migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: other() });
+      await expectSucceeded(c, r, s, { vms: ["c1"], source: at, target: other() });
+      at = other();
+      cancel(s.migrationId);
+      cancel(s.migrationId);
+      r.f.faultsInjected += 2;
+      await new Promise((res) => setTimeout(res, 2000));
+      expect(await cancelledEvents(s.migrationId)).toBe(0);
+      r.add(await checkPlacement(c, ["c1"], at, other()));
+    }), 300_000);
+
+  it("9: unreachable destination (never seen; agent dead) and a destination with a VM of another identity", () =>
+    runCase("9", "destination never seen / agent dead; destination holding a VM of the same name (other tenant) or the same uuid: refused before any page moves", async (r) => {
+      {
+        const migrationId = newMigrationId();
+        const w = await MigrationWatch.start(c, migrationId);
+        await expectRefused(r, await migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: "hostZ", migrationId }), w, /hostZ has not reported/);
+      }
+      // Another tenant's VM of the same name, and a VM with c1's uuid under another name.
+      const tgt = other();
+      await startVms(c.nats.nc, tgt, [guest("c1", 5, { tenant: "other" })]);
+      {
+        const migrationId = newMigrationId();
+        const w = await MigrationWatch.start(c, migrationId);
+        await expectRefused(r, await migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: tgt, migrationId }), w, /already has VM c1 \(tenant other/);
+      }
+      execFileSync(process.execPath, ["bin/gangway.mjs", "vm", "stop", "c1", "--host", tgt, "--nats", c.nats.url]);
+      const uuid = "6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab";
+      await startVms(c.nats.nc, at, [{ ...guest("u1", 6), uuid }]);
+      await startVms(c.nats.nc, tgt, [{ ...guest("u2", 7), uuid }]);
+      {
+        const migrationId = newMigrationId();
+        const w = await MigrationWatch.start(c, migrationId);
+        await expectRefused(r, await migrateGang({ nc: c.nats.nc, vms: ["u1"], sourceHost: at, targetHost: tgt, migrationId }), w, new RegExp(`already has VM u2 .*uuid ${uuid}`));
+      }
+      for (const [h, v] of [[at, "u1"], [tgt, "u2"]] as const) execFileSync(process.execPath, ["bin/gangway.mjs", "vm", "stop", v, "--host", h, "--nats", c.nats.url]);
+      // A host that reported, then died: the source notices within seconds and rolls back.
+      await c.agents.get("hostC")!.kill();
+      r.f.faultsInjected++;
+      const migrationId = newMigrationId();
+      const w = await MigrationWatch.start(c, migrationId);
+      const s = await migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: "hostC", migrationId });
+      await expectRolledBack(c, r, s, w, { vms: ["c1"], source: at, target: "hostC", reason: /hostC stopped answering/ });
+    }), 240_000);
+
+  it("11: ten failed migrations in a row, then a good one: nothing leaked", () =>
+    runCase("11", "ten migrations to a dead host in a row (each rolled back), then one that succeeds", async (r) => {
+      const consumersBefore = await ephemeralConsumers(c);
+      const shmBefore = (await readdir("/dev/shm")).filter((f) => f.startsWith("gangway-host")).length;
+      for (let i = 0; i < 10; i++) {
+        const migrationId = newMigrationId();
+        const w = await MigrationWatch.start(c, migrationId);
+        const s = await migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: "hostC", migrationId });
+        r.f.faultsInjected++;
+        await expectRolledBack(c, r, s, w, { vms: ["c1"], source: at, target: "hostC", reason: /hostC stopped answering/ });
+      }
+      const s = await migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: other() });
+      await expectSucceeded(c, r, s, { vms: ["c1"], source: at, target: other() });
+      at = other();
+      expect(await ephemeralConsumers(c)).toBeLessThanOrEqual(consumersBefore + 1); // + the destination's pack follower
+      expect((await readdir("/dev/shm")).filter((f) => f.startsWith("gangway-host")).length).toBeLessThanOrEqual(shmBefore + 1);
+      expect((await qemus(c)).length).toBe(1);
+    }), 300_000);
+
+  it("12: a second migration of a VM already migrating is refused; the first completes", () =>
+    runCase("12", "a second migration of a VM requested while its first is under way", async (r) => {
+      const first = newMigrationId();
+      const second = newMigrationId();
+      const w2 = await MigrationWatch.start(c, second);
+      const done = migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: other(), migrationId: first });
+      const w1 = await MigrationWatch.start(c, first);
+      await w1.waitFor("migration.planned");
+      w1.stop();
+      r.f.faultsInjected++;
+      await expectRefused(r, await migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: other(), migrationId: second }), w2, new RegExp(`c1 is already migrating \\(migration ${first}\\)|c1 is migrating`));
+      await expectSucceeded(c, r, await done, { vms: ["c1"], source: at, target: other() });
+      at = other();
+    }), 180_000);
+});

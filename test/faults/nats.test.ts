@@ -1,0 +1,48 @@
+/**
+ * Fault case 6: the NATS server paused (SIGSTOP) in the middle of a transfer. With a short
+ * progress time-out the migration aborts once NATS is back, the source runs, and nothing
+ * hangs; a pause shorter than the time-outs costs nothing.
+ */
+import { afterAll, beforeAll, describe, it } from "vitest";
+import { migrateGang, newMigrationId } from "../../cli/gangMigration.ts";
+import { expectRolledBack, expectSucceeded, guest, MigrationWatch, runCase, sleep, startCluster, startVms, type Cluster } from "./harness.ts";
+
+let c: Cluster;
+beforeAll(async () => {
+  c = await startCluster();
+  await startVms(c.nats.nc, "hostA", [guest("n1", 1)]);
+}, 120_000);
+afterAll(async () => c?.stop(), 60_000);
+
+const vms = ["n1"];
+
+describe("fault: NATS paused mid-transfer", () => {
+  it("6: nats-server SIGSTOPped for longer than the progress time-out: aborted once it is back, the source runs", () =>
+    runCase("6", "nats-server paused (SIGSTOP) mid-transfer, 20 s against a 5 s progress time-out; then a 1 s pause", async (r) => {
+      const migrationId = newMigrationId();
+      const w = await MigrationWatch.start(c, migrationId);
+      const t0 = Date.now();
+      const done = migrateGang({ nc: c.nats.nc, vms, sourceHost: "hostA", targetHost: "hostB", migrationId, options: { progressTimeoutSec: 5 }, idleTimeoutMs: 90_000 });
+      await w.waitFor("migration.progress");
+      c.nats.server.signal("SIGSTOP");
+      r.f.faultsInjected++;
+      await sleep(20_000);
+      c.nats.server.signal("SIGCONT");
+      const s = await done;
+      // Bounded: the pause, the time-out, then the rollback; nowhere near the 150 s default.
+      if (Date.now() - t0 > 60_000) throw new Error(`the migration took ${Date.now() - t0} ms to end`);
+      await expectRolledBack(c, r, s, w, { vms, source: "hostA", target: "hostB" });
+
+      // A short pause: nothing gives up.
+      const id2 = newMigrationId();
+      const w2 = await MigrationWatch.start(c, id2);
+      const done2 = migrateGang({ nc: c.nats.nc, vms, sourceHost: "hostA", targetHost: "hostB", migrationId: id2 });
+      await w2.waitFor("migration.progress");
+      c.nats.server.signal("SIGSTOP");
+      r.f.faultsInjected++;
+      await sleep(1000);
+      c.nats.server.signal("SIGCONT");
+      w2.stop();
+      await expectSucceeded(c, r, await done2, { vms, source: "hostA", target: "hostB" });
+    }), 240_000);
+});

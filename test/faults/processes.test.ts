@@ -1,0 +1,115 @@
+/**
+ * Fault cases 2, 4 and 7: gangway's own processes killed (SIGKILL) in each phase a test can
+ * see from the events — setup (planned), active (pages flowing), pre-switchover (the source
+ * stopped for its last pass) — and the deciding process killed between "all pages delivered"
+ * and commit. Functions restart and JetStream redelivers what the dead one held: the
+ * migration completes (memory verifies) or rolls back; either way exactly one copy runs.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { migrateGang, newMigrationId, type GangSummary } from "../../cli/gangMigration.ts";
+import {
+  checkLeaks, checkRolledBack, expectRolledBack, expectSucceeded, guest, hostVms, MigrationWatch, qemus, runCase, startCluster, startVms, eventually,
+  type CaseRecorder, type Cluster,
+} from "./harness.ts";
+
+let c: Cluster;
+/** Where p1 runs now. */
+let at = "hostA";
+const other = () => (at === "hostA" ? "hostB" : "hostA");
+const vms = ["p1"];
+
+beforeAll(async () => {
+  c = await startCluster();
+  await startVms(c.nats.nc, "hostA", [guest("p1", 1)]);
+}, 120_000);
+afterAll(async () => c?.stop(), 60_000);
+
+/** Phases by the event that opens them. */
+const PHASES = { setup: "migration.planned", active: "migration.progress", "pre-switchover": "migration.switchover" } as const;
+type Phase = keyof typeof PHASES;
+
+async function migrateWith(inject: (w: MigrationWatch, from: string, to: string) => Promise<void>): Promise<{ s: GangSummary; w: MigrationWatch; from: string; to: string }> {
+  const from = at;
+  const to = other();
+  const migrationId = newMigrationId();
+  const w = await MigrationWatch.start(c, migrationId);
+  const done = migrateGang({ nc: c.nats.nc, vms, sourceHost: from, targetHost: to, migrationId });
+  await inject(w, from, to);
+  return { s: await done, w, from, to };
+}
+
+/** Either end is fine after a crash of gangway's own processes, as long as it is clean. */
+async function expectClean(r: CaseRecorder, m: { s: GangSummary; w: MigrationWatch; from: string; to: string }): Promise<void> {
+  if (m.s.outcome === "succeeded") {
+    m.w.stop();
+    await expectSucceeded(c, r, m.s, { vms, source: m.from, target: m.to });
+    at = m.to;
+  } else await expectRolledBack(c, r, m.s, m.w, { vms, source: m.from, target: m.to });
+}
+
+const killFunctions = async () => {
+  const f = c.functions.shift()!;
+  await f.kill();
+  await c.startFunctions();
+};
+
+describe("fault: gangway processes killed", () => {
+  for (const phase of Object.keys(PHASES) as Phase[]) {
+    it(`2/7: the functions process killed at ${phase} and restarted: JetStream redelivers, the migration ends cleanly, memory verifies`, () =>
+      runCase(`2-functions-${phase}`, `functions process killed (SIGKILL) at ${phase}, restarted; redelivered events (case 7)`, async (r) => {
+        const m = await migrateWith(async (w) => {
+          await w.waitFor(PHASES[phase]);
+          await killFunctions();
+          r.f.faultsInjected++;
+        });
+        await expectClean(r, m);
+      }), 180_000);
+  }
+
+  it("4: the deciding process killed between all pages delivered and commit: after recovery exactly one VM runs", () =>
+    runCase("4", "functions (commit) paused when the source sent everything, killed once the destination proved it holds every page, restarted", async (r) => {
+      const m = await migrateWith(async (w) => {
+        await w.waitFor("manifest.completed");
+        const f = c.functions.shift()!;
+        f.child.kill("SIGSTOP");
+        await w.waitFor("commit.ready");
+        expect(w.has("migration.committed")).toBe(false);
+        await f.kill();
+        r.f.faultsInjected++;
+        await c.startFunctions();
+      });
+      await expectClean(r, m);
+    }), 180_000);
+
+  for (const phase of ["setup", "active"] as Phase[]) {
+    it(`2: the destination agent killed at ${phase}: rolled back, the source runs`, () =>
+      runCase(`2-destination-agent-${phase}`, `destination agent killed (SIGKILL, its QEMUs with it) at ${phase}`, async (r) => {
+        const m = await migrateWith(async (w, _from, to) => {
+          await w.waitFor(PHASES[phase]);
+          await c.agents.get(to)!.kill();
+          r.f.faultsInjected++;
+        });
+        await c.startAgent(m.to);
+        await expectRolledBack(c, r, m.s, m.w, { vms, source: m.from, target: m.to, reason: new RegExp(m.to) });
+      }), 180_000);
+  }
+
+  it("2: the source agent killed while pages flow: the destination never resumes a copy; the VM goes with its host", () =>
+    runCase("2-source-agent-active", "source agent killed (SIGKILL) while pages flow: its QEMUs die with it (an agent owns its VMs)", async (r) => {
+      const m = await migrateWith(async (w, from) => {
+        await w.waitFor(PHASES.active);
+        await c.agents.get(from)!.kill();
+        r.f.faultsInjected++;
+      });
+      r.f.migrations++;
+      checkRolledBack(m.s, m.w, vms, new RegExp(`${m.from} stopped answering`));
+      r.f.rolledBack++;
+      m.w.stop();
+      await c.startAgent(m.from);
+      // No copy anywhere: not resumed on the destination, and gone with the source's agent.
+      await eventually(async () => (await qemus(c)).length === 0 || undefined, 30_000, "no QEMU left");
+      expect((await hostVms(c.nats.nc, m.to)).has("p1")).toBe(false);
+      r.f.notes = "the source VM died with its agent (setpriv --pdeathsig), as with its host: not counted as lost by the migration";
+      r.add({ lost: 0, twice: 0, leaks: await checkLeaks(c, m.s.migrationId, m.to) });
+    }), 180_000);
+});
