@@ -89,6 +89,20 @@ describe("a gang migration with authentication and TLS on", () => {
       expect(logText.includes(f), "a secret is in a log").toBe(false);
     }
   }, 300_000);
+
+  it("post-copy (fault requests, pages served after switch-over) stays within the allow-lists too", async () => {
+    await spawnAs("functions", "functions", ["up"], /"url"/);
+    await spawnAs("agent hostA", "agent-hostA", ["agent", "--host", "hostA", "--run-dir", join(work, "hostA")], /"ready"/);
+    await spawnAs("agent hostB", "agent-hostB", ["agent", "--host", "hostB", "--run-dir", join(work, "hostB")], /"ready"/);
+    const op = await s.connectAs("operator");
+    // A guest rewriting pages faster than an 8 MB/s link carries: pre-copy cannot finish.
+    await startVms(op, "hostA", [testGuestSpec("hot1", { tenant: "alpha", memoryMiB: 64, seed: 5, rate: 5000 })]);
+    const summary = await migrateGang({ nc: op, vms: ["hot1"], sourceHost: "hostA", targetHost: "hostB", options: { bandwidthMBps: 8, maxRounds: 2, postcopy: true } });
+    expect(summary.outcome, summary.reason).toBe("succeeded");
+    expect(summary.vms[0]!.mode).toBe("PostCopy");
+    expect(await verifyGuest(op, "hostB", "hot1")).toMatchObject({ ok: true });
+    expect(violations(s.server)).toEqual([]);
+  }, 300_000);
 });
 
 const freePort = () =>
