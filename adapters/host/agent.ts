@@ -311,6 +311,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     // destination lost after the source finished still must not leave the source paused.
     const lost = watchPeer(c.targetHost, ended.promise);
     void lost.then((reason) => (reason ? abort(c.migrationId, c.vm, reason) : undefined));
+    // KubeVirt's completionTimeoutPerGiB (at least 1 GiB's worth): a VM not decided by then is
+    // aborted (after a commit an abort changes nothing).
+    const budgetMs = c.options.completionTimeoutPerGiB * Math.max(1, v.spec.memoryMiB / 1024) * 1000;
+    const overdue = setTimeout(() => void abort(c.migrationId, c.vm, `not completed within ${Math.round(budgetMs / 1000)} s (completionTimeoutPerGiB ${c.options.completionTimeoutPerGiB})`), budgetMs);
+    void ended.promise.then(() => clearTimeout(overdue));
     done.catch(async (err: Error) => {
       await out?.cancel().catch(() => undefined);
       await abort(c.migrationId, c.vm, `source: ${err.message}`);
