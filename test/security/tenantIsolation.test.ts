@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { randomBytes } from "node:crypto";
 import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { createPageKeyer, keyHex, KEY_BYTES, PAGE_SIZE } from "../../adapters/dataplane/contentKey.ts";
+import { createPageKeyer, keyHex, PAGE_SIZE } from "../../adapters/dataplane/contentKey.ts";
 import { openPackStore } from "../../adapters/dataplane/packStore.ts";
 import { createKeyResolver, type KeyResolver } from "../../adapters/host/keyResolver.ts";
 import { PackWriter } from "../../adapters/host/packWriter.ts";
