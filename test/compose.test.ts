@@ -7,7 +7,7 @@
  * pointed at the cluster, every image built or pulled, every volume declared or present.
  */
 import { describe, expect, it } from "vitest";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { resolve } from "node:path";
 
@@ -386,4 +386,89 @@ describe("docker-compose.yml", () => {
     const used = new Set(Object.values(services).flatMap((s) => volumesOf(asMap(s, "service")).map((v) => v.source)));
     for (const v of Object.keys(declaredVolumes)) expect(used, `volume ${v} is used`).toContain(v);
   });
+});
+
+describe("docker-compose.secure.yml (authentication and TLS, over docker-compose.yml)", () => {
+  const baseDoc = asMap(parseYaml(readFileSync(resolve(ROOT, "docker-compose.yml"), "utf8")), "the compose file");
+  const base = asMap(baseDoc.services, "services");
+  const override = asMap(parseYaml(readFileSync(resolve(ROOT, "docker-compose.secure.yml"), "utf8")), "the override");
+  const overrideServices = asMap(override.services, "override services");
+  /** A service as compose merges it: keys replaced, environment merged, volumes merged by target. */
+  const merged = (name: string) => {
+    const b = asMap(base[name], `service ${name}`);
+    const o = asMap(overrideServices[name], `override of ${name}`);
+    const volumes = new Map(volumesOf(b).map((v) => [v.target, v]));
+    for (const v of volumesOf(o)) volumes.set(v.target, v);
+    return { svc: { ...b, ...o } as YamlMap, env: { ...envOf(b), ...envOf(o) }, volumes: [...volumes.values()], command: asList(o.command ?? b.command).map(String) };
+  };
+  const natsNames = Object.keys(base).filter((n) => String(asMap(base[n], n).image ?? "").startsWith("nats:"));
+  const gangwayNames = Object.keys(base).filter((n) => !natsNames.includes(n));
+  const agentHosts = gangwayNames.map((n) => asList(asMap(base[n], n).command).map(String)).filter((c) => c[0] === "agent").map((c) => c[c.indexOf("--host") + 1]!);
+
+  it("overrides only services of docker-compose.yml, every one of them, and declares the same volumes", () => {
+    expect(Object.keys(overrideServices).sort()).toEqual(Object.keys(base).sort());
+    const baseVolumes = Object.keys(asMap(baseDoc.volumes ?? {}, "volumes"));
+    for (const v of Object.keys(asMap(override.volumes ?? {}, "override volumes"))) expect(baseVolumes).toContain(v);
+  });
+
+  it("every NATS node runs the secure config, which nats-server accepts with secrets made by scripts/compose-secrets.sh", async () => {
+    const { mkdtemp, mkdir, copyFile, symlink, rm } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const { join } = await import("node:path");
+    const tmp = await mkdtemp(join(tmpdir(), "gangway-compose-"));
+    try {
+      const secrets = join(tmp, "secrets");
+      const made = spawnSync("bash", [resolve(ROOT, "scripts/compose-secrets.sh"), secrets, ...agentHosts], { encoding: "utf8" });
+      expect(made.status, made.stderr).toBe(0);
+      for (const name of natsNames) {
+        const m = merged(name);
+        const confPath = m.command[m.command.indexOf("-c") + 1]!;
+        const conf = m.volumes.find((v) => v.target === confPath)!;
+        expect(conf.source).toBe("./infra/compose/nats-cluster-secure.conf");
+        const text = readFileSync(resolve(ROOT, conf.source), "utf8");
+        // The auth include is relative to the config's directory: the secrets are mounted there.
+        const include = /^\s*include\s+"?([^"\s]+)"?/m.exec(text)![1]!;
+        const secretsMount = m.volumes.find((v) => v.source === "./secrets")!;
+        expect(secretsMount, `${name} mounts ./secrets`).toBeDefined();
+        expect(secretsMount.mode).toBe("ro");
+        expect(resolve("/etc/nats", include).startsWith(secretsMount.target + "/")).toBe(true);
+        expect(resolve(confPath, "..")).toBe("/etc/nats");
+        // TLS on clients and routes, with files from the mounted secrets.
+        expect(text).toMatch(/^tls\s*\{/m);
+        expect(text).toMatch(/cluster\s*\{[\s\S]*tls\s*\{[\s\S]*verify:\s*true/);
+        for (const k of ["NATS_TLS_CERT", "NATS_TLS_KEY", "NATS_TLS_CA"]) expect(m.env[k]!.startsWith(secretsMount.target + "/"), `${name} ${k}`).toBe(true);
+        // Its own data volume still.
+        expect(m.volumes.some((v) => v.target === "/data" && v.source === name)).toBe(true);
+        // nats-server -t, laid out as the container sees it (config dir with secrets/ in it).
+        const etc = join(tmp, `etc-${name}`);
+        await mkdir(etc);
+        await copyFile(resolve(ROOT, conf.source), join(etc, "nats.conf"));
+        await symlink(secrets, join(etc, include.split("/")[0]!));
+        const env = Object.fromEntries(Object.entries(m.env).map(([k, v]) => [k, v.replace(secretsMount.target, secrets)]));
+        const t = spawnSync("nats-server", ["-t", "-c", join(etc, "nats.conf")], { encoding: "utf8", env: { ...process.env, ...env } });
+        expect(t.status, `nats-server -t: ${t.stderr}`).toBe(0);
+      }
+      // Every gangway process authenticates with its own seed and trusts the CA.
+      const files = new Set(readdirSync(secrets));
+      for (const name of gangwayNames) {
+        const m = merged(name);
+        const arg = (flag: string) => m.command[m.command.indexOf(flag) + 1]!;
+        const mount = m.volumes.find((v) => v.source === "./secrets")!;
+        expect(mount, `${name} mounts ./secrets`).toBeDefined();
+        expect(mount.mode).toBe("ro");
+        const inSecrets = (p: string) => (expect(p.startsWith(mount.target + "/"), `${p} is in ${mount.target}`).toBe(true), p.slice(mount.target.length + 1));
+        const seed = inSecrets(arg("--nkey"));
+        expect(seed).toBe(m.command[0] === "agent" ? `agent-${arg("--host")}.nk` : "functions.nk");
+        expect(files.has(seed), `${seed} is made by the script`).toBe(true);
+        expect(files.has(inSecrets(arg("--tls-ca")))).toBe(true);
+        const help = gangwayHelp(m.command[0]!);
+        for (const flag of m.command.filter((a) => a.startsWith("--"))) expect(help, `gangway ${m.command[0]} takes ${flag}`).toContain(flag);
+        // The agents keep what docker-compose.yml gave them (the RAM files' mount).
+        if (m.command[0] === "agent") expect(m.volumes.some((v) => v.target === "/dev/shm")).toBe(true);
+      }
+      expect(readFileSync(resolve(ROOT, ".gitignore"), "utf8")).toMatch(/^secrets\/$/m);
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
