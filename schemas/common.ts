@@ -43,7 +43,10 @@ export const migrationOptions = z.object({
   postcopy: z.boolean().default(false),
   /** Give up pre-copy after this many rounds (then post-copy or abort). */
   maxRounds: z.number().int().positive().default(30),
+  /** Throttle the guest's vCPUs while pre-copy does not converge (libvirt --auto-converge). */
   autoConverge: z.boolean().default(false),
+  /** The most auto-converge may throttle, percent of vCPU time (QEMU max-cpu-throttle). */
+  autoConvergeMaxPercent: z.number().int().min(1).max(99).default(99),
   /** KubeVirt progressTimeout: abort after this long without progress. */
   progressTimeoutSec: z.number().int().positive().default(150),
   /** KubeVirt completionTimeoutPerGiB. */

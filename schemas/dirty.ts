@@ -26,6 +26,8 @@ export const dirtyRound = defineEvent({
     transferRate: z.number().nonnegative(),
     /** QEMU's estimate of what is still dirty (query-migrate ram.remaining). */
     remainingBytes: z.number().nonnegative(),
+    /** auto-converge: vCPU time taken from the guest (QEMU cpu-throttle-percentage). */
+    cpuThrottlePercent: z.number().min(0).max(100).default(0),
     /** Estimated stop-and-copy time for what remains. */
     expectedDowntimeMs: z.number().nonnegative(),
   }),

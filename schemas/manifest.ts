@@ -104,6 +104,7 @@ export const manifestCompleted = defineEvent({
     deviceState: z.string().min(1).max(256),
     deviceStateBytes: z.number().int().nonnegative(),
     rounds: z.number().int().nonnegative(),
+    /** Manifest messages in the VM's sequence: batches and the commands between them. */
     batches: z.number().int().nonnegative(),
     records: z.number().int().nonnegative(),
     /** Digest of the image the stream implies (last content of every page of every block). */

@@ -236,7 +236,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       const transferRate = r.durationMs > 0 ? (r.nativeBytes * 1000) / r.durationMs : 0;
       await pub.publish(dirtyRound, params, {
         migrationId: c.migrationId, vm: c.vm, sourceHost: o.host, round: r.round, pagesSent: r.pages, pagesDirtied: Math.round((f.dirtyPagesRate * r.durationMs) / 1000),
-        durationMs: r.durationMs, dirtyRate: f.dirtyPagesRate, transferRate: Math.round(transferRate), remainingBytes: f.remainingBytes,
+        durationMs: r.durationMs, dirtyRate: f.dirtyPagesRate, transferRate: Math.round(transferRate), remainingBytes: f.remainingBytes, cpuThrottlePercent: f.cpuThrottlePercent,
         expectedDowntimeMs: transferRate > 0 ? Math.round((f.remainingBytes / transferRate) * 1000) : 1e9,
       }, { id: `${c.migrationId}-${c.vm}-dirty-${r.round}` });
     };
@@ -257,6 +257,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       await pub.publish(migrationStarted, params, { migrationId: c.migrationId, vm: c.vm, sourceHost: o.host, targetHost: c.targetHost, phase: MigrationPhase.Running });
       out = await o.driver.migrateOut(v.vm, {
         postcopy: c.options.postcopy, downtimeLimitMs: c.options.maxDowntimeMs,
+        ...(c.options.autoConverge ? { autoConvergeMaxPercent: c.options.autoConvergeMaxPercent } : {}),
         ...(c.options.bandwidthMBps ? { maxBandwidthBps: c.options.bandwidthMBps * 1e6 } : {}),
       });
       session.out = out;

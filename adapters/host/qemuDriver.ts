@@ -37,7 +37,7 @@ export interface OutgoingStream {
   /** Stops the outgoing migration (migrate_cancel) if it is still running. */
   cancel(): Promise<void>;
   /** QEMU's own view of the pass in progress (query-migrate), for the dirty log. */
-  figures(): Promise<{ remainingBytes: number; dirtyPagesRate: number; dirtySyncCount: number; status: string }>;
+  figures(): Promise<{ remainingBytes: number; dirtyPagesRate: number; dirtySyncCount: number; status: string; cpuThrottlePercent: number }>;
   /** Switch-over now, stop-and-copy: whatever remains is sent with the guest stopped. */
   forceComplete(): Promise<void>;
   /** Switch-over now, post-copy (needs MigrateOutOptions.postcopy). */
@@ -53,6 +53,8 @@ export interface MigrateOutOptions {
   maxBandwidthBps?: number;
   /** QEMU's own downtime limit (it switches over by itself when the rest fits). */
   downtimeLimitMs?: number;
+  /** Throttle the guest's vCPUs while pre-copy does not converge (QEMU auto-converge), up to this percent. */
+  autoConvergeMaxPercent?: number;
 }
 
 export interface MigrateInOptions {

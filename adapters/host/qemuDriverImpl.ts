@@ -99,7 +99,8 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
         "max-postcopy-bandwidth": Math.round(options.maxBandwidthBps ?? 0),
         ...(options.downtimeLimitMs ? { "downtime-limit": options.downtimeLimitMs } : {}),
       });
-      await h.qmp.migrateSetCapabilities({ "postcopy-ram": options.postcopy === true });
+      await h.qmp.migrateSetCapabilities({ "postcopy-ram": options.postcopy === true, "auto-converge": options.autoConvergeMaxPercent !== undefined });
+      if (options.autoConvergeMaxPercent !== undefined) await h.qmp.migrateSetParameters({ "max-cpu-throttle": options.autoConvergeMaxPercent });
       const proxy = await createSourceProxy({ socketPath: join(h.runDir, "out.sock") });
       // The guest stops for the final pass: the start of the downtime, by QEMU's clock.
       const stopped = h.qmp
@@ -130,7 +131,7 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
         },
         figures: async () => {
           const info = await h.qmp.queryMigrate();
-          return { remainingBytes: info.ram?.remaining ?? 0, dirtyPagesRate: info.ram?.["dirty-pages-rate"] ?? 0, dirtySyncCount: info.ram?.["dirty-sync-count"] ?? 0, status: info.status ?? "none" };
+          return { remainingBytes: info.ram?.remaining ?? 0, dirtyPagesRate: info.ram?.["dirty-pages-rate"] ?? 0, dirtySyncCount: info.ram?.["dirty-sync-count"] ?? 0, status: info.status ?? "none", cpuThrottlePercent: info["cpu-throttle-percentage"] ?? 0 };
         },
         forceComplete: () => h.qmp.migrateSetParameters({ "downtime-limit": FORCE_DOWNTIME_MS }),
         startPostcopy: () => h.qmp.migrateStartPostcopy(),

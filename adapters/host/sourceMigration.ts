@@ -125,6 +125,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   };
 
   const flushManifest = async (round: number, final: boolean) => {
+    await flushDiscards();
     if (writer.count === 0 && !final) return;
     const { count, body } = writer.take();
     const seq = manifestSeq++;
@@ -222,6 +223,19 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   /** Passes a command on in stream order: everything before it is in the manifest first. */
   /** Commands before the RAM setup travel in the manifest header (QEMU needs them before the RAM). */
   const preamble: ManifestCommand[] = [];
+  const publishCommand = async (command: ManifestCommand) => {
+    const seq = manifestSeq++;
+    await o.publisher.publish(manifestCommand, vmParams, { migrationId: o.migrationId, vm: o.vm, seq, command }, { id: `${o.migrationId}-${o.vm}-m${seq}` });
+    p.bytes_on_link += 300;
+  };
+  // QEMU sends the switch-over's discards 12 ranges at a time; one event carries a block's
+  // run of them (the destination splits them again), which keeps the downtime short.
+  let discards: Extract<ManifestCommand, { cmd: "postcopyRamDiscard" }> | undefined;
+  const flushDiscards = async () => {
+    const d = discards;
+    discards = undefined;
+    if (d) await publishCommand(d);
+  };
   const forward = async (c: MigrationCommand) => {
     if (!headerSent) {
       if (c.cmd !== "openReturnPath" && c.cmd !== "postcopyAdvise" && c.cmd !== "ping") throw new Error(`migration command ${c.cmd} before the RAM setup is not supported through gangway`);
@@ -229,7 +243,15 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
       return;
     }
     await drain();
+    if (c.cmd === "postcopyRamDiscard" && discards && discards.block === c.block && discards.version === c.version && discards.ranges.length < 4096) {
+      discards.ranges.push(...c.ranges);
+      return;
+    }
     await flushManifest(p.round, false);
+    if (c.cmd === "postcopyRamDiscard") {
+      discards = { cmd: c.cmd, version: c.version, block: c.block, ranges: [...c.ranges] };
+      return;
+    }
     let command: ManifestCommand;
     switch (c.cmd) {
       case "packaged": {
@@ -243,15 +265,12 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
       case "openReturnPath":
       case "ping":
       case "postcopyAdvise":
-      case "postcopyRamDiscard":
         command = c;
         break;
       default:
         throw new Error(`migration command ${c.cmd} is not supported through gangway`);
     }
-    const seq = manifestSeq++;
-    await o.publisher.publish(manifestCommand, vmParams, { migrationId: o.migrationId, vm: o.vm, seq, command }, { id: `${o.migrationId}-${o.vm}-m${seq}` });
-    p.bytes_on_link += 300;
+    await publishCommand(command);
     if (c.cmd === "packaged") postcopy = true;
   };
 

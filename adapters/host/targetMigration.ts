@@ -217,7 +217,10 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         const held = state.held[b]!;
         for (const r of c.ranges) held.fill(0, Math.floor(r.start / PAGE_SIZE), Math.ceil((r.start + r.length) / PAGE_SIZE));
       }
-      yield { type: "command", offset: 0, command };
+      if (command.cmd === "postcopyRamDiscard") {
+        // As QEMU frames them: at most 12 ranges per command.
+        for (let i = 0; i < command.ranges.length; i += 12) yield { type: "command", offset: 0, command: { ...command, ranges: command.ranges.slice(i, i + 12) } };
+      } else yield { type: "command", offset: 0, command };
       if (c.cmd === "packaged") {
         state.postcopy = true;
         o.onSwitchover?.();

@@ -109,6 +109,8 @@ export interface MigrationInfo {
   "error-desc"?: string;
   "postcopy-blocktime"?: number;
   "blocked-reasons"?: string[];
+  /** auto-converge: the share of vCPU time taken from the guest now. */
+  "cpu-throttle-percentage"?: number;
 }
 
 /** Migration capabilities of QEMU 7.2. */

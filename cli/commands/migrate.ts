@@ -22,6 +22,8 @@ Live-migrates the VMs as one gang: each distinct page crosses the link once.
   --postcopy             allow a switch to post-copy when pre-copy stops converging (virsh --postcopy)
   --max-rounds N         pre-copy passes before post-copy, or before giving up without it (default 30)
   --bandwidth MBPS       cap the migration stream at MBPS megabytes/s (virsh --bandwidth)
+  --auto-converge        throttle the guest's vCPUs while pre-copy lags (libvirt --auto-converge)
+  --auto-converge-max P  at most P percent of vCPU time (default 99)
   --reason TEXT          recorded in the audit trail
   --cancel ID            cancel a migration in whatever phase it is: VMs not yet committed roll back
   --force-complete ID    switch over now: post-copy where allowed, else stop-and-copy (Nova's force-complete)
@@ -33,7 +35,7 @@ const TOKEN = /^[A-Za-z0-9_-]{1,128}$/;
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parseCommandArgs(argv, {
     ...natsFlagSpec, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" }, "max-downtime-ms": { type: "string" }, "progress-timeout": { type: "string" }, reason: { type: "string" }, cancel: { type: "string" }, help: { type: "boolean" },
-    postcopy: { type: "boolean" }, "max-rounds": { type: "string" }, bandwidth: { type: "string" }, "force-complete": { type: "string" },
+    postcopy: { type: "boolean" }, "max-rounds": { type: "string" }, bandwidth: { type: "string" }, "force-complete": { type: "string" }, "auto-converge": { type: "boolean" }, "auto-converge-max": { type: "string" },
   });
   if (values.help) return void process.stdout.write(help + "\n");
   for (const flag of ["cancel", "force-complete"] as const) {
@@ -62,6 +64,8 @@ export async function run(argv: string[]): Promise<void> {
   const maxRounds = numberFlag("max-rounds", values["max-rounds"], 30);
   if (!Number.isInteger(maxRounds)) throw new UsageError(`--max-rounds must be a whole number, got "${values["max-rounds"]}"`);
   const bandwidthMBps = values.bandwidth === undefined ? undefined : numberFlag("bandwidth", values.bandwidth, 0);
+  const autoConvergeMaxPercent = numberFlag("auto-converge-max", values["auto-converge-max"], 99);
+  if (!Number.isInteger(autoConvergeMaxPercent) || autoConvergeMaxPercent > 99) throw new UsageError(`--auto-converge-max must be a whole percent from 1 to 99, got "${values["auto-converge-max"]}"`);
   const nc = await connectFromFlags(values, "gangway-migrate");
   try {
     const from = values.from ?? (await hostOf(nc, positionals));
@@ -69,7 +73,7 @@ export async function run(argv: string[]): Promise<void> {
     const printer = progressPrinter({ json: Boolean(values.json), tty: Boolean(process.stderr.isTTY) });
     const summary = await migrateGang({
       nc, vms: positionals, sourceHost: from, ...(values.to ? { targetHost: values.to } : {}), ...(values.reason ? { reason: values.reason } : {}),
-      options: { maxDowntimeMs, progressTimeoutSec, maxRounds, postcopy: Boolean(values.postcopy), ...(bandwidthMBps ? { bandwidthMBps } : {}) }, onUpdate: (v) => printer.update(v), idleTimeoutMs: progressTimeoutSec * 1000 + 30_000,
+      options: { maxDowntimeMs, progressTimeoutSec, maxRounds, postcopy: Boolean(values.postcopy), autoConverge: Boolean(values["auto-converge"]), autoConvergeMaxPercent, ...(bandwidthMBps ? { bandwidthMBps } : {}) }, onUpdate: (v) => printer.update(v), idleTimeoutMs: progressTimeoutSec * 1000 + 30_000,
     });
     printer.done();
     if (values.json) printJson({ type: "summary", ...summary });

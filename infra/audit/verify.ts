@@ -11,7 +11,7 @@
  * only packs fail is charged to those packs, so one corrupt pack is reported as one failure.
  */
 import type { z } from "zod";
-import { ManifestKind, type manifestBatch, type manifestCompleted, type manifestHeader, type packStored } from "../../schemas/index.ts";
+import { ManifestKind, type manifestBatch, type manifestCommand, type manifestCompleted, type manifestHeader, type packStored } from "../../schemas/index.ts";
 import { createPageKeyer, KEY_BYTES, keyHex, PAGE_SIZE, type PageKeyer } from "../../adapters/dataplane/contentKey.ts";
 import { ImageDigest } from "../../adapters/dataplane/imageDigest.ts";
 import { readManifestRecords } from "../../adapters/dataplane/manifestRecords.ts";
@@ -106,6 +106,8 @@ interface VmManifest {
   vm: string;
   header?: Data<typeof manifestHeader>;
   batches: Map<number, { ext: BatchExt; body: Uint8Array }>;
+  /** Sequence numbers taken by QEMU's commands passed on in the manifest (post-copy). */
+  commands: Set<number>;
   completed?: Data<typeof manifestCompleted>;
 }
 
@@ -125,13 +127,16 @@ export async function verifyMigration(input: VerifyInput, opts: VerifyOptions): 
 
   // --- the manifests, per VM ---
   const manifests = new Map<string, VmManifest>();
-  const manifestOf = (vm: string) => manifests.get(vm) ?? manifests.set(vm, { vm, batches: new Map() }).get(vm)!;
+  const manifestOf = (vm: string) => manifests.get(vm) ?? manifests.set(vm, { vm, batches: new Map(), commands: new Set() }).get(vm)!;
   for (const f of [...input.manifest].sort((a, b) => a.seq - b.seq)) {
     const e = f.event;
     if (e.mode === "binary" && e.type === "io.gangway.manifest.batch.v1") {
       const ext = e.ext as BatchExt;
       const m = manifestOf(ext.vm);
       if (!m.batches.has(ext.seq)) m.batches.set(ext.seq, { ext, body: e.data }); // a re-delivered batch is the same batch
+    } else if (e.type === "io.gangway.manifest.command.v1") {
+      const d = dataOf<Data<typeof manifestCommand>>(f);
+      manifestOf(d.vm).commands.add(d.seq);
     } else if (e.type === "io.gangway.manifest.header.v1") {
       const d = dataOf<Data<typeof manifestHeader>>(f);
       manifestOf(d.vm).header = d;
@@ -182,17 +187,20 @@ export async function verifyMigration(input: VerifyInput, opts: VerifyOptions): 
     }
     if (tl?.tenant && tl.tenant !== m.header.tenant) manifestFailure(`manifest tenant ${m.header.tenant} differs from the planned tenant ${tl.tenant}`);
     if (tl?.outcome === "committed" && !m.completed) manifestFailure("committed, but the source's manifest completion was never recorded");
-    const seqs = [...m.batches.keys()].sort((a, b) => a - b);
+    // Batches and commands share one sequence: a gap is a message lost.
+    const seqs = [...m.batches.keys(), ...m.commands].sort((a, b) => a - b);
     const missing = seqs.length ? seqs[seqs.length - 1]! + 1 - seqs.length : 0;
     if (missing > 0) manifestFailure(`${missing} manifest batches are missing (batch seq ${seqs[0]}…${seqs[seqs.length - 1]})`);
     if (m.completed) {
-      if (m.completed.batches !== seqs.length) manifestFailure(`the source recorded ${m.completed.batches} manifest batches, ${seqs.length} are retained`);
+      if (m.completed.batches !== seqs.length) manifestFailure(`the source recorded ${m.completed.batches} manifest messages, ${seqs.length} are retained`);
     }
     const image = new ImageDigest(m.header.blocks.map((b) => b.usedBytes));
     const distinct = new Set<string>();
     let lastRound = 0;
     for (const seq of seqs) {
-      const { ext, body } = m.batches.get(seq)!;
+      const batch = m.batches.get(seq);
+      if (!batch) continue; // a command: its pages are in the batches around it
+      const { ext, body } = batch;
       if (ext.round < lastRound) manifestFailure(`manifest batch ${seq} is of round ${ext.round}, after round ${lastRound}`);
       lastRound = Math.max(lastRound, ext.round);
       for (const rec of readManifestRecords(body, ext.count)) {

@@ -52,11 +52,15 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     await startVms(nats.nc, "pcA", [hot("hot1", 5)]);
 
     // 1. Pre-copy only, two rounds at most: the dirty log aborts, the source is authoritative.
-    const pre = await migrateGang({ nc: nats.nc, vms: ["hot1"], sourceHost: "pcA", targetHost: "pcB", options: { ...LINK, postcopy: false } });
+    const pre = await migrateGang({ nc: nats.nc, vms: ["hot1"], sourceHost: "pcA", targetHost: "pcB", options: { ...LINK, postcopy: false, autoConverge: true, autoConvergeMaxPercent: 40 } });
     expect(pre.outcome).toBe("failed");
     expect(pre.reason).toMatch(/did not converge/);
     expect(await verifyGuest(nats.nc, "pcA", "hot1")).toMatchObject({ ok: true });
     expect((await hostVms(nats.nc, "pcB")).has("hot1")).toBe(false);
+    // Auto-converge throttled the guest within its bound.
+    const preRounds = (await eventsOf(pre.migrationId)).filter((e) => e.type === "io.gangway.dirty.round.v1");
+    expect(preRounds.length).toBeGreaterThan(0);
+    for (const r of preRounds) expect(r.data.cpuThrottlePercent as number).toBeLessThanOrEqual(40);
 
     // 2. Post-copy allowed: every fault request is also injected a second time (a retried or
     // replayed request); no page may reach the destination QEMU twice.
@@ -103,6 +107,9 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     const asked = new Map<number, number>();
     for (const e of served) for (const r of e.data.ranges as { offset: number; length: number }[]) asked.set(r.offset, (asked.get(r.offset) ?? 0) + 1);
     expect([...asked.values()].every((n) => n === 1)).toBe(true);
+    // An auditor re-verifies it later from the retained events: every entry, every digest.
+    const audit = JSON.parse(execFileSync(process.execPath, ["bin/gangway.mjs", "audit", migrationId, "--json", "--nats", nats.url], { encoding: "utf8" })) as { verified: boolean };
+    expect(audit.verified).toBe(true);
   }, 420_000);
 
   it("source lost during post-copy: the destination is paused, the pages it never got are named, and the migration is reported failed", async () => {
