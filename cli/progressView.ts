@@ -15,6 +15,7 @@ function vmLine(v: GangView["vms"] extends Map<string, infer V> ? V : never): st
   return [
     v.vm.padEnd(10),
     (v.outcome ?? v.phase).padEnd(10),
+    ...(v.mode === "PostCopy" ? ["post-copy"] : []),
     `${(s.percent ?? 0).toFixed(0).padStart(3)}%`,
     `round ${s.memory_iteration ?? 0}`,
     `pages ${((s.memory_normal ?? 0) + (s.memory_constant ?? 0)).toLocaleString()}`,
@@ -65,7 +66,7 @@ export function progressPrinter(mode: { json: boolean; tty: boolean; out?: NodeJ
       if (now - lastAt < (mode.tty ? 200 : 1000)) return;
       lastAt = now;
       if (mode.json) {
-        process.stdout.write(JSON.stringify({ type: "progress", migrationId: view.migrationId, elapsed_ms: now - view.startedAt, vms: [...view.vms.values()].map((v) => ({ vm: v.vm, phase: v.outcome ?? v.phase, ...v.stats })) }) + "\n");
+        process.stdout.write(JSON.stringify({ type: "progress", migrationId: view.migrationId, elapsed_ms: now - view.startedAt, vms: [...view.vms.values()].map((v) => ({ vm: v.vm, phase: v.outcome ?? v.phase, ...(v.mode ? { mode: v.mode } : {}), ...v.stats })) }) + "\n");
         return;
       }
       const lines = [`migration ${view.migrationId}: ${view.sourceHost} → ${view.targetHost ?? "?"}  ${((now - view.startedAt) / 1000).toFixed(1)}s`, ...[...view.vms.values()].map(vmLine), gangLine(view, now)];
