@@ -484,7 +484,12 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
 
   /** Executes the dirty log's switch-over decision on the source QEMU. */
   const switchover = async (c: Cmd<typeof agentSwitchover>) => {
-    const s = sources.get(`${c.migrationId}/${c.vm}`);
+    // A force-complete can come before QEMU's migration is set up: wait for it a little.
+    let s = sources.get(`${c.migrationId}/${c.vm}`);
+    for (let i = 0; i < 50 && !s?.out; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      s = sources.get(`${c.migrationId}/${c.vm}`);
+    }
     if (!s?.out || s.switchover) return;
     s.switchover = { mode: c.mode, reason: c.reason };
     log.info("switching over", { migrationId: c.migrationId, vm: c.vm, mode: c.mode, reason: c.reason });

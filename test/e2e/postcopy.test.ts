@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
 import { execFileSync } from "node:child_process";
 import { eventually, startTestNats, type TestNats } from "../helpers/nats.ts";
-import { hostVms, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../../cli/localCluster.ts";
+import { hostVms, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, waitForScans, type GangwayProcess } from "../../cli/localCluster.ts";
 import { migrateGang, newMigrationId } from "../../cli/gangMigration.ts";
 import { readEvents } from "../../infra/events/reader.ts";
 import { createPublisher } from "../../infra/events/publisher.ts";
@@ -138,5 +138,30 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     const list = JSON.parse(execFileSync(process.execPath, ["bin/gangway.mjs", "vm", "list", "--json", "--nats", nats.url], { encoding: "utf8" })) as { vms: { host: string; vm: string; state: string }[] };
     expect(list.vms.find((v) => v.vm === "lost1" && v.host === "plB")).toMatchObject({ state: "paused" });
     console.log(`post-copy loss: ${missing!.data.pages} pages missing`);
+  }, 300_000);
+
+  it("force-complete at once: post-copy carries most of the VM, and the pages the destination side already holds cross as their keys alone", async () => {
+    procs.push(await startFunctions(nats.url));
+    procs.push(await startAgentProcess(nats.url, "pfA", work), await startAgentProcess(nats.url, "pfB", work));
+    await startVms(nats.nc, "pfA", [testGuestSpec("early1", { memoryMiB: 64, seed: 4, rate: 500 })]);
+    // The preparation phase has preseeded the VM's pages on the destination side.
+    await waitForScans(nats.nc, "pfA", ["early1"]);
+    const migrationId = newMigrationId();
+    const done = migrateGang({ nc: nats.nc, vms: ["early1"], sourceHost: "pfA", targetHost: "pfB", migrationId, options: { postcopy: true, bandwidthMBps: 8 } });
+    await eventually(async () => (await eventsOf(migrationId, `gw.migration.${migrationId}.started`)).length > 0, 60_000, "migration started");
+    execFileSync(process.execPath, ["bin/gangway.mjs", "migrate", "--force-complete", migrationId, "--nats", nats.url]);
+    const s = await done;
+    expect(s.outcome, s.reason).toBe("succeeded");
+    expect(s.vms[0]!.mode).toBe("PostCopy");
+    expect(await verifyGuest(nats.nc, "pfB", "early1")).toMatchObject({ ok: true });
+    const events = await eventsOf(migrationId);
+    expect(events.find((e) => e.type === "io.gangway.migration.switchover.v1")?.data).toMatchObject({ mode: "post-copy", reason: expect.stringMatching(/force-complete/) });
+    const resumed = events.find((e) => e.type === "io.gangway.commit.resumed.v1")!.data.postcopy as { pagesAfterSwitchover: number };
+    // Most of the 16,384 pages came after the switch-over ...
+    expect(resumed.pagesAfterSwitchover).toBeGreaterThan(8000);
+    // ... and, preseeded, most crossed as keys: far fewer page contents than pages.
+    expect(s.vms[0]!.pages_sent).toBeLessThan(0.25 * (s.vms[0]!.pages - s.vms[0]!.memory_constant));
+    const served = events.filter((e) => e.type === "io.gangway.page.served.v1");
+    console.log(`force-complete: ${resumed.pagesAfterSwitchover} pages after switch-over, ${s.vms[0]!.pages_sent} sent as content, faults served ${served.reduce((n, e) => n + (e.data.fromDestination as number), 0)} from the destination side / ${served.reduce((n, e) => n + (e.data.fromSource as number), 0)} from the source`);
   }, 300_000);
 });
