@@ -132,6 +132,9 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         `${API}.DIRECT.GET.${OBJ_STREAM}.>`,
         `${API}.CONSUMER.CREATE.${OBJ_STREAM}.*.$O.${PACK_STORE}.C.*`,
         `${API}.CONSUMER.MSG.NEXT.${OBJ_STREAM}.*`,
+        // An object's chunks come through an ordered push consumer, whose flow-control
+        // requests the reader must answer (else a large get stalls).
+        `$JS.FC.${OBJ_STREAM}.>`,
         `${API}.CONSUMER.INFO.${OBJ_STREAM}.*`,
         `${API}.CONSUMER.DELETE.${OBJ_STREAM}.*`,
         // The object store purges an object's old chunks when it is written again (a pack
@@ -162,7 +165,7 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
 export function functionsPermissions(publicKey: string): Permissions {
   return {
     publish: {
-      allow: ["gw.>", `${API}.>`, `$JS.ACK.${EVENTS_STREAM}.>`, `$KV.${RUNS_BUCKET}.>`, `$KV.${STATE_BUCKET}.>`, `$KV.${DEDUP_BUCKET}.>`, `$O.${PACK_STORE}.>`],
+      allow: ["gw.>", `${API}.>`, `$JS.ACK.${EVENTS_STREAM}.>`, "$JS.FC.>", `$KV.${RUNS_BUCKET}.>`, `$KV.${STATE_BUCKET}.>`, `$KV.${DEDUP_BUCKET}.>`, `$O.${PACK_STORE}.>`],
     },
     subscribe: { allow: [`${inboxPrefixFor(publicKey)}.>`] },
     allowResponses: false,
@@ -197,6 +200,8 @@ export function operatorPermissions(publicKey: string, ctx: PermissionContext): 
         `${API}.CONSUMER.DELETE.*.*`,
         `${API}.CONSUMER.NAMES.*`,
         `${API}.CONSUMER.LIST.*`,
+        // Flow control of ordered push consumers (object reads in `gangway audit`).
+        "$JS.FC.>",
       ],
       deny: durables.flatMap((d) => [
         `${API}.CONSUMER.MSG.NEXT.${EVENTS_STREAM}.${d}`,

@@ -7,6 +7,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { createHmac, randomBytes } from "node:crypto";
+import { spawnSync } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { createServer, type AddressInfo } from "node:net";
@@ -16,6 +17,7 @@ import { spawnGangway, startVms, testGuestSpec, verifyGuest, hostVms, type Gangw
 import { migrateGang } from "../../cli/gangMigration.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { startSecureNats, violations, type SecureNats } from "./helpers.ts";
+import { eventually } from "../helpers/nats.ts";
 
 let s: SecureNats;
 let work: string;
@@ -59,8 +61,15 @@ describe("a gang migration with authentication and TLS on", () => {
     const summary = await migrateGang({ nc: op, vms, sourceHost: "hostA", targetHost: "hostB" });
     expect(summary.outcome, summary.reason).toBe("succeeded");
     for (const v of vms) expect(await verifyGuest(op, "hostB", v)).toMatchObject({ ok: true });
-    const onA = await hostVms(op, "hostA");
-    for (const v of vms) expect(onA.has(v)).toBe(false);
+    // Exactly one copy: the source quits its VMs once the destination runs them.
+    await eventually(async () => {
+      const onA = await hostVms(op, "hostA");
+      return vms.every((v) => !onA.has(v)) || undefined;
+    }, 30_000, "the source's copies gone");
+    // The operator re-verifies it from the stream and the packs (gangway audit, as a process).
+    const audit = spawnSync(process.execPath, ["bin/gangway.mjs", "audit", summary.migrationId, "--json", "--nats", s.url, "--nkey", s.identities.get("operator")!.seedFile, "--tls-ca", s.certs!.caFile], { encoding: "utf8", env: { ...process.env, GANGWAY_KEY_SECRET: secret } });
+    expect(audit.status, audit.stderr).toBe(0);
+    logs.push(audit.stdout, audit.stderr);
 
     // The HTTP ingress: a wrong token is refused, the right one accepted (a harmless cancel).
     const post = (token: string) =>
