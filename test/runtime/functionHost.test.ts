@@ -20,7 +20,8 @@ import type { FunctionDefinition } from "../../functions/types.ts";
 const GiB = 1024 ** 3;
 
 async function seedInventory(pub: ReturnType<typeof createPublisher>) {
-  const vms = Array.from({ length: 4 }, (_, i) => ({ vm: `vm${i}`, tenant: "acme", memoryBytes: 256 * 1024 * 1024, state: "running" as const }));
+  // Two VMs per migration of the test: a VM is claimed by one migration at a time.
+  const vms = Array.from({ length: 40 }, (_, i) => ({ vm: `vm${i}`, tenant: "acme", memoryBytes: 64 * 1024 * 1024, state: "running" as const }));
   await pub.publish(hostInventory, { host: "hostA" }, { host: "hostA", memoryTotalBytes: 8 * GiB, memoryFreeBytes: 4 * GiB, vms });
   await pub.publish(hostInventory, { host: "hostB" }, { host: "hostB", memoryTotalBytes: 8 * GiB, memoryFreeBytes: 6 * GiB, vms: [] });
   await pub.publish(hostInventory, { host: "hostC" }, { host: "hostC", memoryTotalBytes: 8 * GiB, memoryFreeBytes: 0.5 * GiB, vms: [] });
@@ -54,7 +55,7 @@ describe("function runtime (real nats-server)", () => {
     for (let i = 0; i < 20; i++) {
       const migrationId = `mig-${i}`;
       ids.push(migrationId);
-      const msg = encodeStructured(migrationRequested, { migrationId }, { migrationId, vms: ["vm0", "vm1"], sourceHost: "hostA", requestedBy: "test" }, { source: "test", id: randomUUID() });
+      const msg = encodeStructured(migrationRequested, { migrationId }, { migrationId, vms: [`vm${2 * i}`, `vm${2 * i + 1}`], sourceHost: "hostA", requestedBy: "test" }, { source: "test", id: randomUUID() });
       // Same CloudEvent twice, without a JetStream message id: the stream keeps both copies,
       // so only the runtime's idempotency stands between them and a double plan.
       await js.publish(msg.subject, msg.payload, { headers: msg.headers });
