@@ -310,8 +310,24 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     sources.set(key, session);
     // Watch the destination until this VM is decided, not just until it is sent: a
     // destination lost after the source finished still must not leave the source paused.
-    const lost = watchPeer(c.targetHost, ended.promise);
-    void lost.then((reason) => (reason ? abort(c.migrationId, c.vm, reason) : undefined));
+    void (async () => {
+      for (;;) {
+        const reason = await watchPeer(c.targetHost, ended.promise);
+        if (!reason) return;
+        // After a post-copy switch-over this host holds the only copy of the pages still to
+        // come: give the destination its progress time-out to come back before giving up.
+        if (session.switchover?.mode === "post-copy") {
+          const until = Date.now() + c.options.progressTimeoutSec * 1000;
+          let back = false;
+          while (!back && Date.now() < until && sources.get(key) === session) {
+            await new Promise((r) => setTimeout(r, 1000));
+            back = await peerAlive(c.targetHost);
+          }
+          if (back) continue;
+        }
+        return abort(c.migrationId, c.vm, reason);
+      }
+    })();
     // KubeVirt's completionTimeoutPerGiB (at least 1 GiB's worth): a VM not decided by then is
     // aborted (after a commit an abort changes nothing).
     const budgetMs = c.options.completionTimeoutPerGiB * Math.max(1, v.spec.memoryMiB / 1024) * 1000;
@@ -387,12 +403,43 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       }, { id: `${c.migrationId}-${c.spec.name}-ready` });
       log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered });
     })();
-    const lost = watchPeer(c.sourceHost, ended.promise);
-    void lost.then((reason) => (reason ? failTarget(session, state, reason) : undefined));
+    void watchSource(session, state, c.sourceHost, c.options.progressTimeoutSec * 1000);
     run.catch(async (err: Error) => {
       log.warn("destination failed", { migrationId: c.migrationId, vm: c.spec.name, error: err });
       await failTarget(session, state, `destination: ${err.message}`);
     });
+  };
+
+  /**
+   * Watches the source host until the VM is decided here. Before post-copy resumed the VM,
+   * a source that stops answering fails the migration (the source side takes over). After,
+   * the source holds the only copy of the missing pages: the guest is paused (both sides are
+   * then) and reported, and it runs on if the source answers again within the progress
+   * time-out (a link that came back); only then is the VM given up.
+   */
+  const watchSource = async (t: TargetSession, state: TargetState, sourceHost: string, patienceMs: number) => {
+    for (;;) {
+      const reason = await watchPeer(sourceHost, t.ended);
+      if (!reason) return;
+      if (!t.postcopy?.isResumed) return failTarget(t, state, reason);
+      log.warn("post-copy: source unreachable; guest paused until it answers again", { migrationId: t.migrationId, vm: t.spec.name, reason });
+      await Promise.race([t.vm.stop().catch(() => undefined), new Promise((r) => setTimeout(r, 3000))]);
+      const params = { migrationId: t.migrationId };
+      const report = (status: string) =>
+        pub.publish(migrationProgress, params, { migrationId: t.migrationId, vm: t.spec.name, phase: MigrationPhase.Running, mode: MigrationMode.PostCopy, stats: { time_elapsed: 0, data_processed: 0 }, qemu: { status, reason } })
+          .catch(() => undefined);
+      void report("postcopy-paused");
+      const until = Date.now() + patienceMs;
+      let back = false;
+      while (!back && Date.now() < until && targets.get(`${t.migrationId}/${t.spec.name}`) === t) {
+        await new Promise((r) => setTimeout(r, 1000));
+        back = await peerAlive(sourceHost);
+      }
+      if (!back) return failTarget(t, state, `${reason}; not back within ${Math.round(patienceMs / 1000)} s`);
+      log.info("post-copy: source answers again; guest resumed", { migrationId: t.migrationId, vm: t.spec.name });
+      await t.vm.cont().catch((e: Error) => log.error("post-copy: guest not resumed", { error: e }));
+      void report("postcopy-active");
+    }
   };
 
   /**

@@ -118,7 +118,7 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     procs.push(a, await startAgentProcess(nats.url, "plB", work));
     await startVms(nats.nc, "plA", [hot("lost1", 9)]);
     const migrationId = newMigrationId();
-    const done = migrateGang({ nc: nats.nc, vms: ["lost1"], sourceHost: "plA", targetHost: "plB", migrationId, options: { bandwidthMBps: 4, maxRounds: 2, postcopy: true } });
+    const done = migrateGang({ nc: nats.nc, vms: ["lost1"], sourceHost: "plA", targetHost: "plB", migrationId, options: { bandwidthMBps: 4, maxRounds: 2, postcopy: true, progressTimeoutSec: 10 } });
     // The destination runs the guest; its remaining pages are still crossing a 4 MB/s link.
     await eventually(async () => (await eventsOf(migrationId, `gw.migration.${migrationId}.committed`)).length > 0, 120_000, "post-copy commit");
     await a.kill(); // the source host's agent, and with it the source QEMU
@@ -163,5 +163,24 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     expect(s.vms[0]!.pages_sent).toBeLessThan(0.25 * (s.vms[0]!.pages - s.vms[0]!.memory_constant));
     const served = events.filter((e) => e.type === "io.gangway.page.served.v1");
     console.log(`force-complete: ${resumed.pagesAfterSwitchover} pages after switch-over, ${s.vms[0]!.pages_sent} sent as content, faults served ${served.reduce((n, e) => n + (e.data.fromDestination as number), 0)} from the destination side / ${served.reduce((n, e) => n + (e.data.fromSource as number), 0)} from the source`);
+  }, 300_000);
+
+  it("source unreachable for a few seconds during post-copy: the guest is paused and reported, then runs on when it answers again, and verifies", async () => {
+    procs.push(await startFunctions(nats.url));
+    const a = await startAgentProcess(nats.url, "prA", work);
+    procs.push(a, await startAgentProcess(nats.url, "prB", work));
+    await startVms(nats.nc, "prA", [hot("back1", 13)]);
+    const migrationId = newMigrationId();
+    const done = migrateGang({ nc: nats.nc, vms: ["back1"], sourceHost: "prA", targetHost: "prB", migrationId, options: { bandwidthMBps: 4, maxRounds: 2, postcopy: true, progressTimeoutSec: 60 } });
+    await eventually(async () => (await eventsOf(migrationId, `gw.migration.${migrationId}.committed`)).length > 0, 120_000, "post-copy commit");
+    // The source host drops off (its agent frozen: no pages, no answers), then comes back.
+    process.kill(a.child.pid!, "SIGSTOP");
+    await eventually(async () => (await eventsOf(migrationId, `gw.migration.${migrationId}.progress`)).some((e) => (e.data.qemu as { status?: string } | undefined)?.status === "postcopy-paused"), 30_000, "post-copy paused");
+    process.kill(a.child.pid!, "SIGCONT");
+    const s = await done;
+    expect(s.outcome, s.reason).toBe("succeeded");
+    expect(await verifyGuest(nats.nc, "prB", "back1")).toMatchObject({ ok: true });
+    const statuses = (await eventsOf(migrationId, `gw.migration.${migrationId}.progress`)).map((e) => (e.data.qemu as { status?: string } | undefined)?.status).filter(Boolean);
+    expect(statuses).toEqual(["postcopy-paused", "postcopy-active"]);
   }, 300_000);
 });
