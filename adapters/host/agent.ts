@@ -66,6 +66,8 @@ interface SourceSession {
   switchover?: { mode: "stop-and-copy" | "post-copy"; reason: string };
   /** Post-copy: pages the destination asked for and the manifest has not carried yet ("block:offset"). */
   requested: Set<string>;
+  /** The last manifest sequence number published (-1: none). */
+  published: number;
   cancel(): Promise<void>;
   done: Promise<unknown>;
   /** Resolved when the VM is decided here (quit after commit, or rolled back). */
@@ -81,6 +83,8 @@ interface TargetSession {
   end(): void;
   /** Post-copy, once PACKAGED went to QEMU: resumed before all pages are here. */
   postcopy?: { resumed: ReturnType<typeof latch>; isResumed: boolean };
+  /** What the rebuild got so far (the source asks how far, before it switches over). */
+  state: TargetState;
 }
 
 /** A promise and the function that resolves it. */
@@ -95,6 +99,11 @@ interface GangContext {
   gangKeys: Map<string, number>;
   users: number;
 }
+
+/** QEMU's stream while gangway drains its pipeline before a switch-over (bytes/s). */
+const DRAIN_BYTES_PER_SECOND = 1_000_000;
+/** The longest a switch-over waits for the drain. */
+const DRAIN_MAX_MS = 15_000;
 
 const bytesOnLink = meter().createCounter("gangway.migration.bytes_on_link", { unit: "By", description: "bytes a source host put on the link for migrations" });
 const pagesCounter = meter().createCounter("gangway.migration.pages", { description: "pages carried by migrations, by outcome (zero, deduplicated, sent)" });
@@ -153,6 +162,27 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       })();
     },
   });
+  // How far a destination's rebuild got: the source drains its pipeline before it switches over.
+  const manifestSub: Subscription = o.nc.subscribe(`gwsvc.agent.${o.host}.manifest`, {
+    callback: (_err, msg) => {
+      try {
+        const req = JSON.parse(new TextDecoder().decode(msg.data)) as { migrationId: string; vm: string };
+        const t = targets.get(`${req.migrationId}/${req.vm}`);
+        msg.respond(JSON.stringify(t ? { seqWritten: t.state.seqWritten ?? -1 } : { error: `no destination of ${req.vm} in ${req.migrationId} on ${o.host}` }));
+      } catch (err) {
+        msg.respond(JSON.stringify({ error: (err as Error).message }));
+      }
+    },
+  });
+  /** The destination's last manifest sequence number handed to its QEMU, or undefined if it cannot say. */
+  const seqWrittenAt = async (host: string, migrationId: string, vm: string): Promise<number | undefined> => {
+    try {
+      const r = JSON.parse(new TextDecoder().decode((await o.nc.request(`gwsvc.agent.${host}.manifest`, JSON.stringify({ migrationId, vm }), { timeout: 1000 })).data)) as { seqWritten?: number };
+      return r.seqWritten;
+    } catch {
+      return undefined;
+    }
+  };
   const peerAlive = async (peer: string) => {
     try {
       await o.nc.request(`gwsvc.agent.${peer}.status`, "", { timeout: 1000 });
@@ -296,6 +326,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
           else served.fromDestination++;
         },
         onPostcopyFlushed: () => void publishServed().catch(() => undefined),
+        onPublished: (seq) => (session.published = seq),
+        lowLatency: () => session.switchover !== undefined,
       }));
       bytesOnLink.add(result.progress.bytes_on_link, { "gangway.host": o.host });
       pagesCounter.add(result.progress.memory_constant, { outcome: "zero" });
@@ -306,7 +338,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     })();
     const ended = latch();
     // Filled in before `done` runs past its first await (which is where `out` appears).
-    session = { migrationId: c.migrationId, vm: c.vm, targetHost: c.targetHost, requested: new Set(), done, cancel: async () => void (await out?.cancel()), ended: ended.promise, end: ended.open };
+    session = { migrationId: c.migrationId, vm: c.vm, targetHost: c.targetHost, requested: new Set(), published: -1, done, cancel: async () => void (await out?.cancel()), ended: ended.promise, end: ended.open };
     sources.set(key, session);
     // Watch the destination until this VM is decided, not just until it is sent: a
     // destination lost after the source finished still must not leave the source paused.
@@ -356,10 +388,10 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     if (!vm) return;
     if (pending.rolledBack) return void (await vm.quit().catch(() => undefined));
     const ended = latch();
-    const session: TargetSession = { migrationId: c.migrationId, vm, spec: c.spec, ended: ended.promise, end: ended.open };
+    const state: TargetState = { pagesWritten: 0 };
+    const session: TargetSession = { migrationId: c.migrationId, vm, spec: c.spec, ended: ended.promise, end: ended.open, state };
     prepSources.add(c.sourceHost);
     targets.set(key, session);
-    const state: TargetState = { pagesWritten: 0 };
     const params = { migrationId: c.migrationId };
     let faults = 0;
     /** Post-copy: QEMU faulted on pages it lacks; page-request decides how they come. */
@@ -539,9 +571,33 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     }
     if (!s?.out || s.switchover) return;
     s.switchover = { mode: c.mode, reason: c.reason };
-    log.info("switching over", { migrationId: c.migrationId, vm: c.vm, mode: c.mode, reason: c.reason });
+    const drained = await drainBeforeSwitchover(s);
+    log.info("switching over", { migrationId: c.migrationId, vm: c.vm, mode: c.mode, reason: c.reason, drained });
     if (c.mode === "post-copy") await s.out.startPostcopy();
     else await s.out.forceComplete();
+  };
+
+  /**
+   * Everything already in gangway's pipeline (proxy buffer, keying window, manifest, the
+   * destination's rebuild) would sit between the guest stopping and the destination getting
+   * its device state. So first: slow QEMU's stream to a trickle while the guest still runs,
+   * and wait until the destination has handed QEMU all the source published (bounded).
+   */
+  const drainBeforeSwitchover = async (s: SourceSession): Promise<boolean> => {
+    await s.out!.throttle(DRAIN_BYTES_PER_SECOND);
+    const deadline = Date.now() + DRAIN_MAX_MS;
+    let steady = 0;
+    let last = s.published;
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+      const written = await seqWrittenAt(s.targetHost, s.migrationId, s.vm);
+      if (written === undefined) return false;
+      // Caught up with what the source had published a poll ago (the trickle goes on).
+      steady = written >= last ? steady + 1 : 0;
+      last = s.published;
+      if (steady >= 2) return true;
+    }
+    return false;
   };
 
   /** Post-copy: the destination needs these pages first; QEMU sends what it has not sent yet. */
@@ -703,6 +759,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       await Promise.allSettled([...inFlight]);
       statusSub.unsubscribe();
       consoleSub.unsubscribe();
+      manifestSub.unsubscribe();
       for (const g of gangs.values()) g.resolver.close();
       prepResolver?.close();
       await pageSource?.close();

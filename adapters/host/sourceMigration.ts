@@ -62,6 +62,10 @@ export interface SourceMigrationOptions {
   onPostcopyPage?: (block: string, offset: number, sent: boolean) => void;
   /** Post-copy: the manifest batches holding those pages are published. */
   onPostcopyFlushed?: () => void;
+  /** A manifest message (batch or command) with this sequence number is published. */
+  onPublished?: (seq: number) => void;
+  /** While true, every parsed batch goes out at once (a switch-over is draining the pipeline). */
+  lowLatency?: () => boolean;
 }
 
 /** One pre-copy pass as the source saw it. */
@@ -130,6 +134,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
     const { count, body } = writer.take();
     const seq = manifestSeq++;
     await o.publisher.publishBinary(manifestBatch, vmParams, { ...ext, round, seq, count, final }, body, { id: `${o.migrationId}-${o.vm}-m${seq}` });
+    o.onPublished?.(seq);
     p.bytes_on_link += body.byteLength + 300;
   };
 
@@ -226,6 +231,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   const publishCommand = async (command: ManifestCommand) => {
     const seq = manifestSeq++;
     await o.publisher.publish(manifestCommand, vmParams, { migrationId: o.migrationId, vm: o.vm, seq, command }, { id: `${o.migrationId}-${o.vm}-m${seq}` });
+    o.onPublished?.(seq);
     p.bytes_on_link += 300;
   };
   // QEMU sends the switch-over's discards 12 ranges at a time; one event carries a block's
@@ -318,12 +324,12 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
           inFlightPages -= first.batch.count;
           await finish(first);
         }
-        if (postcopy) {
-          // A guest waits on each faulted page: no batching across parser batches.
+        if (postcopy || o.lowLatency?.()) {
+          // A guest waits on each faulted page (or a switch-over on the pipeline to drain): no batching across parser batches.
           await drain();
           packer.flush();
           await flushManifest(p.round, false);
-          o.onPostcopyFlushed?.();
+          if (postcopy) o.onPostcopyFlushed?.();
         }
         if (Date.now() - lastReport > 250) {
           lastReport = Date.now();

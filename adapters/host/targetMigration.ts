@@ -53,6 +53,8 @@ export interface TargetState {
   /** The image as delivered (last content per page). */
   delivered?: ImageDigest;
   pagesWritten: number;
+  /** The last manifest sequence number whose records QEMU has been handed (-1: none yet). */
+  seqWritten?: number;
   /** Post-copy: PACKAGED (device state, LISTEN, RUN) was handed to QEMU. */
   postcopy?: boolean;
   /** Pages the destination QEMU holds, per block (1 byte per page): what a fault need not fetch. */
@@ -199,6 +201,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         i = j;
       }
       if (recs.length) yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };
+      state.seqWritten = Number((ev.ext as { seq: number }).seq);
       batches++;
       o.onProgress?.({ round, pages: state.pagesWritten, batches });
     } else if (ev.type === manifestCommand.type) {
@@ -221,6 +224,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         // As QEMU frames them: at most 12 ranges per command.
         for (let i = 0; i < command.ranges.length; i += 12) yield { type: "command", offset: 0, command: { ...command, ranges: command.ranges.slice(i, i + 12) } };
       } else yield { type: "command", offset: 0, command };
+      state.seqWritten = (ev.data as ManifestCommandData).seq;
       if (c.cmd === "packaged") {
         state.postcopy = true;
         o.onSwitchover?.();

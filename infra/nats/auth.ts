@@ -107,8 +107,9 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         "gw.manifest.*.*.>",
         "gw.pack.*.stored",
         "gw.hash.*.lookup.*",
-        // Liveness of the peer host during a migration.
+        // Liveness of the peer host during a migration, and how far its rebuild got.
         "gwsvc.agent.*.status",
+        "gwsvc.agent.*.manifest",
         // JetStream: account info, the two streams' info.
         `${API}.INFO`,
         `${API}.STREAM.INFO.${EVENTS_STREAM}`,
@@ -148,6 +149,7 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         `${inboxPrefixFor(publicKey)}.>`,
         `gwsvc.agent.${host}.status`,
         `gwsvc.agent.${host}.console`,
+        `gwsvc.agent.${host}.manifest`,
         // The dedup index's answers (all shards, all migrations: see the module comment).
         "gw.hash.resolved.*",
       ],
