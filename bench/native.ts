@@ -124,6 +124,7 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
         let srcInfo: MigrationInfo = {};
         let postcopyResumedAt: number | undefined;
         let switched = false;
+        let switchAt = 0;
         const deadline = start + w.timeLimitMs;
         for (;;) {
           const d = await dst.qmp.queryMigrate();
@@ -134,6 +135,7 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
           if (mode === "postcopy") {
             if (!switched && ((await src.qmp.queryMigrate()).ram?.["dirty-sync-count"] ?? 0) >= 2) {
               await src.qmp.migrateStartPostcopy();
+              switchAt = performance.now();
               switched = true;
             }
             // The destination has the devices (RUN done, -S keeps it paused): resume it now.
@@ -164,7 +166,8 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
           vm,
           status: srcInfo.status ?? "unknown",
           downtime_ms: srcInfo.downtime,
-          downtime_to_resume_ms: Math.round(resumedAt - stoppedAt),
+          // Post-copy: from asking for the switch-over (the source stops) to the destination running.
+          downtime_to_resume_ms: Math.round(postcopyResumedAt !== undefined ? resumedAt - switchAt : resumedAt - stoppedAt),
           total_time_ms: srcInfo["total-time"],
           qemu_transferred: srcInfo.ram?.transferred,
           dirty_sync_count: srcInfo.ram?.["dirty-sync-count"],
