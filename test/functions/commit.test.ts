@@ -5,39 +5,15 @@
  */
 import { describe, expect, it } from "vitest";
 import { commitFunctions } from "../../functions/index.ts";
-import type { FunctionContext, StateStore } from "../../functions/types.ts";
+import { functionHarness } from "../helpers/functions.ts";
 import { planKey } from "../../functions/plan/index.ts";
 
-function memoryState(): StateStore & { map: Map<string, unknown> } {
-  const map = new Map<string, unknown>();
-  return {
-    map,
-    get: async <T,>(k: string) => map.get(k) as T | undefined,
-    put: async (k, v) => void map.set(k, v),
-    create: async (k, v) => (map.has(k) ? false : (map.set(k, v), true)),
-    delete: async (k) => void map.delete(k),
-    keys: async (prefix) => [...map.keys()].filter((k) => k.startsWith(prefix)),
-  };
-}
-
 function harness() {
-  const state = memoryState();
-  let emitted: { type: string; data: Record<string, unknown> }[] = [];
-  const ctx: FunctionContext = {
-    emit: (def, _p, data) => void emitted.push({ type: def.type, data: data as Record<string, unknown> }),
-    emitBinary: () => undefined,
-    state,
-    log: { debug() {}, info() {}, warn() {}, error() {} },
-    now: () => new Date(),
-    attempt: 1,
-  };
+  const h = functionHarness();
   const fn = (id: string) => commitFunctions.find((f) => f.id === id)!;
-  const run = async (id: string, data: Record<string, unknown>) => {
-    emitted = [];
-    await fn(id).handler({ specversion: "1.0", id: `e-${Math.random()}`, source: "t", type: fn(id).trigger.type, time: new Date().toISOString(), data } as never, ctx);
-    return emitted.map((e) => `${e.type.replace(/^io\.gangway\./, "").replace(/\.v1$/, "")}${e.data.host ? `@${e.data.host}` : ""}`);
-  };
-  return { state, run };
+  const run = async (id: string, data: Record<string, unknown>) =>
+    (await h.run(fn(id), data)).map((e) => `${e.type.replace(/^io\.gangway\./, "").replace(/\.v1$/, "")}${e.data.host ? `@${e.data.host}` : ""}`);
+  return { state: h.state, run };
 }
 
 const digest = "ab".repeat(32);

@@ -7,7 +7,8 @@ import { describe, expect, it } from "vitest";
 import { decideSwitchover, type PassFigures } from "../../functions/dirtyLog/policy.ts";
 import pageRequest, { PREFETCH_PAGES, rangesOf, windowOf } from "../../functions/pageRequest/index.ts";
 import { dirtyLogFunctions } from "../../functions/dirtyLog/index.ts";
-import type { FunctionContext, FunctionDefinition, StateStore } from "../../functions/types.ts";
+import type { FunctionDefinition } from "../../functions/types.ts";
+import { functionHarness } from "../helpers/functions.ts";
 import { planKey } from "../../functions/plan/index.ts";
 
 const pass = (round: number, pagesSent: number, expectedDowntimeMs = 5000): PassFigures => ({ round, pagesSent, remainingBytes: pagesSent * 4096, expectedDowntimeMs, transferRate: 8e6, dirtyRate: 3000 });
@@ -33,29 +34,8 @@ describe("switch-over policy", () => {
 });
 
 function harness(fn: FunctionDefinition) {
-  const map = new Map<string, unknown>();
-  const state: StateStore = {
-    get: async <T,>(k: string) => structuredClone(map.get(k)) as T | undefined,
-    put: async (k, v) => void map.set(k, structuredClone(v)),
-    create: async (k, v) => (map.has(k) ? false : (map.set(k, structuredClone(v)), true)),
-    delete: async (k) => void map.delete(k),
-    keys: async (prefix) => [...map.keys()].filter((k) => k.startsWith(prefix)),
-  };
-  let emitted: { type: string; data: Record<string, unknown> }[] = [];
-  const ctx: FunctionContext = {
-    emit: (def, _p, data) => void emitted.push({ type: def.type, data: data as Record<string, unknown> }),
-    emitBinary: () => undefined,
-    state,
-    log: { debug() {}, info() {}, warn() {}, error() {} },
-    now: () => new Date(),
-    attempt: 1,
-  };
-  const run = async (data: Record<string, unknown>, id = `e-${Math.random()}`, time = new Date().toISOString()) => {
-    emitted = [];
-    await fn.handler({ specversion: "1.0", id, source: "t", type: fn.trigger.type, time, data } as never, ctx);
-    return emitted;
-  };
-  return { state, run, map };
+  const h = functionHarness();
+  return { state: h.state, run: (data: Record<string, unknown>, id?: string, time?: string) => h.run(fn, data, id, time) };
 }
 
 const plan = { migrationId: "m", sourceHost: "A", targetHost: "B", vms: [{ vm: "v", tenant: "t", memoryBytes: 1 << 30 }], options: { maxDowntimeMs: 300, postcopy: true, maxRounds: 3, completionTimeoutPerGiB: 150 } };

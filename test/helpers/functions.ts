@@ -1,0 +1,39 @@
+/** Runs a function's handler against a small in-memory state, collecting what it emits (unit level). */
+import type { FunctionContext, FunctionDefinition, StateStore } from "../../functions/types.ts";
+
+export interface Emitted {
+  type: string;
+  data: Record<string, unknown>;
+}
+
+/** A StateStore in a Map; values are copied in and out, as a real store would. */
+export function memoryState(): StateStore & { map: Map<string, unknown> } {
+  const map = new Map<string, unknown>();
+  return {
+    map,
+    get: async <T,>(k: string) => structuredClone(map.get(k)) as T | undefined,
+    put: async (k, v) => void map.set(k, structuredClone(v)),
+    create: async (k, v) => (map.has(k) ? false : (map.set(k, structuredClone(v)), true)),
+    delete: async (k) => void map.delete(k),
+    keys: async (prefix) => [...map.keys()].filter((k) => k.startsWith(prefix)),
+  };
+}
+
+/** One state shared by the functions run through it; `run` delivers one event and returns what was emitted. */
+export function functionHarness(state = memoryState()) {
+  let emitted: Emitted[] = [];
+  const ctx: FunctionContext = {
+    emit: (def, _p, data) => void emitted.push({ type: def.type, data: data as Record<string, unknown> }),
+    emitBinary: () => undefined,
+    state,
+    log: { debug() {}, info() {}, warn() {}, error() {} },
+    now: () => new Date(),
+    attempt: 1,
+  };
+  const run = async (fn: FunctionDefinition, data: Record<string, unknown>, id = `e-${Math.random()}`, time = new Date().toISOString()): Promise<Emitted[]> => {
+    emitted = [];
+    await fn.handler({ specversion: "1.0", id, source: "t", type: fn.trigger.type, time, data } as never, ctx);
+    return emitted;
+  };
+  return { state, run };
+}
