@@ -361,9 +361,14 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       }
     })();
     // KubeVirt's completionTimeoutPerGiB (at least 1 GiB's worth): a VM not decided by then is
-    // aborted (after a commit an abort changes nothing).
+    // aborted (after a pre-copy commit an abort changes nothing). Where post-copy is allowed,
+    // the dirty log switches over at the budget instead: this is only the backstop, half a
+    // budget later; a VM in post-copy is never aborted for time (that would lose it).
     const budgetMs = c.options.completionTimeoutPerGiB * Math.max(1, v.spec.memoryMiB / 1024) * 1000;
-    const overdue = setTimeout(() => void abort(c.migrationId, c.vm, `not completed within ${Math.round(budgetMs / 1000)} s (completionTimeoutPerGiB ${c.options.completionTimeoutPerGiB})`), budgetMs);
+    const overdue = setTimeout(() => {
+      if (session.switchover?.mode === "post-copy") return;
+      void abort(c.migrationId, c.vm, `not completed within ${Math.round(budgetMs / 1000)} s (completionTimeoutPerGiB ${c.options.completionTimeoutPerGiB})`);
+    }, c.options.postcopy ? budgetMs * 1.5 : budgetMs);
     void ended.promise.then(() => clearTimeout(overdue));
     done.catch(async (err: Error) => {
       await out?.cancel().catch(() => undefined);
