@@ -576,7 +576,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     }
     if (!s?.out || s.switchover) return;
     s.switchover = { mode: c.mode, reason: c.reason };
-    const drained = await drainBeforeSwitchover(s);
+    // Post-copy only: for stop-and-copy, what the guest dirties during a drain would all be
+    // sent with it stopped; post-copy defers those pages until after the resume.
+    const drained = c.mode === "post-copy" ? await drainBeforeSwitchover(s) : false;
     log.info("switching over", { migrationId: c.migrationId, vm: c.vm, mode: c.mode, reason: c.reason, drained });
     if (c.mode === "post-copy") await s.out.startPostcopy();
     else await s.out.forceComplete();
