@@ -61,8 +61,13 @@ export function spawnGangway(name: string, args: string[], readyLine: RegExp, en
 }
 
 export const startFunctions = (natsUrl: string) => spawnGangway("functions", ["up", "--nats", natsUrl, "--json"], /"url"/);
-export const startAgentProcess = (natsUrl: string, host: string, runDir: string) =>
-  spawnGangway(`agent ${host}`, ["agent", "--host", host, "--nats", natsUrl, "--run-dir", join(runDir, host), "--json"], /"ready"/);
+/**
+ * A host agent as a process. Its VMs outlive it when it is killed (as in production); on
+ * stop() (SIGTERM) it quits them, so a test or the demo leaves no QEMU behind, unless
+ * `keepVmsOnExit`.
+ */
+export const startAgentProcess = (natsUrl: string, host: string, runDir: string, o: { keepVmsOnExit?: boolean } = {}) =>
+  spawnGangway(`agent ${host}`, ["agent", "--host", host, "--nats", natsUrl, "--run-dir", join(runDir, host), "--json", ...(o.keepVmsOnExit ? [] : ["--stop-vms-on-exit"])], /"ready"/);
 
 export type InventoryVm = z.infer<typeof hostInventory.data>["vms"][number];
 

@@ -16,6 +16,7 @@ import {
   type VmSpec,
 } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
+import { readEvents } from "../../infra/events/reader.ts";
 import { createPublisher, type EventPublisher } from "../../infra/events/publisher.ts";
 import { createLogger, type Logger } from "../../infra/log.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
@@ -28,7 +29,7 @@ import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
 import type { ReturnPathMessage } from "../qemu/returnPath.ts";
 import { scanMemory } from "./memoryScanner.ts";
 import { openPageSource, type PageSource } from "./packLocator.ts";
-import type { OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
+import type { AdoptedVm, GoneVm, OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
 import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
 import { missingPages, targetRecords, type TargetState } from "./targetMigration.ts";
 
@@ -110,7 +111,12 @@ const pagesCounter = meter().createCounter("gangway.migration.pages", { descript
 
 export interface Agent {
   readonly host: string;
-  stop(): Promise<void>;
+  /**
+   * Stops serving. Its VMs are quit, unless `keepVms`: then they keep running (outgoing
+   * migrations are cancelled and aborted; incoming destinations are quit) and the next
+   * agent of this host adopts them (needs a driver whose VMs outlive the agent).
+   */
+  stop(opts?: { keepVms?: boolean }): Promise<void>;
 }
 
 export async function startAgent(o: AgentOptions): Promise<Agent> {
@@ -131,11 +137,40 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const gangs = new Map<string, GangContext>();
   const prepSources = new Set<string>();
   const started = Date.now();
+  // VMs an earlier agent of this host left running are taken back first; reclaim then
+  // removes only what no live QEMU uses.
+  const found: { adopted: AdoptedVm[]; gone: GoneVm[] } = o.driver.adopt ? await o.driver.adopt() : { adopted: [], gone: [] };
   const reclaimed = await o.driver.reclaim();
   if (reclaimed.length) log.warn("removed what an earlier agent of this host left behind", { files: reclaimed });
+  /** Adopted VMs whose migration, incoming or resume the old agent left undecided: settled once the agent is up. */
+  const leftOver: AdoptedVm[] = [];
+  for (const a of found.adopted) {
+    const r = a.record;
+    if (r.state === "incoming" || (r.state === "resuming" && r.postcopy)) {
+      leftOver.push(a);
+      continue;
+    }
+    const state = r.state === "migrating" ? "migrating" : r.state === "resuming" ? "running" : a.status === "running" ? "running" : "paused";
+    owned.set(a.vm.name, { spec: a.vm.spec, vm: a.vm, state, ...(r.state === "migrating" && r.migrationId ? { migrationId: r.migrationId } : {}) });
+    if (r.state === "migrating" || r.state === "resuming") leftOver.push(a);
+  }
+  if (found.adopted.length) log.warn("adopted the VMs an earlier agent of this host left running", { vms: found.adopted.map((a) => ({ vm: a.vm.name, status: a.status, ...a.record })) });
+  for (const g of found.gone) log.warn("a VM of an earlier agent of this host is gone (its QEMU died without it)", { vm: g.name, role: g.role, ...g.record });
 
   // --- inventory ---------------------------------------------------------------
+  /**
+   * Each VM's record follows the agent's view of it (written only when it changes), so a
+   * restarted agent knows what it was doing. A post-copy destination still receiving pages
+   * keeps its "resuming" record until every page is in.
+   */
+  const syncRecords = async () => {
+    await Promise.all([...owned.values()].map((v) => {
+      if ([...targets.values()].some((t) => t.vm === v.vm)) return undefined;
+      return v.vm.remember?.({ state: v.state, ...(v.state === "migrating" && v.migrationId ? { migrationId: v.migrationId } : {}) });
+    }));
+  };
   const publishInventory = async () => {
+    await syncRecords();
     const vms = [...owned.values()].map((v) => ({ vm: v.spec.name, tenant: v.spec.tenant, memoryBytes: v.spec.memoryMiB * 1024 * 1024, state: v.state, ...(v.spec.uuid ? { uuid: v.spec.uuid } : {}), spec: v.spec }));
     const used = vms.reduce((n, v) => n + v.memoryBytes, 0);
     await pub.publish(hostInventory, { host: o.host }, { host: o.host, memoryTotalBytes: totalmem(), memoryFreeBytes: Math.max(0, Math.min(freemem(), totalmem() - used)), vms });
@@ -510,6 +545,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     targets.delete(key);
     t.end();
     targetDone(migrationId);
+    void syncRecords(); // every page is in: an ordinary running VM from now on
     const digest = state.delivered!.digest();
     log.info("post-copy complete", { migrationId, vm: t.spec.name, pagesAfterSwitchover: state.pagesAfterSwitchover ?? 0, duplicatesDropped: state.duplicatesDropped ?? 0 });
     await pub.publish(commitResumed, { migrationId }, {
@@ -532,6 +568,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     targets.delete(key);
     t.end();
     targetDone(c.migrationId);
+    // Recorded before it runs: from now on it outlives the agent, and a restarted one finishes the resume.
+    await t.vm.remember?.({ state: "resuming", migrationId: c.migrationId });
     try {
       await t.vm.cont();
     } catch (err) {
@@ -550,6 +588,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   /** Post-copy: the VM runs here now while its remaining pages are faulted in. */
   const resumePostcopy = async (migrationId: string, t: TargetSession) => {
     const key = `${migrationId}/${t.spec.name}`;
+    await t.vm.remember?.({ state: "resuming", migrationId, postcopy: true });
     try {
       await t.vm.cont();
     } catch (err) {
@@ -704,6 +743,80 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     }
   };
 
+  // --- VMs an earlier agent left in the middle of something -------------------------
+  /** Has the destination of this migration said it runs the VM (commit-resumed)? */
+  const destinationRuns = async (migrationId: string, vm: string) => {
+    for await (const e of readEvents(o.nc, { filter: commitResumed.subject({ migrationId }) })) {
+      if (e.result.ok && e.result.event.mode === "structured" && (e.result.event.data as { vm?: string }).vm === vm) return true;
+    }
+    return false;
+  };
+
+  /**
+   * Settles what an adopted VM was doing when its agent died. The outcome of a migration is
+   * the commit function's: this agent only reports and then follows its commands.
+   * - Leaving (source, "migrating"): QEMU's outgoing stream went with the old agent. If the
+   *   destination already runs the VM, this copy is quit. Otherwise an abort is published:
+   *   the commit function rolls back (its rollback command, repeated if it was decided
+   *   before, resumes this copy) or, if it had committed, the destination resumes and the
+   *   quit-source command follows. Until then the VM stays claimed by its migration.
+   * - Incoming (destination never resumed): quit, and the migration aborted with the
+   *   destination stopped. It is never resumed here.
+   * - Resuming (pre-copy: the commit told it to resume; the old agent died around `cont`):
+   *   resumed, and commit-resumed reported (the source quits then).
+   * - Resuming in post-copy: its pages were still coming from a source whose stream is gone;
+   *   kept as it is and reported, for the commit function (and the operator) to decide.
+   */
+  const settleAdopted = async (a: AdoptedVm) => {
+    const name = a.vm.name;
+    const { state, migrationId, postcopy } = a.record;
+    if (!migrationId) return;
+    if (state === "migrating") {
+      if (await destinationRuns(migrationId, name)) {
+        const v = owned.get(name);
+        if (v?.vm !== a.vm || v.state !== "migrating") return;
+        log.warn("adopted a source whose destination already runs it: quitting this copy", { migrationId, vm: name });
+        owned.delete(name);
+        await a.vm.quit();
+        await publishInventory();
+        return;
+      }
+      log.warn("adopted a VM in the middle of leaving: asking for a rollback", { migrationId, vm: name, status: a.status });
+      return abort(migrationId, name, `the agent of ${o.host} restarted during the migration; the source VM survived it and still runs here`);
+    }
+    if (state === "incoming") {
+      log.warn("adopted an incoming destination its agent left: quitting it, never resuming", { migrationId, vm: name, status: a.status });
+      await a.vm.quit().catch(() => undefined);
+      return abort(migrationId, name, `the agent of ${o.host} restarted while ${name} was arriving; its destination VM was stopped and never resumed`, true);
+    }
+    if (state === "resuming" && !postcopy) {
+      if (a.status !== "running") await a.vm.cont();
+      await a.vm.remember?.({ state: "running" });
+      resumed.add(`${migrationId}/${name}`);
+      log.warn("adopted a destination told to resume: resumed", { migrationId, vm: name, was: a.status });
+      await pub.publish(commitResumed, { migrationId }, { migrationId, vm: name, targetHost: o.host }, { id: `${migrationId}-${name}-commit-resumed` });
+      await publishInventory();
+      return;
+    }
+    if (state === "resuming" && postcopy) {
+      owned.set(name, { spec: a.vm.spec, vm: a.vm, state: a.status === "running" ? "running" : "paused" });
+      await a.vm.remember?.({ state: a.status === "running" ? "running" : "paused" });
+      await publishInventory();
+      log.error("adopted a post-copy destination whose pages stopped coming with its agent: left as it is", { migrationId, vm: name, status: a.status });
+      return abort(migrationId, name, `the agent of ${o.host} restarted in post-copy; the destination VM is ${a.status}`);
+    }
+  };
+
+  /** A recorded VM whose QEMU died with no agent watching: say what that means for its migration. */
+  const settleGone = async (g: GoneVm) => {
+    const { state, migrationId } = g.record;
+    if (!migrationId) return;
+    // An incoming destination (killed by its lifeline): never resumed, so the source takes over.
+    if (state === "incoming") await abort(migrationId, g.name, `the agent of ${o.host} died while ${g.name} was arriving; its destination VM died with it, never resumed`, true);
+    else if (state === "resuming") await abort(migrationId, g.name, `the destination VM of ${g.name} on ${o.host} died around its resume, with no agent watching`);
+    // A source that died while leaving: the destination may still complete; nothing to say.
+  };
+
   const handlers: Record<string, (data: never) => Promise<void>> = {
     [agentVmStart.type]: vmStart,
     [agentVmStop.type]: vmStop,
@@ -754,12 +867,25 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   })();
 
   await publishInventory();
-  log.info("agent up", { durable });
+  log.info("agent up", { durable, adopted: found.adopted.length });
+  for (const a of leftOver) void settleAdopted(a).catch((e: Error) => log.error("an adopted VM was not settled", { vm: a.vm.name, error: e }));
+  for (const g of found.gone) void settleGone(g);
 
   return {
     host: o.host,
-    async stop() {
+    async stop(opts: { keepVms?: boolean } = {}) {
       clearInterval(inventoryTimer);
+      if (opts.keepVms) {
+        // The VMs stay; their outgoing migrations cannot go on without this agent.
+        await Promise.allSettled([...sources.values()].map(async (s) => {
+          await s.cancel();
+          await Promise.race([
+            pub.publish(commitAbort, { migrationId: s.migrationId }, { migrationId: s.migrationId, vm: s.vm, reason: `the agent of ${o.host} stopped; the VM stays here`, reportedBy: `host ${o.host}`, destinationStopped: false }, { id: `abort-${s.migrationId}-${s.vm}-${o.host}` }),
+            new Promise((r) => setTimeout(r, 3000)),
+          ]);
+        }));
+        await syncRecords().catch(() => undefined);
+      }
       for (const x of [...sources.values(), ...targets.values()]) x.end();
       messages.stop();
       await loop.catch(() => undefined);
@@ -771,7 +897,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       prepResolver?.close();
       await pageSource?.close();
       await Promise.allSettled([...targets.values()].map((t) => t.vm.quit()));
-      await Promise.allSettled([...owned.values()].map((v) => v.vm.quit()));
+      await Promise.allSettled([...owned.values()].filter((v) => ![...targets.values()].some((t) => t.vm === v.vm)).map((v) => (opts.keepVms && v.vm.detach ? v.vm.detach() : v.vm.quit())));
     },
   };
 }

@@ -25,6 +25,43 @@ export interface RunningVm {
   console(send: string, expect: RegExp, timeoutMs: number): Promise<string>;
   /** Resolves when the QEMU process is gone. */
   readonly exited: Promise<unknown>;
+  /**
+   * Persists the agent's view of this VM (atomically, in its run directory) so that a
+   * restarted agent can adopt it; a destination that leaves "incoming" starts to outlive
+   * the agent from then on. Absent on drivers whose VMs die with their agent.
+   */
+  remember?(s: VmRecordState): Promise<void>;
+  /** Lets go of the VM (QMP, serial) and leaves QEMU running: a shutdown that keeps the VMs. */
+  detach?(): Promise<void>;
+}
+
+/**
+ * The agent's view of a VM as its record keeps it. running / paused: the agent runs it;
+ * migrating: it is leaving in `migrationId`; incoming: a destination never resumed (it must
+ * never be resumed by anyone but the agent that received it); resuming: a destination the
+ * commit told to resume (written before `cont`).
+ */
+export type RecordedState = "running" | "paused" | "migrating" | "incoming" | "resuming";
+export interface VmRecordState {
+  state: RecordedState;
+  migrationId?: string;
+  /** resuming: in post-copy (pages were still to come). */
+  postcopy?: boolean;
+}
+
+/** A QEMU an earlier agent of this host left running, re-attached. */
+export interface AdoptedVm {
+  vm: RunningVm;
+  record: VmRecordState;
+  /** QEMU's run state now (query-status). */
+  status: string;
+}
+
+/** A record whose QEMU is gone (its files are removed): what it was doing. */
+export interface GoneVm {
+  name: string;
+  role: VmRole;
+  record: VmRecordState;
 }
 
 /** The outgoing stream of a source VM, as parsed records. */
@@ -70,10 +107,16 @@ export interface MigrateInOptions {
 
 export interface QemuDriver {
   /**
-   * Removes what an earlier agent of this host left behind when it died (its QEMUs die
-   * with it; their guest-RAM files do not). Returns what was removed.
+   * Removes what an earlier agent of this host left behind (guest-RAM files of QEMUs that
+   * are gone); never a file a live QEMU, adopted or not, uses. Returns what was removed.
    */
   reclaim(): Promise<string[]>;
+  /**
+   * Re-attaches to every QEMU an earlier agent of this host recorded and left alive (QMP,
+   * serial console), and removes the records (and files) of those that are gone. Call
+   * before reclaim(). Absent on drivers whose VMs die with their agent.
+   */
+  adopt?(): Promise<{ adopted: AdoptedVm[]; gone: GoneVm[] }>;
   startVm(spec: VmSpec, role: VmRole, tag: string): Promise<RunningVm>;
   /** Starts migrating a source VM into a proxy this host owns. */
   migrateOut(vm: RunningVm, options?: MigrateOutOptions): Promise<OutgoingStream>;

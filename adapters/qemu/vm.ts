@@ -3,13 +3,16 @@
  * ends of a migration; the destination adds `-incoming defer -S`). Guest RAM lives in a
  * shared file under /dev/shm, so a scanner can read it at the offsets the migration
  * stream uses. Each VM gets a run directory with its sockets, logs and pid file; QMP and
- * the serial console come connected. QEMU dies with the Node process that started it.
+ * the serial console come connected. By default QEMU dies with the Node process that
+ * started it; with `survive` it outlives it (a host agent's VMs, like libvirt's domains),
+ * and adoptVm() re-attaches a later process to it.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { accessSync, constants as fsConstants, createWriteStream, existsSync, rmSync } from "node:fs";
+import { accessSync, closeSync, constants as fsConstants, createWriteStream, existsSync, openSync, readSync, rmSync, fstatSync } from "node:fs";
 import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
+import { PassThrough } from "node:stream";
 import { hostname, tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import { VmAlreadyRunningError, VmConfigError, VmStartError } from "./errors.ts";
@@ -91,6 +94,19 @@ export interface StartVmOptions {
   commandTimeoutMs?: number;
   /** Kill QEMU when the process that started it dies (setpriv --pdeathsig, when available). @default true */
   dieWithParent?: boolean;
+  /**
+   * QEMU outlives the process that started it: no pdeathsig, its own session (a signal to
+   * the starter's process group does not reach it), its output straight to qemu.log (no
+   * pipe to break), not killed by this process's exit hook. adoptVm() re-attaches to it.
+   * @default false
+   */
+  survive?: boolean;
+  /**
+   * With `survive`: until `release()`, a small watcher (sh, reading a pipe from this
+   * process) SIGKILLs QEMU when this process dies, however it dies — for a destination
+   * that must never outlive the agent while it is still incoming. @default false
+   */
+  lifeline?: boolean;
   /** Leave the run directory (logs) after disposal. @default false */
   keepRunDir?: boolean;
 }
@@ -120,6 +136,10 @@ export interface VmHandle extends AsyncDisposable {
   stderrTail(): string;
   /** Sends a signal now (default SIGKILL); does not wait. */
   kill(signal?: NodeJS.Signals): void;
+  /** Cuts the lifeline (StartVmOptions.lifeline): from now on QEMU outlives this process. */
+  release(): void;
+  /** Closes QMP and the serial console and leaves QEMU running (a surviving VM, for a later adoptVm()). */
+  detach(): Promise<void>;
   /** `quit` over QMP, then SIGKILL after stopTimeoutMs; resolves when QEMU is gone and cleaned up. */
   stop(opts?: { timeoutMs?: number }): Promise<VmExit>;
   /** stop(), then removes the run directory unless keepRunDir. */
@@ -181,7 +201,9 @@ export function buildQemuArgs(
     "-qmp", `unix:${paths.qmpSocket},server=on,wait=off`,
     // QEMU connects to a socket we already listen on: nothing it prints is lost, even
     // before we attach, and the log file keeps it all.
-    "-chardev", `socket,id=ser0,path=${paths.serialSocket},server=off,logfile=${paths.serialLog},logappend=on`,
+    // reconnect=1: a process that adopts a surviving QEMU listens there again, and QEMU
+    // comes back to it within a second (the guest's output meanwhile is dropped).
+    "-chardev", `socket,id=ser0,path=${paths.serialSocket},server=off,reconnect=1,logfile=${paths.serialLog},logappend=on`,
     "-serial", "chardev:ser0",
     "-pidfile", paths.pidFile,
   ];
@@ -295,6 +317,38 @@ export async function sweepStaleVms(baseDir = join(tmpdir(), "gangway-run")): Pr
   return removed;
 }
 
+/** The last TAIL_BYTES of a file (QEMU's log of a surviving VM), or "". */
+function fileTail(path: string): string {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, "r");
+    const size = fstatSync(fd).size;
+    const len = Math.min(size, TAIL_BYTES);
+    const buf = Buffer.alloc(len);
+    readSync(fd, buf, 0, len, size - len);
+    return buf.toString("utf8");
+  } catch {
+    return "";
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/**
+ * A watcher that SIGKILLs `pid` when this process dies: it reads a pipe whose only writer
+ * is this process, and the kernel closes that pipe however we die (SIGKILL included). Its
+ * own session, so a signal to our process group does not take it first. Killing the
+ * watcher (release) cuts the line.
+ */
+function startLifeline(pid: number): ChildProcess {
+  const w = spawn("/bin/sh", ["-c", 'while read -r _; do :; done; kill -KILL "$0" 2>/dev/null', String(pid)], { stdio: ["pipe", "ignore", "ignore"], detached: true });
+  w.on("error", () => undefined);
+  w.unref();
+  (w.stdin as Socket | null)?.unref();
+  w.stdin?.on("error", () => undefined);
+  return w;
+}
+
 function listenUnix(path: string): Promise<Server> {
   return new Promise((resolve, reject) => {
     const server = createServer();
@@ -344,22 +398,40 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
   const serialConnected = new Promise<Socket>((resolve) => serialServer.once("connection", resolve));
 
   const binary = opts.qemuBinary ?? "qemu-system-x86_64";
-  const setpriv = opts.dieWithParent === false ? null : findSetpriv();
+  const survive = opts.survive === true;
+  const setpriv = opts.dieWithParent === false || survive ? null : findSetpriv();
   const [cmd, argv] = setpriv ? [setpriv, ["--pdeathsig", "KILL", "--", binary, ...args]] : [binary, args];
-  installExitHook();
-  const child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"], cwd: runDir });
-  const entry: Live = { child, ramPath: paths.ramPath };
-  live.add(entry);
-
-  // Output: all of it to qemu.log, the tail in memory for error messages.
-  const log = createWriteStream(paths.qemuLog, { flags: "a" });
+  let child: ChildProcess;
+  let log: ReturnType<typeof createWriteStream> | undefined;
   let tail = "";
-  const onOutput = (chunk: Buffer) => {
-    log.write(chunk);
-    tail = (tail + chunk.toString("utf8")).slice(-TAIL_BYTES);
-  };
-  child.stdout!.on("data", onOutput);
-  child.stderr!.on("data", onOutput);
+  let lifeline: ChildProcess | undefined;
+  let entry: Live | undefined;
+  if (survive) {
+    // Output straight to the log file: a pipe would break (and could stop QEMU) when we die.
+    const fd = openSync(paths.qemuLog, "a");
+    try {
+      child = spawn(cmd, argv, { stdio: ["ignore", fd, fd], cwd: runDir, detached: true });
+    } finally {
+      closeSync(fd);
+    }
+    child.unref();
+    if (opts.lifeline && child.pid !== undefined) lifeline = startLifeline(child.pid);
+  } else {
+    installExitHook();
+    child = spawn(cmd, argv, { stdio: ["ignore", "pipe", "pipe"], cwd: runDir });
+    entry = { child, ramPath: paths.ramPath };
+    live.add(entry);
+    // Output: all of it to qemu.log, the tail in memory for error messages.
+    const out = createWriteStream(paths.qemuLog, { flags: "a" });
+    log = out;
+    const onOutput = (chunk: Buffer) => {
+      out.write(chunk);
+      tail = (tail + chunk.toString("utf8")).slice(-TAIL_BYTES);
+    };
+    child.stdout!.on("data", onOutput);
+    child.stderr!.on("data", onOutput);
+  }
+  const outputTail = () => (survive ? fileTail(paths.qemuLog) : tail);
   let spawnError: Error | undefined;
   child.once("error", (err) => (spawnError = err));
 
@@ -372,9 +444,10 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
   let serial: SerialConsole | undefined;
   const cleanup = () =>
     (cleanupPromise ??= (async () => {
-      live.delete(entry);
+      if (entry) live.delete(entry);
+      lifeline?.kill("SIGKILL");
       serialServer.close();
-      await Promise.allSettled([qmp?.close(), serial?.close(), new Promise<void>((r) => log.end(r))]);
+      await Promise.allSettled([qmp?.close(), serial?.close(), new Promise<void>((r) => (log ? log.end(r) : r()))]);
       await Promise.all([paths.ramPath, paths.qmpSocket, paths.serialSocket, paths.pidFile].map((p) => rm(p, { force: true })));
     })());
   const exited = closedProcess.then(async (exit) => {
@@ -405,7 +478,7 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
   } catch (err) {
     child.kill("SIGKILL");
     await exited;
-    throw new VmStartError(config.name, (err as Error).message, tail, { cause: err });
+    throw new VmStartError(config.name, (err as Error).message, outputTail(), { cause: err });
   } finally {
     clearTimeout(timer);
   }
@@ -428,9 +501,17 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
     get isRunning() {
       return isAlive();
     },
-    stderrTail: () => tail,
+    stderrTail: outputTail,
     kill(signal: NodeJS.Signals = "SIGKILL") {
       if (isAlive()) child.kill(signal);
+    },
+    release() {
+      lifeline?.kill("SIGKILL");
+      lifeline = undefined;
+    },
+    async detach() {
+      serialServer.close();
+      await Promise.allSettled([qmpClient.close(), serialConsole.close()]);
     },
     async stop(o: { timeoutMs?: number } = {}) {
       if (isAlive()) {
@@ -456,4 +537,153 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
 
 function describeExit(e: VmExit): string {
   return e.signal ? `signal ${e.signal}` : `exit code ${e.code}`;
+}
+
+// ---- adopting a surviving QEMU ------------------------------------------------------------
+
+/** What adoptVm() needs to know of a QEMU started (with `survive`) by an earlier process. */
+export interface VmRecord {
+  config: VmConfig & { uuid: string; tenant: string };
+  role: VmRole;
+  paths: VmPaths;
+  args: readonly string[];
+}
+
+export interface AdoptVmOptions {
+  /** Time for QMP to answer. @default 5_000 */
+  connectTimeoutMs?: number;
+  /** How long to wait for QEMU to reconnect its serial console (it retries every second). @default 3_000 */
+  serialTimeoutMs?: number;
+  /** Default time for each QMP command. @default 30_000 */
+  commandTimeoutMs?: number;
+  /** How long stop() waits after `quit` before SIGKILL. @default 5_000 */
+  stopTimeoutMs?: number;
+  /** Leave the run directory (logs) after disposal. @default false */
+  keepRunDir?: boolean;
+}
+
+/** Alive and not a zombie (an adopted QEMU is not our child: nobody may have reaped it yet). */
+async function processAlive(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+  const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+  return state !== "" && state !== "Z" && state !== "X";
+}
+
+/** The pid of the live QEMU that owns these paths (pid file, command line naming its QMP socket), if any. */
+export async function liveQemuPid(paths: Pick<VmPaths, "pidFile" | "qmpSocket">): Promise<number | undefined> {
+  const pid = await livePid(paths);
+  return pid !== undefined && (await processAlive(pid)) ? pid : undefined;
+}
+
+/**
+ * Re-attaches to a QEMU that outlived the process that started it: finds it by its pid file
+ * (its command line must name the recorded QMP socket), connects QMP, and listens on the
+ * serial socket again for QEMU to reconnect (`reconnect=1`). Returns undefined when no live
+ * QEMU owns the record's run directory. The handle's `exited` settles when the process is
+ * gone (polled: it is not our child), after which its RAM file and sockets are removed.
+ * @throws QmpConnectError when the QEMU is alive but its QMP does not answer
+ */
+export async function adoptVm(rec: VmRecord, opts: AdoptVmOptions = {}): Promise<VmHandle | undefined> {
+  const { paths } = rec;
+  const pid = await liveQemuPid(paths);
+  if (pid === undefined) return undefined;
+  const qmp = await connectQmp(paths.qmpSocket, { timeoutMs: opts.connectTimeoutMs ?? 5_000, commandTimeoutMs: opts.commandTimeoutMs });
+
+  // The serial console: our socket is gone with the process that made it; QEMU retries.
+  await rm(paths.serialSocket, { force: true });
+  const serialServer = await listenUnix(paths.serialSocket);
+  const gone = new PassThrough();
+  gone.destroy(); // until QEMU reconnects, requests fail at once (closed) rather than hang
+  let serial = new SerialConsole(gone);
+  const firstSerial = new Promise<void>((resolve) => {
+    serialServer.on("connection", (socket: Socket) => {
+      const previous = serial;
+      serial = new SerialConsole(socket);
+      void previous.close();
+      resolve();
+    });
+  });
+  await Promise.race([firstSerial, new Promise((r) => setTimeout(r, opts.serialTimeoutMs ?? 3_000))]);
+
+  let alive = true;
+  let detached = false;
+  let resolveExit!: (e: VmExit) => void;
+  const gotExit = new Promise<VmExit>((r) => (resolveExit = r));
+  const poll = setInterval(() => void check(), 500);
+  poll.unref();
+  const check = async () => {
+    if (!alive || (await processAlive(pid))) return;
+    alive = false;
+    clearInterval(poll);
+    resolveExit({ code: null, signal: null });
+  };
+  void qmp.closed.then(async () => {
+    // QMP goes when QEMU does: look now and a little later (the exit takes a moment).
+    for (let i = 0; i < 20 && alive && !detached; i++) {
+      await check();
+      if (alive) await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+  const exited = gotExit.then(async (exit) => {
+    serialServer.close();
+    await Promise.allSettled([qmp.close(), serial.close()]);
+    await Promise.all([paths.ramPath, paths.qmpSocket, paths.serialSocket, paths.pidFile].map((p) => rm(p, { force: true })));
+    return exit;
+  });
+
+  const stopTimeoutMs = opts.stopTimeoutMs ?? 5_000;
+  const handle: VmHandle = {
+    config: rec.config,
+    role: rec.role,
+    pid,
+    qmp,
+    get serial() {
+      return serial;
+    },
+    ramPath: paths.ramPath,
+    runDir: paths.runDir,
+    paths,
+    args: rec.args,
+    exited,
+    get isRunning() {
+      return alive;
+    },
+    stderrTail: () => fileTail(paths.qemuLog),
+    kill(signal: NodeJS.Signals = "SIGKILL") {
+      if (!alive) return;
+      try {
+        process.kill(pid, signal);
+      } catch {
+        /* gone */
+      }
+    },
+    release() {
+      /* an adopted QEMU has no lifeline */
+    },
+    async detach() {
+      detached = true;
+      clearInterval(poll);
+      serialServer.close();
+      await Promise.allSettled([qmp.close(), serial.close()]);
+    },
+    async stop(o: { timeoutMs?: number } = {}) {
+      if (alive) {
+        const timeoutMs = o.timeoutMs ?? stopTimeoutMs;
+        const killer = setTimeout(() => handle.kill("SIGKILL"), timeoutMs);
+        try {
+          if (!qmp.isClosed) await qmp.quit({ timeoutMs }).catch(() => handle.kill("SIGKILL"));
+          else handle.kill("SIGTERM");
+          await exited;
+        } finally {
+          clearTimeout(killer);
+        }
+      }
+      return exited;
+    },
+    async [Symbol.asyncDispose]() {
+      await handle.stop();
+      if (!opts.keepRunDir) await rm(paths.runDir, { recursive: true, force: true });
+    },
+  };
+  return handle;
 }

@@ -10,18 +10,23 @@ import { UsageError } from "../errors.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec, untilSignal } from "../natsFlags.ts";
 import { expectPositionals } from "../positionals.ts";
 
-const help = `usage: gangway agent --host NAME [--nats URL] [--run-dir DIR] [--json]
+const help = `usage: gangway agent --host NAME [--nats URL] [--run-dir DIR] [--stop-vms-on-exit] [--json]
 
 Runs the host agent: starts and owns this host's VMs, publishes inventory, plays source
-or destination in migrations. Stops (quitting its VMs) on SIGTERM or SIGINT.
+or destination in migrations. Its VMs outlive it, like libvirt's domains: when the agent
+crashes, is killed or stops (SIGTERM, SIGINT), its running VMs go on, and the next agent
+started with the same --host and --run-dir adopts them (each VM's record is in its run
+directory). A migration the agent was in is settled by the next one: an outgoing VM is
+resumed or quit as the commit decided; an incoming one (never resumed) dies with its agent.
 
-  --host NAME       this host's name (a subject token: letters, digits, _ and -)
-  --run-dir DIR     where VM sockets, logs and RAM files live (default: $TMPDIR/gangway-run/NAME)
-  --json            print {"host":…,"ready":true} once serving
+  --host NAME          this host's name (a subject token: letters, digits, _ and -)
+  --run-dir DIR        where VM sockets, logs and records live (default: $TMPDIR/gangway-run/NAME)
+  --stop-vms-on-exit   on SIGTERM or SIGINT quit the VMs too (a crash still leaves them running)
+  --json               print {"host":…,"ready":true} once serving
 ${natsFlagHelp}`;
 
 export async function run(argv: string[]): Promise<void> {
-  const { values, positionals } = parseCommandArgs(argv, { ...natsFlagSpec, host: { type: "string" }, "run-dir": { type: "string" }, json: { type: "boolean" }, help: { type: "boolean" } });
+  const { values, positionals } = parseCommandArgs(argv, { ...natsFlagSpec, host: { type: "string" }, "run-dir": { type: "string" }, "stop-vms-on-exit": { type: "boolean" }, json: { type: "boolean" }, help: { type: "boolean" } });
   if (values.help) return void process.stdout.write(help + "\n");
   expectPositionals(positionals, 0, 0, "");
   if (!values.host) throw new UsageError("--host NAME is required");
@@ -31,12 +36,13 @@ export async function run(argv: string[]): Promise<void> {
   const telemetry = startTelemetry({ serviceName: `gangway-agent` });
   const nc = await connectFromFlags(values, `gangway-agent-${host}`, { reconnect: true });
   try {
-    const driver = createQemuDriver({ host, runDir: values["run-dir"] ?? join(tmpdir(), "gangway-run", host), log });
+    const driver = createQemuDriver({ host, runDir: values["run-dir"] ?? join(tmpdir(), "gangway-run", host), log, vmsOutliveAgent: true });
     const agent = await startAgent({ host, nc, driver, log });
     if (values.json) printJson({ host, ready: true });
     const sig = await untilSignal();
-    log.info("stopping", { signal: sig });
-    await agent.stop();
+    const keepVms = !values["stop-vms-on-exit"];
+    log.info("stopping", { signal: sig, vms: keepVms ? "left running for the next agent" : "quit" });
+    await agent.stop({ keepVms });
   } finally {
     await nc.drain().catch(() => nc.close());
     await telemetry.shutdown();

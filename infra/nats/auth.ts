@@ -123,6 +123,8 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         // filter is part of the create subject, so only these two kinds can be made.
         `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.manifest.*.*.>`,
         `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.pack.*.stored`,
+        // A restarted agent asks whether a destination already runs a VM it adopted mid-migration.
+        `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.commit.*.resumed`,
         `${API}.CONSUMER.MSG.NEXT.${EVENTS_STREAM}.*`,
         `${API}.CONSUMER.INFO.${EVENTS_STREAM}.*`,
         `${API}.CONSUMER.DELETE.${EVENTS_STREAM}.*`,
