@@ -153,5 +153,17 @@ describe("agent restart: VMs outlive their agent (real QEMU, real nats-server)",
       const q = await qemus();
       return (q.length === 1 && q[0]!.host === "arB") || undefined;
     }, 30_000, "m1's only QEMU on arB");
+
+    // A VM that arrived by migration lost its destination lifeline when it resumed: it too
+    // outlives its agent.
+    const [arrived] = await qemus();
+    const b = procs.find((p) => p.name === "agent arB")!;
+    await b.kill();
+    drop(b);
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await qemus()).map((q) => q.pid)).toEqual([arrived!.pid]);
+    await agent("arB");
+    await eventually(async () => (await hostVms(nats.nc, "arB")).get("m1") === "running" || undefined, 30_000, "m1 adopted on arB");
+    expect(await verifyGuest(nats.nc, "arB", "m1")).toMatchObject({ ok: true });
   }, 300_000);
 });
