@@ -781,6 +781,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         await publishInventory();
         return;
       }
+      // A rollback or quit command queued while no agent ran may have settled it already.
+      const v = owned.get(name);
+      if (v?.vm !== a.vm || v.state !== "migrating" || v.migrationId !== migrationId) return;
       log.warn("adopted a VM in the middle of leaving: asking for a rollback", { migrationId, vm: name, status: a.status });
       return abort(migrationId, name, `the agent of ${o.host} restarted during the migration; the source VM survived it and still runs here`);
     }
