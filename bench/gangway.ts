@@ -148,7 +148,7 @@ export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {
     await provision(nc);
     const relay = await link.relay("127.0.0.1", server.port);
     const start = (name: string, args: string[], ready: RegExp) => (o.cpuProfileDir ? spawnProfiled(o.cpuProfileDir, name, args, ready) : spawnGangway(name, args, ready));
-    const agentArgs = (host: string, url: string) => ["agent", "--host", host, "--nats", url, "--run-dir", join(o.workDir, host), "--json"];
+    const agentArgs = (host: string, url: string) => ["agent", "--host", host, "--nats", url, "--run-dir", join(o.workDir, host), "--json", "--stop-vms-on-exit"];
     procs.push(await start("functions", ["up", "--nats", server.url, "--json"], /"url"/));
     procs.push(await start("agent-source", agentArgs(hostA, `nats://127.0.0.1:${relay.port}`), /"ready"/));
     procs.push(await start("agent-destination", agentArgs(hostB, server.url), /"ready"/));

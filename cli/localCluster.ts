@@ -103,7 +103,7 @@ export async function startVms(nc: NatsConnection, host: string, specs: VmSpec[]
 
 /** Runs the test guest's self-check on a VM through its host's agent. */
 export async function verifyGuest(nc: NatsConnection, host: string, vm: string): Promise<{ vm: string; ok: boolean; line: string }> {
-  const reply = await nc.request(`gwsvc.agent.${host}.console`, JSON.stringify({ vm, send: "v", expect: "VERIFY (OK|FAIL)", timeoutMs: 60_000 }), { timeout: 65_000 });
+  const reply = await nc.request(`gwsvc.agent.${host}.console`, JSON.stringify({ vm, send: "v", expect: "VERIFY (OK pages=\\d+|FAIL \\d+ first=\\d+)", timeoutMs: 60_000 }), { timeout: 65_000 });
   const r = JSON.parse(new TextDecoder().decode(reply.data)) as { ok: boolean; line?: string; error?: string };
   const line = r.line ?? r.error ?? "";
   return { vm, ok: r.ok && /VERIFY OK/.test(line), line };

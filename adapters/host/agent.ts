@@ -546,6 +546,15 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     t.end();
     targetDone(migrationId);
     void syncRecords(); // every page is in: an ordinary running VM from now on
+    // Every page of every block must have come: QEMU zero-fills what never did once its
+    // post-copy ends, which would be silent corruption. Say so instead.
+    const missing = missingPages(state);
+    if (missing.pages > 0) {
+      await pub.publish(pageMissing, { migrationId }, { migrationId, vm: t.spec.name, targetHost: o.host, pages: missing.pages, block: missing.block, ranges: missing.ranges, reason: "post-copy ended without these pages" })
+        .catch((e: Error) => log.error("missing pages not reported", { error: e }));
+      await Promise.race([t.vm.stop().catch(() => undefined), new Promise((r) => setTimeout(r, 3000))]);
+      return abort(migrationId, t.spec.name, `post-copy ended with ${missing.pages} pages never delivered (first at ${missing.block}+${missing.ranges[0]?.offset ?? 0})`);
+    }
     const digest = state.delivered!.digest();
     log.info("post-copy complete", { migrationId, vm: t.spec.name, pagesAfterSwitchover: state.pagesAfterSwitchover ?? 0, duplicatesDropped: state.duplicatesDropped ?? 0 });
     await pub.publish(commitResumed, { migrationId }, {
