@@ -485,17 +485,19 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   /**
    * Watches the source host until the VM is decided here. Before post-copy resumed the VM,
    * a source that stops answering fails the migration (the source side takes over). After,
-   * the source holds the only copy of the missing pages: the guest is paused (both sides are
-   * then) and reported, and it runs on if the source answers again within the progress
-   * time-out (a link that came back); only then is the VM given up.
+   * the source holds the only copy of the missing pages: the stall is reported
+   * (postcopy-paused: the guest's vCPUs wait on the pages they fault on), and post-copy goes
+   * on if the source answers again within the progress time-out (a link that came back);
+   * only then is the VM given up.
    */
   const watchSource = async (t: TargetSession, state: TargetState, sourceHost: string, patienceMs: number) => {
     for (;;) {
       const reason = await watchPeer(sourceHost, t.ended);
       if (!reason) return;
       if (!t.postcopy?.isResumed) return failTarget(t, state, reason);
-      log.warn("post-copy: source unreachable; guest paused until it answers again", { migrationId: t.migrationId, vm: t.spec.name, reason });
-      await Promise.race([t.vm.stop().catch(() => undefined), new Promise((r) => setTimeout(r, 3000))]);
+      // No QMP stop here: a vCPU waiting on a missing page cannot be paused anyway (stop would
+      // hang), and one that touches only pages it has may run on. Post-copy is stalled, and said so.
+      log.warn("post-copy: source unreachable; the guest waits on its missing pages until it answers again", { migrationId: t.migrationId, vm: t.spec.name, reason });
       const params = { migrationId: t.migrationId };
       const report = (status: string) =>
         pub.publish(migrationProgress, params, { migrationId: t.migrationId, vm: t.spec.name, phase: MigrationPhase.Running, mode: MigrationMode.PostCopy, stats: { time_elapsed: 0, data_processed: 0 }, qemu: { status, reason } })
@@ -508,8 +510,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         back = await peerAlive(sourceHost);
       }
       if (!back) return failTarget(t, state, `${reason}; not back within ${Math.round(patienceMs / 1000)} s`);
-      log.info("post-copy: source answers again; guest resumed", { migrationId: t.migrationId, vm: t.spec.name });
-      await t.vm.cont().catch((e: Error) => log.error("post-copy: guest not resumed", { error: e }));
+      log.info("post-copy: source answers again", { migrationId: t.migrationId, vm: t.spec.name });
       void report("postcopy-active");
     }
   };

@@ -168,7 +168,7 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     console.log(`force-complete: ${resumed.pagesAfterSwitchover} pages after switch-over, ${s.vms[0]!.pages_sent} sent as content, faults served ${served.reduce((n, e) => n + (e.data.fromDestination as number), 0)} from the destination side / ${served.reduce((n, e) => n + (e.data.fromSource as number), 0)} from the source`);
   }, 300_000);
 
-  it("source unreachable for a few seconds during post-copy: the guest is paused and reported, then runs on when it answers again, and verifies", async () => {
+  it("source unreachable for a few seconds during post-copy: the stall is reported, post-copy goes on when it answers again, and the guest verifies", async () => {
     procs.push(await startFunctions(nats.url));
     const a = await startAgentProcess(nats.url, "prA", work);
     procs.push(a, await startAgentProcess(nats.url, "prB", work));
