@@ -31,7 +31,7 @@ beforeEach(async () => {
 afterEach(async () => {
   for (const p of procs.reverse()) await p.stop().catch(() => undefined);
   // A source killed with its agent leaves its RAM file (an agent of that host would reclaim it on restart).
-  for (const f of await readdir("/dev/shm")) if (/^gangway-p[clfr][AB]-/.test(f)) await rm(join("/dev/shm", f), { force: true });
+  for (const f of await readdir("/dev/shm")) if (/^gangway-p[clfrq][AB]-/.test(f)) await rm(join("/dev/shm", f), { force: true });
   await nats[Symbol.asyncDispose]();
   await rm(work, { recursive: true, force: true });
 });
@@ -186,4 +186,14 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     const statuses = (await eventsOf(migrationId, `gw.migration.${migrationId}.progress`)).map((e) => (e.data.qemu as { status?: string } | undefined)?.status).filter(Boolean);
     expect(statuses).toEqual(["postcopy-paused", "postcopy-active"]);
   }, 300_000);
+
+  it("post-copy allowed but not needed: a guest that converges completes in pre-copy as usual (QEMU's return path is answered)", async () => {
+    procs.push(await startFunctions(nats.url));
+    procs.push(await startAgentProcess(nats.url, "pqA", work), await startAgentProcess(nats.url, "pqB", work));
+    await startVms(nats.nc, "pqA", [testGuestSpec("calm1", { memoryMiB: 64, seed: 6, rate: 100 })]);
+    const s = await migrateGang({ nc: nats.nc, vms: ["calm1"], sourceHost: "pqA", targetHost: "pqB", options: { postcopy: true } });
+    expect(s.outcome, s.reason).toBe("succeeded");
+    expect(s.vms[0]!.mode).toBeUndefined();
+    expect(await verifyGuest(nats.nc, "pqB", "calm1")).toMatchObject({ ok: true });
+  }, 180_000);
 });
