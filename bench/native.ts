@@ -26,8 +26,10 @@ const UNLIMITED_BPS = 100 * 1024 ** 3;
 export interface NativeVmResult {
   vm: string;
   status: string;
-  /** QEMU's downtime (source query-migrate), ms. */
+  /** QEMU's downtime (source query-migrate), ms; post-copy: from the switch-over to the destination running. */
   downtime_ms?: number;
+  /** Post-copy: QEMU's own downtime figure (source stopped → package sent). */
+  qemu_downtime_ms?: number;
   /** From the source stopping (QEMU's end − downtime) to the destination running after `cont`, ms. */
   downtime_to_resume_ms?: number;
   /** QEMU's total-time, ms. */
@@ -165,7 +167,10 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
         return {
           vm,
           status: srcInfo.status ?? "unknown",
-          downtime_ms: srcInfo.downtime,
+          // Post-copy: QEMU's own figure ends when the package is sent; count to the destination
+          // running, as gangway's downtime is counted.
+          downtime_ms: postcopyResumedAt !== undefined ? Math.round(resumedAt - switchAt) : srcInfo.downtime,
+          ...(postcopyResumedAt !== undefined ? { qemu_downtime_ms: srcInfo.downtime } : {}),
           // Post-copy: from asking for the switch-over (the source stops) to the destination running.
           downtime_to_resume_ms: Math.round(postcopyResumedAt !== undefined ? resumedAt - switchAt : resumedAt - stoppedAt),
           total_time_ms: srcInfo["total-time"],
