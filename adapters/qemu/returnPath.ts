@@ -99,8 +99,13 @@ export class ReturnPathDecoder {
       }
       case RpMessage.invalid:
         throw new ReturnPathError("INVALID return-path message");
-      default:
+      case RpMessage.recvBitmap:
+      case RpMessage.resumeAck:
+        // Post-copy recovery's messages: passed up, gangway does not use them.
         return { type: "other", id: type, payload: Buffer.from(p) };
+      default:
+        // QEMU 7.2 has no other message (its source gives up on the return path too).
+        throw new ReturnPathError(`unknown return-path message ${type}`);
     }
   }
 }
