@@ -22,11 +22,25 @@ const cuts = (bytes: Uint8Array, at: number[]) => {
   return out;
 };
 
+const framed = fc
+  .array(fc.record({ type: fc.integer({ min: 0, max: 10 }), payload: fc.uint8Array({ maxLength: 40 }) }), { minLength: 1, maxLength: 12 })
+  .map((msgs) => {
+    const parts = msgs.map(({ type, payload }) => {
+      const b = Buffer.alloc(4 + payload.length);
+      b.writeUInt16BE(type, 0);
+      b.writeUInt16BE(payload.length, 2);
+      b.set(payload, 4);
+      return b;
+    });
+    return new Uint8Array(Buffer.concat(parts));
+  });
+
 describe(`return-path decoder fuzz (seed ${SEED})`, () => {
   it("random bytes in random chunks: messages or a ReturnPathError, nothing else", () => {
     let rejected = 0;
     fc.assert(
-      fc.property(fc.uint8Array({ maxLength: 2048 }), fc.array(fc.nat(), { maxLength: 8 }), (bytes, at) => {
+      // Half fully random bytes, half well-framed messages of any type with any payload.
+      fc.property(fc.oneof(fc.uint8Array({ maxLength: 2048 }), framed), fc.array(fc.nat(), { maxLength: 8 }), (bytes, at) => {
         const d = new ReturnPathDecoder();
         try {
           for (const c of cuts(bytes, at)) d.push(c);
