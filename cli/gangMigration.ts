@@ -3,13 +3,13 @@
  * library behind `gangway migrate` and the demo. Progress is folded into one view per VM
  * and for the gang; counters only grow, and percentages never run backwards.
  */
-import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
+import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { randomUUID } from "node:crypto";
 import { migrationRequested, type JobStats, type MigrationOptions } from "../schemas/index.ts";
 import { decodeMessage } from "../infra/events/binding.ts";
 import { createPublisher } from "../infra/events/publisher.ts";
-import { EVENTS_STREAM } from "../infra/nats/resources.ts";
+import { StreamFollower } from "../infra/nats/follow.ts";
 
 export interface VmView {
   vm: string;
@@ -92,10 +92,9 @@ export async function migrateGang(o: GangMigrationOptions): Promise<GangSummary>
 
 export async function followGang(nc: NatsConnection, migrationId: string, o: Pick<GangMigrationOptions, "onUpdate" | "idleTimeoutMs"> = {}): Promise<GangSummary> {
   const view: GangView = { migrationId, sourceHost: "", startedAt: Date.now(), vms: new Map() };
-  const js = jetstream(nc);
-  // A killed CLI's consumer goes 15 s after its last pull, not the client's default 5 min.
-  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: `gw.migration.${migrationId}.>`, deliver_policy: DeliverPolicy.All, inactive_threshold: 15_000 });
-  const messages: ConsumerMessages = await consumer.consume();
+  // A killed CLI's consumer goes 15 s after its last pull, not the client's default 5 min; one
+  // on a server that died is replaced (see StreamFollower).
+  const messages = await StreamFollower.start(nc, { filter: `gw.migration.${migrationId}.>`, inactiveThresholdMs: 15_000 });
   const idle = o.idleTimeoutMs ?? 180_000;
   let last = Date.now();
   let timedOut = false;
@@ -178,9 +177,8 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
     }
   } finally {
     clearInterval(timer);
-    messages.stop();
     // The server keeps an ordered consumer for minutes after its client stops reading.
-    await consumer.delete().catch(() => undefined);
+    await messages.close();
   }
   if (timedOut && !view.outcome) throw new MigrationTimeoutError(`no event of migration ${migrationId} for ${Math.round(idle / 1000)} s`);
   return summarize(view);

@@ -6,13 +6,14 @@
  * the stream holds (one round trip when it already has). Nothing is kept that the log does
  * not hold, so a restarted or second instance rebuilds the same view.
  */
-import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from "@nats-io/jetstream";
+import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
 import type { DedupIndexView, IndexedKey } from "../functions/hash/index.ts";
 import { HASH_SHARDS, KeyStatus, KEY_BYTES, RESOLVED_RECORD_BYTES, shardOfKey, type packStored } from "../schemas/index.ts";
 import { decodeMessage } from "./events/binding.ts";
 import { EVENTS_STREAM } from "./nats/resources.ts";
+import { StreamFollower } from "./nats/follow.ts";
 
 const scoped = (tenant: string, key: Uint8Array | string) => `${tenant}/${typeof key === "string" ? key : Buffer.from(key).toString("hex")}`;
 
@@ -24,23 +25,27 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
   const keys = Array.from({ length: HASH_SHARDS }, () => new Map<string, IndexedKey>());
   const applied = new Array<number>(HASH_SHARDS).fill(0);
   const waiters: (() => void)[][] = Array.from({ length: HASH_SHARDS }, () => []);
-  const followers: ConsumerMessages[] = [];
+  const followers: StreamFollower[] = [];
+  const shardFollowers: StreamFollower[] = [];
   let started: Promise<void> | undefined;
+  let jsmReady: Promise<JetStreamManager> | undefined;
 
-  const follow = async (filter: string, onMessage: (seq: number, d: ReturnType<typeof decodeMessage>) => void) => {
-    const js = jetstream(nc);
-    const c = await js.consumers.get(EVENTS_STREAM, { filter_subjects: filter, deliver_policy: DeliverPolicy.All });
-    const messages = await c.consume();
-    followers.push(messages);
+  // A follower picks up after the last message it applied when its consumer is lost (a
+  // nats-server killed and restarted left the index stalled for good before, and every hash
+  // look-up failing until the functions restarted).
+  const follow = async (filter: string, onMessage: (seq: number, d: ReturnType<typeof decodeMessage>) => void): Promise<StreamFollower> => {
+    const f = await StreamFollower.start(nc, { filter });
+    followers.push(f);
     void (async () => {
-      for await (const m of messages) onMessage(m.seq, decodeMessage(m.subject, m.data, m.headers));
+      for await (const m of f) onMessage(m.seq, decodeMessage(m.subject, m.data, m.headers));
     })();
+    return f;
   };
 
   const start = () =>
     (started ??= (async () => {
       for (let shard = 0; shard < HASH_SHARDS; shard++) {
-        await follow(`gw.hash.resolved.${shard}`, (seq, d) => {
+        shardFollowers[shard] = await follow(`gw.hash.resolved.${shard}`, (seq, d) => {
           if (d.ok && d.event.mode === "binary") {
             const ext = d.event.ext as { tenant: string; migrationId: string; count: number };
             const body = d.event.data;
@@ -65,7 +70,10 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
   return {
     async sync(shard) {
       await start();
-      const jsm = await jetstreamManager(nc);
+      // Made once, without the account-info round trip a new manager makes: that request
+      // needs the JetStream meta leader, so on a cluster that lost a node every look-up
+      // timed out until a new one was elected, although the stream itself still answered.
+      const jsm = await (jsmReady ??= jetstreamManager(nc, { checkAPI: false }));
       let last = 0;
       try {
         last = (await jsm.streams.getMessage(EVENTS_STREAM, { last_by_subj: `gw.hash.resolved.${shard}` }))?.seq ?? 0;
@@ -73,10 +81,18 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
         last = 0; // nothing logged for this shard yet
       }
       // Bounded: a follower that stopped (connection trouble) must fail the look-up, which
-      // the runtime retries, rather than hang it.
+      // the runtime retries, rather than hang it; one that makes no progress for 3 s is
+      // started again from where it was.
       const deadline = Date.now() + 15_000;
+      let progressAt = Date.now();
+      let seen = applied[shard]!;
       while (applied[shard]! < last) {
         if (Date.now() > deadline) throw new Error(`dedup index shard ${shard} did not catch up with its log (at ${applied[shard]}, log at ${last})`);
+        if (applied[shard]! !== seen) [seen, progressAt] = [applied[shard]!, Date.now()];
+        else if (Date.now() - progressAt > 3000) {
+          progressAt = Date.now();
+          shardFollowers[shard]!.reopen();
+        }
         await new Promise<void>((r) => {
           const t = setTimeout(r, 1000);
           waiters[shard]!.push(() => {
@@ -90,7 +106,7 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
       return keys[shardOfKey(key[0]!)]!.get(scoped(tenant, key));
     },
     async close() {
-      for (const f of followers) f.stop();
+      for (const f of followers) await f.close();
     },
   };
 }

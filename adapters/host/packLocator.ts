@@ -5,12 +5,11 @@
  * page against its keys before any of its pages is used: a corrupted or wrong-key pack can
  * never reach a VM.
  */
-import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { packStored } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
-import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
+import { StreamFollower } from "../../infra/nats/follow.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { decodePack, PagePackError } from "../dataplane/pagePack.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
@@ -52,9 +51,8 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
   const prefetchChain: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
   let nextLane = 0;
 
-  const js = jetstream(nc);
-  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: "gw.pack.*.stored", deliver_policy: DeliverPolicy.All });
-  const messages: ConsumerMessages = await consumer.consume();
+  // Picks up where it was when its consumer is lost (a server restarted, a cluster node died).
+  const messages = await StreamFollower.start(nc, { filter: "gw.pack.*.stored" });
   const follow = (async () => {
     for await (const m of messages) {
       const d = decodeMessage(m.subject, m.data, m.headers);
@@ -143,7 +141,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
       return page;
     },
     async close() {
-      messages.stop();
+      await messages.close();
       await follow.catch(() => undefined);
     },
   };

@@ -5,12 +5,11 @@
  * writes each manifest batch into QEMU as soon as its pages are at hand: the destination
  * loads while the source is still sending.
  */
-import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { ManifestKind, manifestBatch, manifestCommand, manifestCompleted, manifestHeader } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
-import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
+import { StreamFollower } from "../../infra/nats/follow.ts";
 import { PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { ImageDigest } from "../dataplane/imageDigest.ts";
 import { readManifestRecords } from "../dataplane/manifestRecords.ts";
@@ -86,11 +85,10 @@ export function missingPages(state: TargetState, maxRanges = 64): { pages: numbe
 
 /** Reads the VM's manifest events in order, with a progress time-out. */
 async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<ReturnType<typeof decodeMessage>> {
-  const js = jetstream(o.nc);
-  // A dead agent's consumer goes 15 s after its last pull, not the client's default 5 min.
-  const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: `gw.manifest.${o.migrationId}.${o.vm}.>`, deliver_policy: DeliverPolicy.All, inactive_threshold: 15_000 });
+  // A dead agent's consumer goes 15 s after its last pull, not the client's default 5 min;
+  // one lost with its server (a cluster node died) is replaced where it stopped.
+  const messages = await StreamFollower.start(o.nc, { filter: `gw.manifest.${o.migrationId}.${o.vm}.>`, inactiveThresholdMs: 15_000 });
   const timeout = o.progressTimeoutMs ?? 150_000;
-  const messages: ConsumerMessages = await consumer.consume({ idle_heartbeat: 1000 });
   let last = Date.now();
   const timer = setInterval(() => {
     if (Date.now() - last > timeout) messages.stop(new ManifestError(`no manifest progress for ${Math.round(timeout / 1000)} s`));
@@ -105,9 +103,8 @@ async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<Return
     throw new ManifestError("manifest stream ended before the source completed");
   } finally {
     clearInterval(timer);
-    messages.stop();
     // The server keeps an ordered consumer for minutes after its client stops reading.
-    await consumer.delete().catch(() => undefined);
+    await messages.close();
   }
 }
 

@@ -1,0 +1,159 @@
+/**
+ * Following a subject of the events stream live, in order, through whatever the servers go
+ * through. An ordered consumer of the client library recovers from some losses but not all:
+ * after a nats-server restart its first pull could sit for 30 s, and when the cluster node
+ * holding it died it kept counting missed heartbeats for good and delivered nothing more (a
+ * CLI waited out its idle time-out on a migration that had long ended; an index stopped
+ * learning). A follower therefore opens a new ordered consumer just after the last message
+ * it delivered whenever heartbeats stop (3 missed at 1 s) or the old one ends by itself.
+ */
+import { DeliverPolicy, jetstream, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { EVENTS_STREAM } from "./resources.ts";
+
+/** Errors of a server that is briefly unable to answer (a cluster electing leaders). */
+const TRANSIENT = new Set(["TimeoutError", "NoRespondersError", "JetStreamNotEnabled", "JetStreamApiError"]);
+
+export interface FollowOptions {
+  /** One subject filter. */
+  filter: string;
+  /** Where to begin. @default "all" */
+  from?: "all" | "new";
+  /** The server drops a consumer its client stopped pulling after this long. @default server's */
+  inactiveThresholdMs?: number;
+  /** Idle heartbeat of the consumer; 3 missed open a new one. @default 1000 */
+  heartbeatMs?: number;
+  /** Stream. @default the events stream */
+  stream?: string;
+}
+
+export class StreamFollower implements AsyncIterable<JsMsg> {
+  private last = 0;
+  private generation = 0;
+  private current?: { messages: ConsumerMessages; consumer: { delete(): Promise<boolean> } };
+  private queue: JsMsg[] = [];
+  private wake?: () => void;
+  private done = false;
+  private error?: Error;
+  private reopening = false;
+  /** Consumers opened after the first (for tests and logs). */
+  restarts = 0;
+
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly o: FollowOptions,
+  ) {}
+
+  /**
+   * Starts following; rejects if the first consumer cannot be made within `startTimeoutMs`
+   * (requests time out for a while when a cluster has just lost a node: they are retried).
+   */
+  static async start(nc: NatsConnection, o: FollowOptions, startTimeoutMs = 30_000): Promise<StreamFollower> {
+    const f = new StreamFollower(nc, o);
+    const end = Date.now() + startTimeoutMs;
+    for (;;) {
+      try {
+        await f.open();
+        return f;
+      } catch (err) {
+        if (Date.now() > end || !TRANSIENT.has((err as Error).name) || nc.isClosed()) throw err;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  }
+
+  /** The stream sequence of the last message delivered (0: none yet). */
+  get lastSeq(): number {
+    return this.last;
+  }
+
+  private async open(): Promise<void> {
+    const generation = ++this.generation;
+    const old = this.current;
+    this.current = undefined;
+    old?.messages.stop();
+    void old?.consumer.delete().catch(() => undefined);
+    const js = jetstream(this.nc);
+    const consumer = await js.consumers.get(this.o.stream ?? EVENTS_STREAM, {
+      filter_subjects: this.o.filter,
+      ...(this.last
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.last + 1 }
+        : { deliver_policy: this.o.from === "new" ? DeliverPolicy.New : DeliverPolicy.All }),
+      ...(this.o.inactiveThresholdMs ? { inactive_threshold: this.o.inactiveThresholdMs } : {}),
+    });
+    const messages = await consumer.consume({ idle_heartbeat: this.o.heartbeatMs ?? 1000 });
+    if (generation !== this.generation || this.done) {
+      messages.stop();
+      void consumer.delete().catch(() => undefined);
+      return;
+    }
+    this.current = { messages, consumer };
+    void (async () => {
+      for await (const s of messages.status()) {
+        if (generation !== this.generation) break;
+        if (s.type === "heartbeats_missed" && s.count >= 3) {
+          this.reopen();
+          break;
+        }
+      }
+    })().catch(() => undefined);
+    void (async () => {
+      for await (const m of messages) {
+        if (generation !== this.generation) break;
+        if (m.seq <= this.last) continue;
+        this.last = m.seq;
+        this.queue.push(m);
+        this.wake?.();
+      }
+    })()
+      .catch(() => undefined)
+      .finally(() => {
+        if (generation === this.generation) this.reopen();
+      });
+  }
+
+  /** Opens a new consumer from where delivery stopped (retried every second until one opens). */
+  reopen(): void {
+    if (this.done || this.reopening) return;
+    this.reopening = true;
+    setTimeout(() => {
+      this.reopening = false;
+      if (this.done) return;
+      this.restarts++;
+      this.open().catch(() => this.reopen());
+    }, 1000).unref();
+  }
+
+  /** Ends delivery: the iteration ends, or throws `err` when given. */
+  stop(err?: Error): void {
+    if (this.done) return;
+    this.done = true;
+    this.error = err;
+    if (err) this.queue = [];
+    this.generation++;
+    this.current?.messages.stop();
+    this.wake?.();
+  }
+
+  /** Stops and deletes the consumer on the server (it would linger for minutes otherwise). */
+  async close(): Promise<void> {
+    this.stop();
+    await this.current?.consumer.delete().catch(() => undefined);
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<JsMsg> {
+    for (;;) {
+      const m = this.queue.shift();
+      if (m) {
+        yield m;
+        continue;
+      }
+      if (this.done) {
+        if (this.error) throw this.error;
+        return;
+      }
+      await new Promise<void>((r) => (this.wake = r));
+      this.wake = undefined;
+    }
+  }
+}
