@@ -850,7 +850,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     await jsm.consumers.add(EVENTS_STREAM, { durable_name: durable, filter_subject: `gw.cmd.agent.${o.host}.>`, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.New, ack_wait: 30_000_000_000 });
   }
   const consumer = await js.consumers.get(EVENTS_STREAM, durable);
-  const messages: ConsumerMessages = await consumer.consume({ max_messages: 64 });
+  // Heartbeats every second: a pull left with a consumer leader that died (a cluster node)
+  // is noticed after 2 s, not after two missed 15 s heartbeats (a rollback waited 30 s).
+  const messages: ConsumerMessages = await consumer.consume({ max_messages: 64, idle_heartbeat: 1000 });
   const inFlight = new Set<Promise<void>>();
   const seen = new Set<string>();
   const loop = (async () => {

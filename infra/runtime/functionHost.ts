@@ -80,7 +80,9 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
   }
   const consumer = await js.consumers.get(EVENTS_STREAM, durable);
   const concurrency = fn.concurrency ?? 1;
-  const messages: ConsumerMessages = await consumer.consume({ max_messages: Math.max(2, concurrency * 2) });
+  // Heartbeats every second: a pull left with a consumer leader that died (a cluster node)
+  // is noticed after 2 s, not after two missed 15 s heartbeats.
+  const messages: ConsumerMessages = await consumer.consume({ max_messages: Math.max(2, concurrency * 2), idle_heartbeat: 1000 });
 
   const toDeadLetter = async (m: JsMsg, reason: string, family: string) => {
     deadLetters.add(1, { "gangway.function": fn.id, "gangway.family": family });
