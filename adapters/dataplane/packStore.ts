@@ -22,17 +22,38 @@ export interface PackStore {
   getObject(name: string): Promise<Uint8Array | null>;
 }
 
+/** Errors of a server that is briefly unable to answer (a cluster electing leaders). */
+const TRANSIENT = new Set(["TimeoutError", "NoRespondersError", "JetStreamNotEnabled"]);
+
+/**
+ * Runs a store operation, again on a transient error: after a node of a cluster dies, a
+ * request for an object's chunks can go unanswered for a few seconds (a consumer placed on
+ * the dead node), which failed a whole migration although the store still held everything.
+ */
+async function retried<T>(op: () => Promise<T>, attempts = 4): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await op();
+    } catch (err) {
+      if (i >= attempts || !TRANSIENT.has((err as Error).name)) throw err;
+      await new Promise((r) => setTimeout(r, 500 * 2 ** (i - 1)));
+    }
+  }
+}
+
 export async function openPackStore(nc: NatsConnection, opts: { domain?: string } = {}): Promise<PackStore> {
   const js = jetstream(nc, opts.domain ? { domain: opts.domain } : {});
   const os: ObjectStore = await new Objm(js).open(PACK_STORE);
   return {
     async put(name, bytes) {
-      if (await os.info(name)) return false;
-      await os.putBlob({ name }, bytes);
-      return true;
+      return retried(async () => {
+        if (await os.info(name)) return false;
+        await os.putBlob({ name }, bytes);
+        return true;
+      });
     },
     async get(name) {
-      const bytes = await os.getBlob(name);
+      const bytes = await retried(() => os.getBlob(name));
       if (bytes === null) return null;
       const actual = packNameOf(bytes);
       if (actual !== name) throw new PagePackError(`pack ${name} is corrupt: its content hashes to ${actual}`);
@@ -42,8 +63,8 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string 
       await os.putBlob({ name }, bytes);
     },
     async putObject(name, bytes) {
-      await os.putBlob({ name }, bytes);
+      await retried(() => os.putBlob({ name }, bytes));
     },
-    getObject: (name) => os.getBlob(name),
+    getObject: (name) => retried(() => os.getBlob(name)),
   };
 }
