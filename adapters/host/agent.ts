@@ -580,12 +580,8 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     targetDone(c.migrationId);
     // Recorded before it runs: from now on it outlives the agent, and a restarted one finishes the resume.
     await t.vm.remember?.({ state: "resuming", migrationId: c.migrationId });
-    try {
-      await t.vm.cont();
-    } catch (err) {
-      await t.vm.quit().catch(() => undefined);
-      return abort(c.migrationId, c.vm, `destination did not resume: ${(err as Error).message}`, true);
-    }
+    const failed = await resumeOrStop(t.vm);
+    if (failed) return abort(c.migrationId, c.vm, `destination did not resume: ${failed}`, true);
     resumed.add(key);
     owned.set(c.vm, { spec: t.spec, vm: t.vm, state: "running" });
     await pub.publish(commitResumed, { migrationId: c.migrationId }, { migrationId: c.migrationId, vm: c.vm, targetHost: o.host }, { id: `${c.migrationId}-${c.vm}-commit-resumed` });
@@ -595,16 +591,30 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     await publishInventory();
   };
 
+  /**
+   * Resumes a destination VM. A `cont` that errs (a QMP time-out under load, say) may still
+   * have started the guest: only a VM that is not running is quit and reported stopped — the
+   * commit function resumes the source on that word, so it must never be said of one that ran.
+   * Returns why it failed, or undefined.
+   */
+  const resumeOrStop = async (vm: RunningVm): Promise<string | undefined> => {
+    try {
+      await vm.cont();
+      return undefined;
+    } catch (err) {
+      const status = await vm.status().catch(() => "gone");
+      if (status === "running") return undefined;
+      await vm.quit().catch(() => undefined);
+      return `${(err as Error).message} (QEMU ${status})`;
+    }
+  };
+
   /** Post-copy: the VM runs here now while its remaining pages are faulted in. */
   const resumePostcopy = async (migrationId: string, t: TargetSession) => {
     const key = `${migrationId}/${t.spec.name}`;
     await t.vm.remember?.({ state: "resuming", migrationId, postcopy: true });
-    try {
-      await t.vm.cont();
-    } catch (err) {
-      await t.vm.quit().catch(() => undefined);
-      return abort(migrationId, t.spec.name, `destination did not resume: ${(err as Error).message}`, true);
-    }
+    const failed = await resumeOrStop(t.vm);
+    if (failed) return abort(migrationId, t.spec.name, `destination did not resume: ${failed}`, true);
     resumed.add(key);
     t.postcopy!.isResumed = true;
     t.postcopy!.resumed.open();

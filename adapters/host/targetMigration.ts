@@ -161,7 +161,12 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         if (state.postcopy) {
           // After LISTEN each page may reach QEMU once: a repeat (a replayed or forged
           // record) would make its UFFDIO_COPY fail and kill the destination VM.
-          const fresh = run.filter((r) => !held[r.offset / PAGE_SIZE]);
+          const fresh = run.filter((r) => {
+            const page = r.offset / PAGE_SIZE;
+            if (held[page]) return false;
+            held[page] = 1; // a repeat within this run is a repeat too
+            return true;
+          });
           state.duplicatesDropped = (state.duplicatesDropped ?? 0) + run.length - fresh.length;
           state.pagesAfterSwitchover = (state.pagesAfterSwitchover ?? 0) + fresh.length;
           run.splice(0, run.length, ...fresh);
@@ -170,7 +175,9 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
             continue;
           }
         }
-        const normal = run.filter((r) => r.kind === ManifestKind.page).length;
+        // A uniform non-zero page goes to QEMU as a normal page: QEMU's own source never sends
+        // a ZERO record with another fill byte (7.2 loads one; later versions refuse it).
+        const normal = run.filter((r) => r.kind === ManifestKind.page || r.fill !== 0).length;
         const batch: PageBatch = {
           type: "pages", offset: 0, block: block.id, round: ext.round, count: run.length,
           offsets: new Float64Array(run.length), kinds: new Uint8Array(run.length), fills: new Uint8Array(run.length),
@@ -187,10 +194,15 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
             got.get(keyHex(ev.data, r.keyAt))!.copy(batch.data, at);
             at += PAGE_SIZE;
             state.delivered!.keyed(run[0]!.block, r.offset, ev.data, r.keyAt);
+          } else if (r.fill !== 0) {
+            batch.kinds[n] = 1;
+            batch.data.fill(r.fill, at, at + PAGE_SIZE);
+            at += PAGE_SIZE;
+            state.delivered!.fill(run[0]!.block, r.offset, r.fill);
           } else {
             batch.kinds[n] = 0;
-            batch.fills[n] = r.fill;
-            state.delivered!.fill(run[0]!.block, r.offset, r.fill);
+            batch.fills[n] = 0;
+            state.delivered!.fill(run[0]!.block, r.offset, 0);
           }
         });
         state.pagesWritten += run.length;
