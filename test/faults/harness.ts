@@ -9,9 +9,10 @@ import { expect } from "vitest";
 import { mkdir, mkdtemp, readFile, readdir, rename, rm, rmdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from "@nats-io/jetstream";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { StreamFollower } from "../../infra/nats/follow.ts";
 import { startTestNats, eventually, sleep, type TestNats } from "../helpers/nats.ts";
-import { hostVms, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../../cli/localCluster.ts";
+import { hostVms, spawnGangway, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../../cli/localCluster.ts";
 import { type GangSummary } from "../../cli/gangMigration.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
@@ -34,8 +35,19 @@ export interface Cluster {
   stop(): Promise<void>;
 }
 
-export async function startCluster(o: { hosts?: string[]; functions?: number } = {}): Promise<Cluster> {
-  const nats = await startTestNats();
+export interface ClusterOptions {
+  hosts?: string[];
+  functions?: number;
+  /** The NATS the cluster runs on (a restartable server, a three-node cluster); a fresh server when unset. */
+  nats?: TestNats;
+  /** Extra arguments for `gangway up` (say `--replicas 3`). */
+  upArgs?: string[];
+  /** The URL(s) a host's agent connects with (a relay that can be cut, say); the cluster's by default. */
+  agentUrl?: (host: string) => string;
+}
+
+export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
+  const nats = o.nats ?? (await startTestNats());
   const work = await mkdtemp(join(tmpdir(), "gw-faults-"));
   const c: Cluster = {
     nats,
@@ -43,12 +55,12 @@ export async function startCluster(o: { hosts?: string[]; functions?: number } =
     agents: new Map(),
     functions: [],
     async startAgent(host) {
-      const a = await startAgentProcess(nats.url, host, work);
+      const a = await startAgentProcess(o.agentUrl?.(host) ?? nats.url, host, work);
       c.agents.set(host, a);
       return a;
     },
     async startFunctions() {
-      const f = await startFunctions(nats.url);
+      const f = o.upArgs?.length ? await spawnGangway("functions", ["up", "--nats", nats.url, "--json", ...o.upArgs], /"url"/) : await startFunctions(nats.url);
       c.functions.push(f);
       return f;
     },
@@ -83,16 +95,12 @@ export interface SeenEvent {
 export class MigrationWatch {
   readonly events: SeenEvent[] = [];
   private waiters: { match: (e: SeenEvent) => boolean; resolve: (e: SeenEvent) => void }[] = [];
-  private messages?: ConsumerMessages;
-  private consumer?: { delete(): Promise<boolean> };
+  private messages?: StreamFollower;
 
   static async start(c: Cluster, migrationId: string): Promise<MigrationWatch> {
     const w = new MigrationWatch();
-    const js = jetstream(c.nats.nc);
-    // One ordered consumer over everything; 2.9 takes one filter subject.
-    const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: "gw.>", deliver_policy: DeliverPolicy.New });
-    w.consumer = consumer;
-    w.messages = await consumer.consume();
+    // One ordered consumer over everything (2.9 takes one filter subject), replaced if lost.
+    w.messages = await StreamFollower.start(c.nats.nc, { filter: "gw.>", from: "new" });
     void (async () => {
       for await (const m of w.messages!) {
         if (!m.subject.includes(migrationId)) {
@@ -129,8 +137,7 @@ export class MigrationWatch {
   }
 
   stop(): void {
-    this.messages?.stop();
-    void this.consumer?.delete().catch(() => undefined);
+    void this.messages?.close();
   }
 }
 
@@ -187,6 +194,19 @@ export async function ephemeralConsumers(c: Cluster): Promise<number> {
 
 // ---- the end of every case ------------------------------------------------------------
 
+/** Retries a read that fails while NATS recovers from a fault (a cluster electing leaders). */
+export async function retrying<T>(read: () => Promise<T>, timeoutMs = 60_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await read();
+    } catch (err) {
+      if (Date.now() > end) throw err;
+      await sleep(1000);
+    }
+  }
+}
+
 export interface Outcome {
   /** VMs running on no host. */
   lost: number;
@@ -203,14 +223,19 @@ export interface Outcome {
 export async function checkPlacement(c: Cluster, vms: string[], expectHost: string, otherHost: string, o: { timeoutMs?: number } = {}): Promise<Outcome> {
   const out: Outcome = { lost: 0, twice: 0, leaks: [] };
   // Settled: the expected host reports each VM running and no other QEMU of it is alive.
+  // (A read that fails — NATS still recovering from a fault — is one more poll, not the end.)
   await eventually(async () => {
-    const here = await hostVms(c.nats.nc, expectHost);
-    const there = await hostVms(c.nats.nc, otherHost);
-    const procs = await qemus(c);
-    return vms.every((v) => here.get(v) === "running" && !there.has(v) && procs.filter((q) => q.vm === v).length === 1) || undefined;
+    try {
+      const here = await hostVms(c.nats.nc, expectHost);
+      const there = await hostVms(c.nats.nc, otherHost);
+      const procs = await qemus(c);
+      return vms.every((v) => here.get(v) === "running" && !there.has(v) && procs.filter((q) => q.vm === v).length === 1) || undefined;
+    } catch {
+      return undefined;
+    }
   }, o.timeoutMs ?? 60_000, `each of ${vms.join(", ")} running once, on ${expectHost}`).catch(() => undefined);
-  const here = await hostVms(c.nats.nc, expectHost);
-  const there = await hostVms(c.nats.nc, otherHost);
+  const here = await retrying(() => hostVms(c.nats.nc, expectHost));
+  const there = await retrying(() => hostVms(c.nats.nc, otherHost));
   const procs = await qemus(c);
   for (const v of vms) {
     const copies = procs.filter((q) => q.vm === v);
@@ -220,7 +245,7 @@ export async function checkPlacement(c: Cluster, vms: string[], expectHost: stri
     if (copies.some((q) => q.host !== expectHost)) out.leaks.push(`QEMU of ${v} on ${copies.find((q) => q.host !== expectHost)!.host}`);
     expect(here.get(v), `${v} on ${expectHost}`).toBe("running");
     expect(there.has(v), `${v} on ${otherHost}`).toBe(false);
-    const check = await verifyGuest(c.nats.nc, expectHost, v);
+    const check = await retrying(() => verifyGuest(c.nats.nc, expectHost, v));
     expect(check, `self-check of ${v} on ${expectHost}`).toMatchObject({ ok: true });
   }
   return out;
@@ -239,7 +264,7 @@ export async function checkLeaks(c: Cluster, migrationId: string, targetHost: st
   leaks.push(...shm.map((f) => `/dev/shm/${f}`));
   // Ordered consumers of processes that were killed expire on the server after a few seconds.
   const cons = await eventually(async () => {
-    const left = await consumersOf(c, migrationId);
+    const left = await consumersOf(c, migrationId).catch(() => ["(listing failed)"]);
     return left.length === 0 ? [] : undefined;
   }, 30_000, "consumers of the migration gone").catch(() => consumersOf(c, migrationId));
   leaks.push(...cons.map((n) => `consumer ${n}`));
