@@ -10,6 +10,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
 import { randomBytes } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { resolve } from "node:path";
 import { migrateGang, newMigrationId, type GangSummary } from "../../cli/gangMigration.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
 import { createPublisher } from "../../infra/events/publisher.ts";
@@ -18,6 +20,7 @@ import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { MANIFEST_RECORD_BYTES, ManifestKind, manifestBatch } from "../../schemas/index.ts";
 import { eventually, expectRolledBack, expectSucceeded, guest, MigrationWatch, runCase, startCluster, startVms, type CaseRecorder, type Cluster } from "./harness.ts";
 
+const BIN = resolve(import.meta.dirname, "../../bin/gangway.mjs");
 let c: Cluster;
 const vm = "m1";
 let at = "hostA";
@@ -116,7 +119,7 @@ async function forgedMigration(r: CaseRecorder, kind: keyof typeof FORGERIES): P
   const w = await MigrationWatch.start(c, migrationId);
   const cap = await captureBatches(migrationId);
   // A capped link (QEMU's own bandwidth limit) keeps batches coming for several seconds.
-  const done = migrateGang({ nc: c.nats.nc, vms: [vm], sourceHost: from, targetHost: to, migrationId, options: { bandwidthMBps: 8, progressTimeoutSec: 10 }, idleTimeoutMs: 90_000 });
+  const done = migrateGang({ nc: c.nats.nc, vms: [vm], sourceHost: from, targetHost: to, migrationId, options: { bandwidthMBps: 8, progressTimeoutSec: 10 }, idleTimeoutMs: 120_000 });
   await eventually(() => cap.batches.length >= 3 || undefined, 60_000, "three manifest batches");
   const pub = createPublisher(jetstream(c.nats.nc), "test/forger");
   const seqs: number[] = [];
@@ -125,7 +128,20 @@ async function forgedMigration(r: CaseRecorder, kind: keyof typeof FORGERIES): P
     if (!ack.duplicate) seqs.push(ack.seq);
     r.f.faultsInjected++;
   }
-  const s = await done;
+  // A migration that stalls is a finding, not a reason to wait out its completion budget
+  // (150 s): after 60 s it is cancelled (and must then roll back cleanly), and what the
+  // stream holds of it goes into the notes.
+  let stalled = "";
+  const timer = setTimeout(() => {
+    void (async () => {
+      const seen: string[] = [];
+      for await (const e of readEvents(c.nats.nc, { filter: `gw.*.${migrationId}.>` })) seen.push(e.subject.split(".").slice(2).join(".").replace(`${vm}.`, ""));
+      stalled = `stalled 60 s, cancelled; last events: ${seen.filter((x) => !x.startsWith("lookup")).slice(-12).join(" ")}`;
+      execFileSync(process.execPath, [BIN, "migrate", "--cancel", migrationId, "--reason", "fault suite: stalled", "--nats", c.nats.url]);
+    })().catch(() => undefined);
+  }, 60_000);
+  const s = await done.finally(() => clearTimeout(timer));
+  if (stalled) r.f.notes = `${r.f.notes ? `${r.f.notes}; ` : ""}${kind}: ${stalled}`;
   cap.stop();
   // The forgeries landed inside the manifest (before the source's completed event).
   let completedSeq = Infinity;
@@ -138,7 +154,7 @@ async function forgedMigration(r: CaseRecorder, kind: keyof typeof FORGERIES): P
     w.stop();
     await expectSucceeded(c, r, s, { vms: [vm], source: from, target: to });
     at = to;
-  } else await expectRolledBack(c, r, s, w, { vms: [vm], source: from, target: to, reason: /does not match|no pack|page|manifest|QMP|QEMU/ });
+  } else await expectRolledBack(c, r, s, w, { vms: [vm], source: from, target: to, reason: /does not match|no pack|page|manifest|QMP|QEMU|stalled/ });
   return s;
 }
 
