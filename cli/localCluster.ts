@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { resolve, join } from "node:path";
+import { readdir, readFile, rm } from "node:fs/promises";
 import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
@@ -66,8 +67,39 @@ export const startFunctions = (natsUrl: string) => spawnGangway("functions", ["u
  * stop() (SIGTERM) it quits them, so a test or the demo leaves no QEMU behind, unless
  * `keepVmsOnExit`.
  */
-export const startAgentProcess = (natsUrl: string, host: string, runDir: string, o: { keepVmsOnExit?: boolean } = {}) =>
-  spawnGangway(`agent ${host}`, ["agent", "--host", host, "--nats", natsUrl, "--run-dir", join(runDir, host), "--json", ...(o.keepVmsOnExit ? [] : ["--stop-vms-on-exit"])], /"ready"/);
+export async function startAgentProcess(natsUrl: string, host: string, runDir: string, o: { keepVmsOnExit?: boolean } = {}): Promise<GangwayProcess> {
+  const dir = join(runDir, host);
+  const p = await spawnGangway(`agent ${host}`, ["agent", "--host", host, "--nats", natsUrl, "--run-dir", dir, "--json", ...(o.keepVmsOnExit ? [] : ["--stop-vms-on-exit"])], /"ready"/);
+  if (o.keepVmsOnExit) return p;
+  return {
+    ...p,
+    // A VM whose agent was killed (a fault test) outlives it by design; when this cluster
+    // stops, nothing of it may stay behind.
+    async stop() {
+      await p.stop();
+      await reapVms(dir);
+    },
+  };
+}
+
+/** SIGKILLs every QEMU whose command line names `dir`, and removes its guest-RAM file. */
+export async function reapVms(dir: string): Promise<number> {
+  let reaped = 0;
+  for (const pid of await readdir("/proc").catch(() => [] as string[])) {
+    if (!/^\d+$/.test(pid)) continue;
+    const argv = (await readFile(`/proc/${pid}/cmdline`, "latin1").catch(() => "")).split("\0");
+    if (!argv[0]?.includes("qemu-system") || !argv.some((a) => a.includes(`${dir}/`))) continue;
+    try {
+      process.kill(Number(pid), "SIGKILL");
+      reaped++;
+    } catch {
+      continue; // gone meanwhile
+    }
+    const ram = /mem-path=([^,]+)/.exec(argv.join(" "))?.[1];
+    if (ram) await rm(ram, { force: true });
+  }
+  return reaped;
+}
 
 export type InventoryVm = z.infer<typeof hostInventory.data>["vms"][number];
 
