@@ -514,17 +514,7 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
       await Promise.allSettled([qmpClient.close(), serialConsole.close()]);
     },
     async stop(o: { timeoutMs?: number } = {}) {
-      if (isAlive()) {
-        const timeoutMs = o.timeoutMs ?? stopTimeoutMs;
-        const killer = setTimeout(() => handle.kill("SIGKILL"), timeoutMs);
-        try {
-          if (!qmpClient.isClosed) await qmpClient.quit({ timeoutMs }).catch(() => handle.kill("SIGKILL"));
-          else handle.kill("SIGTERM");
-          await exited;
-        } finally {
-          clearTimeout(killer);
-        }
-      }
+      if (isAlive()) await stopQemu(handle, qmpClient, exited, o.timeoutMs ?? stopTimeoutMs);
       return exited;
     },
     async [Symbol.asyncDispose]() {
@@ -667,17 +657,7 @@ export async function adoptVm(rec: VmRecord, opts: AdoptVmOptions = {}): Promise
       await Promise.allSettled([qmp.close(), serial.close()]);
     },
     async stop(o: { timeoutMs?: number } = {}) {
-      if (alive) {
-        const timeoutMs = o.timeoutMs ?? stopTimeoutMs;
-        const killer = setTimeout(() => handle.kill("SIGKILL"), timeoutMs);
-        try {
-          if (!qmp.isClosed) await qmp.quit({ timeoutMs }).catch(() => handle.kill("SIGKILL"));
-          else handle.kill("SIGTERM");
-          await exited;
-        } finally {
-          clearTimeout(killer);
-        }
-      }
+      if (alive) await stopQemu(handle, qmp, exited, o.timeoutMs ?? stopTimeoutMs);
       return exited;
     },
     async [Symbol.asyncDispose]() {
@@ -686,4 +666,16 @@ export async function adoptVm(rec: VmRecord, opts: AdoptVmOptions = {}): Promise
     },
   };
   return handle;
+}
+
+/** QMP `quit`, or SIGKILL if QEMU lingers past the time-out (or QMP is gone); resolves once it exited. */
+async function stopQemu(handle: { kill(signal: NodeJS.Signals): void }, qmp: QmpClient, exited: Promise<unknown>, timeoutMs: number): Promise<void> {
+  const killer = setTimeout(() => handle.kill("SIGKILL"), timeoutMs);
+  try {
+    if (!qmp.isClosed) await qmp.quit({ timeoutMs }).catch(() => handle.kill("SIGKILL"));
+    else handle.kill("SIGTERM");
+    await exited;
+  } finally {
+    clearTimeout(killer);
+  }
 }
