@@ -182,7 +182,22 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     process.kill(a.child.pid!, "SIGCONT");
     const s = await done;
     expect(s.outcome, s.reason).toBe("succeeded");
-    expect(await verifyGuest(nats.nc, "prB", "back1")).toMatchObject({ ok: true });
+    const vr = await verifyGuest(nats.nc, "prB", "back1");
+    if (!vr.ok) {
+      // Diagnosis of the open post-copy issue (README): what the failing page holds.
+      console.log("self-check failed:", vr.line);
+      const first = Number(/first=(\d+)/.exec(vr.line)?.[1] ?? -1);
+      const f = (await readdir("/dev/shm")).find((x) => x.startsWith("gangway-prB-") && x.endsWith("-back1-dst"));
+      if (f && first >= 0) {
+        const fh = await (await import("node:fs/promises")).open(`/dev/shm/${f}`, "r");
+        const b = Buffer.alloc(4096);
+        await fh.read(b, 0, 4096, first * 4096);
+        await fh.close();
+        const w = (i: number) => b.readUInt32LE(i * 4).toString(16);
+        console.log(`page ${first} at the destination: words 0-5 ${[0, 1, 2, 3, 4, 5].map(w).join(" ")}, 1000 ${w(1000)}, 1023 ${w(1023)}, all zero: ${b.every((x) => x === 0)}`);
+      }
+    }
+    expect(vr).toMatchObject({ ok: true });
     const statuses = (await eventsOf(migrationId, `gw.migration.${migrationId}.progress`)).map((e) => (e.data.qemu as { status?: string } | undefined)?.status).filter(Boolean);
     expect(statuses).toEqual(["postcopy-paused", "postcopy-active"]);
   }, 300_000);
