@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import { jetstream } from "@nats-io/jetstream";
-import { spawnGangway, startVms, testGuestSpec, verifyGuest, hostVms, type GangwayProcess } from "../../cli/localCluster.ts";
+import { reapVms, spawnGangway, startVms, testGuestSpec, verifyGuest, hostVms, type GangwayProcess } from "../../cli/localCluster.ts";
 import { migrateGang } from "../../cli/gangMigration.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { startSecureNats, violations, type SecureNats } from "./helpers.ts";
@@ -34,6 +34,7 @@ beforeEach(async () => {
 
 afterEach(async () => {
   for (const p of procs.reverse()) await p.stop().catch(() => undefined);
+  await reapVms(work); // these agents keep their VMs on exit (the default), so nothing may stay behind
   await s[Symbol.asyncDispose]();
   await rm(work, { recursive: true, force: true });
 });
