@@ -51,38 +51,35 @@ async function thenOneMoves(r: CaseRecorder): Promise<void> {
   at = to;
 }
 
+/** One migration with `inject` run once pages flow: it must end cleanly, then the VM moves. */
+async function faultMidTransfer(r: Parameters<Parameters<typeof runCase>[2]>[0], inject: (from: string) => Promise<void>): Promise<void> {
+  const from = at;
+  const to = other();
+  const migrationId = newMigrationId();
+  const w = await MigrationWatch.start(c, migrationId);
+  const t0 = Date.now();
+  const done = migrateGang({ nc: c.nats.nc, vms, sourceHost: from, targetHost: to, migrationId, options: { progressTimeoutSec: 20 }, idleTimeoutMs: 90_000 });
+  await w.waitFor("migration.progress");
+  r.f.faultsInjected++;
+  await inject(from);
+  await expectEnded(r, await done, w, from, to, Date.now() - t0);
+  await thenOneMoves(r);
+}
+
 describe("fault: NATS lost mid-transfer", () => {
   it("6: nats-server SIGKILLed while pages flow and restarted on the same port and store 3 s later: the migration ends cleanly, one copy", () =>
-    runCase("6-kill", "nats-server SIGKILLed mid-transfer, restarted on the same port and store dir after 3 s", async (r) => {
-      const from = at;
-      const to = other();
-      const migrationId = newMigrationId();
-      const w = await MigrationWatch.start(c, migrationId);
-      const t0 = Date.now();
-      const done = migrateGang({ nc: c.nats.nc, vms, sourceHost: from, targetHost: to, migrationId, options: { progressTimeoutSec: 20 }, idleTimeoutMs: 90_000 });
-      await w.waitFor("migration.progress");
-      await nats.kill();
-      r.f.faultsInjected++;
-      await sleep(3000);
-      await nats.restart();
-      await expectEnded(r, await done, w, from, to, Date.now() - t0);
-      await thenOneMoves(r);
-    }), 180_000);
+    runCase("6-kill", "nats-server SIGKILLed mid-transfer, restarted on the same port and store dir after 3 s", (r) =>
+      faultMidTransfer(r, async () => {
+        await nats.kill();
+        await sleep(3000);
+        await nats.restart();
+      })), 180_000);
 
   it("6: the source agent's link to NATS cut for 8 s while pages flow: the migration ends cleanly, one copy", () =>
-    runCase("6-cut", "the source agent's TCP link to NATS cut (connections dropped, new ones refused) for 8 s mid-transfer", async (r) => {
-      const from = at;
-      const to = other();
-      const migrationId = newMigrationId();
-      const w = await MigrationWatch.start(c, migrationId);
-      const t0 = Date.now();
-      const done = migrateGang({ nc: c.nats.nc, vms, sourceHost: from, targetHost: to, migrationId, options: { progressTimeoutSec: 20 }, idleTimeoutMs: 90_000 });
-      await w.waitFor("migration.progress");
-      relays.get(from)!.cut();
-      r.f.faultsInjected++;
-      await sleep(8000);
-      relays.get(from)!.restore();
-      await expectEnded(r, await done, w, from, to, Date.now() - t0);
-      await thenOneMoves(r);
-    }), 180_000);
+    runCase("6-cut", "the source agent's TCP link to NATS cut (connections dropped, new ones refused) for 8 s mid-transfer", (r) =>
+      faultMidTransfer(r, async (from) => {
+        relays.get(from)!.cut();
+        await sleep(8000);
+        relays.get(from)!.restore();
+      })), 180_000);
 });
