@@ -203,17 +203,16 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       try {
         const req = JSON.parse(new TextDecoder().decode(msg.data)) as { migrationId: string; vm: string };
         const t = targets.get(`${req.migrationId}/${req.vm}`);
-        msg.respond(JSON.stringify(t ? { seqWritten: t.state.seqWritten ?? -1 } : { error: `no destination of ${req.vm} in ${req.migrationId} on ${o.host}` }));
+        msg.respond(JSON.stringify(t ? { seqWritten: t.state.seqWritten ?? -1, seqRead: t.state.seqRead ?? -1 } : { error: `no destination of ${req.vm} in ${req.migrationId} on ${o.host}` }));
       } catch (err) {
         msg.respond(JSON.stringify({ error: (err as Error).message }));
       }
     },
   });
-  /** The destination's last manifest sequence number handed to its QEMU, or undefined if it cannot say. */
-  const seqWrittenAt = async (host: string, migrationId: string, vm: string): Promise<number | undefined> => {
+  /** How far a destination got with its manifest (sequence numbers read and handed to QEMU), or undefined if it cannot say. */
+  const destinationManifest = async (host: string, migrationId: string, vm: string): Promise<{ seqWritten?: number; seqRead?: number } | undefined> => {
     try {
-      const r = JSON.parse(new TextDecoder().decode((await o.nc.request(`gwsvc.agent.${host}.manifest`, JSON.stringify({ migrationId, vm }), { timeout: 1000 })).data)) as { seqWritten?: number };
-      return r.seqWritten;
+      return JSON.parse(new TextDecoder().decode((await o.nc.request(`gwsvc.agent.${host}.manifest`, JSON.stringify({ migrationId, vm }), { timeout: 1000 })).data)) as { seqWritten?: number; seqRead?: number };
     } catch {
       return undefined;
     }
@@ -400,9 +399,17 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     // the dirty log switches over at the budget instead: this is only the backstop, half a
     // budget later; a VM in post-copy is never aborted for time (that would lose it).
     const budgetMs = c.options.completionTimeoutPerGiB * Math.max(1, v.spec.memoryMiB / 1024) * 1000;
+    let sentAll = false;
+    void done.then(() => (sentAll = true), () => undefined);
     const overdue = setTimeout(() => {
       if (session.switchover?.mode === "post-copy") return;
-      void abort(c.migrationId, c.vm, `not completed within ${Math.round(budgetMs / 1000)} s (completionTimeoutPerGiB ${c.options.completionTimeoutPerGiB})`);
+      void (async () => {
+        // Where it stood, so that whoever reads the abort knows which side was waiting.
+        const qemu = await v.vm.status().catch(() => "unknown");
+        const d = await destinationManifest(c.targetHost, c.migrationId, c.vm);
+        const where = `source QEMU ${qemu}, ${sentAll ? "everything sent" : "still sending"}, manifest published to seq ${session.published}; destination ${d ? `read to seq ${d.seqRead}, wrote to seq ${d.seqWritten}` : "did not say how far it got"}`;
+        await abort(c.migrationId, c.vm, `not completed within ${Math.round(budgetMs / 1000)} s (completionTimeoutPerGiB ${c.options.completionTimeoutPerGiB}): ${where}`);
+      })();
     }, c.options.postcopy ? budgetMs * 1.5 : budgetMs);
     void ended.promise.then(() => clearTimeout(overdue));
     done.catch(async (err: Error) => {
@@ -656,7 +663,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     let last = s.published;
     while (Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 100));
-      const written = await seqWrittenAt(s.targetHost, s.migrationId, s.vm);
+      const written = (await destinationManifest(s.targetHost, s.migrationId, s.vm))?.seqWritten;
       if (written === undefined) return false;
       // Caught up with what the source had published a poll ago (the trickle goes on).
       steady = written >= last ? steady + 1 : 0;

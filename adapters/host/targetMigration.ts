@@ -54,6 +54,8 @@ export interface TargetState {
   pagesWritten: number;
   /** The last manifest sequence number whose records QEMU has been handed (-1: none yet). */
   seqWritten?: number;
+  /** The last manifest sequence number read from the stream (its pages may still be fetched). */
+  seqRead?: number;
   /** Post-copy: PACKAGED (device state, LISTEN, RUN) was handed to QEMU. */
   postcopy?: boolean;
   /** Pages the destination QEMU holds, per block (1 byte per page): what a fault need not fetch. */
@@ -137,6 +139,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
     } else if (ev.type === manifestBatch.type && ev.mode === "binary") {
       if (!state.delivered) throw new ManifestError("manifest batch before its header");
       const ext = ev.ext as { count: number; round: number; final: boolean };
+      state.seqRead = Number((ev.ext as { seq: number }).seq);
       round = ext.round;
       const recs = [...readManifestRecords(ev.data, ext.count)];
       // Fetch every page this batch needs at once; packs are fetched once for all their pages.

@@ -5,7 +5,10 @@
  * holding it died it kept counting missed heartbeats for good and delivered nothing more (a
  * CLI waited out its idle time-out on a migration that had long ended; an index stopped
  * learning). A follower therefore opens a new ordered consumer just after the last message
- * it delivered whenever heartbeats stop (3 missed at 1 s) or the old one ends by itself.
+ * it delivered whenever it goes quiet (no message and no heartbeat for 3.5 heartbeats) or the
+ * old one ends by itself. The quiet is timed here, not by the library: across a disconnect
+ * it stops its own heartbeat watch and then retries a lost consumer's info every 30 s for
+ * good (a cluster node killed: a CLI followed a migration that had ended long before).
  */
 import { DeliverPolicy, jetstream, type ConsumerMessages, type JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -36,13 +39,24 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
   private done = false;
   private error?: Error;
   private reopening = false;
+  private opening = false;
+  /** When the current consumer last showed life (a message, a heartbeat, a status). */
+  private lastSign = Date.now();
+  private readonly watchdog: NodeJS.Timeout;
   /** Consumers opened after the first (for tests and logs). */
   restarts = 0;
 
   private constructor(
     private readonly nc: NatsConnection,
     private readonly o: FollowOptions,
-  ) {}
+  ) {
+    const hb = o.heartbeatMs ?? 1000;
+    this.watchdog = setInterval(() => {
+      if (this.done || this.opening || this.reopening) return;
+      if (Date.now() - this.lastSign > hb * 3.5) this.reopen();
+    }, hb);
+    this.watchdog.unref();
+  }
 
   /**
    * Starts following; rejects if the first consumer cannot be made within `startTimeoutMs`
@@ -56,7 +70,10 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
         await f.open();
         return f;
       } catch (err) {
-        if (Date.now() > end || !TRANSIENT.has((err as Error).name) || nc.isClosed()) throw err;
+        if (Date.now() > end || !TRANSIENT.has((err as Error).name) || nc.isClosed()) {
+          f.stop();
+          throw err;
+        }
         await new Promise((r) => setTimeout(r, 1000));
       }
     }
@@ -68,6 +85,16 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
   }
 
   private async open(): Promise<void> {
+    this.opening = true;
+    try {
+      await this.openConsumer();
+    } finally {
+      this.opening = false;
+      this.lastSign = Date.now();
+    }
+  }
+
+  private async openConsumer(): Promise<void> {
     const generation = ++this.generation;
     const old = this.current;
     this.current = undefined;
@@ -91,7 +118,8 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
     void (async () => {
       for await (const s of messages.status()) {
         if (generation !== this.generation) break;
-        if (s.type === "heartbeats_missed" && s.count >= 3) {
+        if (s.type !== "heartbeats_missed") this.lastSign = Date.now();
+        else if (s.count >= 3) {
           this.reopen();
           break;
         }
@@ -100,6 +128,7 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
     void (async () => {
       for await (const m of messages) {
         if (generation !== this.generation) break;
+        this.lastSign = Date.now();
         if (m.seq <= this.last) continue;
         this.last = m.seq;
         this.queue.push(m);
@@ -128,6 +157,7 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
   stop(err?: Error): void {
     if (this.done) return;
     this.done = true;
+    clearInterval(this.watchdog);
     this.error = err;
     if (err) this.queue = [];
     this.generation++;
