@@ -30,6 +30,49 @@ const TRANSIENT = new Set(["TimeoutError", "NoRespondersError", "JetStreamNotEna
  * request for an object's chunks can go unanswered for a few seconds (a consumer placed on
  * the dead node), which failed a whole migration although the store still held everything.
  */
+/**
+ * Reads an object, giving up after `timeoutMs`: the client reads chunks through a push
+ * consumer and waits for them without a limit, and one stalled by a paused server (1 s of
+ * SIGSTOP) left a destination waiting on a pack for good. The read is cancelled (its
+ * consumer stops) and fails as a time-out, which is retried.
+ */
+async function readObject(os: ObjectStore, name: string, timeoutMs: number): Promise<Uint8Array | null> {
+  const r = await os.get(name);
+  if (r === null) return null;
+  const reader = r.data.getReader();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    void reader.cancel().catch(() => undefined);
+  }, timeoutMs);
+  try {
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      size += value.byteLength;
+    }
+    if (timedOut) {
+      const e = new Error(`reading object ${name} took longer than ${timeoutMs} ms`);
+      e.name = "TimeoutError";
+      throw e;
+    }
+    const err = await r.error;
+    if (err) throw err;
+    const bytes = new Uint8Array(size);
+    let at = 0;
+    for (const p of parts) {
+      bytes.set(p, at);
+      at += p.byteLength;
+    }
+    return bytes;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function retried<T>(op: () => Promise<T>, attempts = 4): Promise<T> {
   for (let i = 1; ; i++) {
     try {
@@ -41,7 +84,8 @@ async function retried<T>(op: () => Promise<T>, attempts = 4): Promise<T> {
   }
 }
 
-export async function openPackStore(nc: NatsConnection, opts: { domain?: string } = {}): Promise<PackStore> {
+export async function openPackStore(nc: NatsConnection, opts: { domain?: string; readTimeoutMs?: number } = {}): Promise<PackStore> {
+  const readTimeoutMs = opts.readTimeoutMs ?? 20_000;
   const js = jetstream(nc, opts.domain ? { domain: opts.domain } : {});
   const os: ObjectStore = await new Objm(js).open(PACK_STORE);
   return {
@@ -53,7 +97,7 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string 
       });
     },
     async get(name) {
-      const bytes = await retried(() => os.getBlob(name));
+      const bytes = await retried(() => readObject(os, name, readTimeoutMs));
       if (bytes === null) return null;
       const actual = packNameOf(bytes);
       if (actual !== name) throw new PagePackError(`pack ${name} is corrupt: its content hashes to ${actual}`);
@@ -65,6 +109,6 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string 
     async putObject(name, bytes) {
       await retried(() => os.putBlob({ name }, bytes));
     },
-    getObject: (name) => retried(() => os.getBlob(name)),
+    getObject: (name) => retried(() => readObject(os, name, readTimeoutMs)),
   };
 }

@@ -26,6 +26,8 @@ export interface FunctionHostOptions {
   instanceId?: string;
   /** How long the server waits for an ack before redelivering (what a dead instance costs); the host heartbeats while a handler runs. @default 10000 */
   ackWaitMs?: number;
+  /** A handler still running after this long is given up: no more heartbeats, the event is redelivered. @default 120000 */
+  handlerTimeoutMs?: number;
   log?: Logger;
 }
 
@@ -55,6 +57,7 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
   const instanceId = opts.instanceId ?? `${process.env.HOSTNAME ?? "local"}-${process.pid}`;
   const log = (opts.log ?? createLogger()).child({ function: fn.id, instance: instanceId });
   const ackWaitMs = opts.ackWaitMs ?? 10_000;
+  const handlerTimeoutMs = opts.handlerTimeoutMs ?? 120_000;
   const retry: RetryPolicy = { ...DEFAULT_RETRY, ...fn.retry };
   const durable = durableName(fn.id);
   const js = jetstream(nc);
@@ -78,11 +81,33 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
       max_ack_pending: fn.exclusive ? 1 : 1000,
     });
   }
-  const consumer = await js.consumers.get(EVENTS_STREAM, durable);
   const concurrency = fn.concurrency ?? 1;
   // Heartbeats every second: a pull left with a consumer leader that died (a cluster node)
   // is noticed after 2 s, not after two missed 15 s heartbeats.
-  const messages: ConsumerMessages = await consumer.consume({ max_messages: Math.max(2, concurrency * 2), idle_heartbeat: 1000 });
+  const consume = async (): Promise<ConsumerMessages> =>
+    (await js.consumers.get(EVENTS_STREAM, durable)).consume({ max_messages: Math.max(2, concurrency * 2), idle_heartbeat: 1000 });
+  let messages = await consume();
+  let stopping = false;
+  /**
+   * The quiet is timed here too (no message, no heartbeat for 3.5 s): across a disconnect
+   * the library stops watching heartbeats and may retry a lost consumer's info for good.
+   * A quiet consumption is stopped and a new one started on the same durable consumer.
+   */
+  let lastSign = Date.now();
+  /** Only a consumption waited on can be quiet (not one held back by busy handlers). */
+  let waiting = false;
+  const watchStatus = (msgs: ConsumerMessages) =>
+    void (async () => {
+      for await (const st of msgs.status()) if (st.type !== "heartbeats_missed") lastSign = Date.now();
+    })().catch(() => undefined);
+  watchStatus(messages);
+  const quiet = setInterval(() => {
+    if (stopping || !waiting || Date.now() - lastSign < 3500) return;
+    lastSign = Date.now();
+    log.warn("no message or heartbeat for 3.5 s; consuming anew");
+    messages.stop();
+  }, 1000);
+  quiet.unref();
 
   const toDeadLetter = async (m: JsMsg, reason: string, family: string) => {
     deadLetters.add(1, { "gangway.function": fn.id, "gangway.family": family });
@@ -108,7 +133,7 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
     m.term();
   };
 
-  const handle = async (m: JsMsg): Promise<void> => {
+  const handle = async (m: JsMsg, expired: { now: boolean }): Promise<void> => {
     const started = performance.now();
     const decoded = decodeMessage(m.subject, m.data, m.headers);
     if (!decoded.ok) return toDeadLetter(m, decoded.reason, decoded.family);
@@ -137,7 +162,7 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
       },
       parent,
     );
-    const heartbeat = setInterval(() => m.working(), Math.max(250, ackWaitMs / 3));
+    const heartbeat = setInterval(() => expired.now || m.working(), Math.max(250, ackWaitMs / 3));
     const outbox: EncodedMessage[] = [];
     const emitOpts = () => ({ source: publisher.source, id: emittedId(fn.id, event.id, outbox.length), time: new Date() });
     const ctx: FunctionContext = {
@@ -178,15 +203,59 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
   };
 
   const inFlight = new Set<Promise<void>>();
-  const loop = (async () => {
-    for await (const m of messages) {
-      const p = handle(m).catch((err: unknown) => {
+  /** Runs a handler; returns once a slot is free for the next event. */
+  const dispatch = async (m: JsMsg) => {
+    // A handler only waits on NATS, whose requests time out; one that hangs anyway must not
+    // hold its slot (and, for an exclusive function, every later event) with heartbeats.
+    const expired = { now: false };
+    let deadline: NodeJS.Timeout | undefined;
+    const p = Promise.race([
+      handle(m, expired),
+      new Promise<void>((resolve) => {
+        deadline = setTimeout(() => {
+          expired.now = true;
+          log.error("handler did not finish; the event will be redelivered", { subject: m.subject, seq: m.seq, timeoutMs: handlerTimeoutMs });
+          m.nak();
+          resolve();
+        }, handlerTimeoutMs);
+      }),
+    ])
+      .catch((err: unknown) => {
         // Publishing a dead letter or an ack failed (NATS away): the server redelivers.
         log.error("event not settled; it will be redelivered", { error: err, subject: m.subject });
-      });
-      inFlight.add(p);
-      void p.finally(() => inFlight.delete(p));
-      if (inFlight.size >= concurrency) await Promise.race(inFlight);
+      })
+      .finally(() => clearTimeout(deadline));
+    inFlight.add(p);
+    void p.finally(() => inFlight.delete(p));
+    if (inFlight.size >= concurrency) await Promise.race(inFlight);
+  };
+  const loop = (async () => {
+    while (!stopping) {
+      try {
+        const it = messages[Symbol.asyncIterator]();
+        for (;;) {
+          lastSign = Date.now();
+          waiting = true;
+          const r = await it.next();
+          waiting = false;
+          if (r.done) break;
+          await dispatch(r.value);
+        }
+      } catch (err) {
+        log.warn("consumption ended", { error: err });
+      }
+      waiting = false;
+      while (!stopping) {
+        try {
+          messages = await consume();
+          watchStatus(messages);
+          lastSign = Date.now();
+          break;
+        } catch (err) {
+          log.warn("consuming anew failed; retrying", { error: err });
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
     }
   })();
   log.info("serving", { durable, filter: fn.filter ?? fn.trigger.filter });
@@ -194,6 +263,8 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
   return {
     id: fn.id,
     async stop() {
+      stopping = true;
+      clearInterval(quiet);
       messages.stop();
       await loop;
       await Promise.allSettled([...inFlight]);

@@ -179,6 +179,49 @@ describe("function runtime (real nats-server)", () => {
     }
     await Promise.all([p.stop(), inv.stop()]);
   });
+
+  it("a handler that never finishes is given up: its event is redelivered and the events behind it flow", async () => {
+    await using nats = await startTestNats();
+    const handled: string[] = [];
+    let hung = 0;
+    const fn: FunctionDefinition = {
+      id: "hangs-once", description: "hangs on the first delivery of h0", trigger: hostInventory, exclusive: true,
+      async handler(event) {
+        const host = (event.data as { host: string }).host;
+        if (host === "h0" && hung++ === 0) await new Promise(() => undefined); // never settles
+        handled.push(host);
+      },
+    };
+    const served = await serveFunction(fn, nats.nc, { handlerTimeoutMs: 1500 });
+    const pub = createPublisher(jetstream(nats.nc), "test");
+    for (const host of ["h0", "h1", "h2"]) await pub.publish(hostInventory, { host }, { host, memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
+    await eventually(() => handled.length === 3, 20_000, `all three handled (so far: ${handled.join(",")})`);
+    expect(hung).toBe(2);
+    expect([...handled].sort()).toEqual(["h0", "h1", "h2"]);
+    await served.stop();
+  });
+
+  it("keeps consuming across a server pause longer than its quiet limit", async () => {
+    await using nats = await startTestNats();
+    const handled: string[] = [];
+    const fn: FunctionDefinition = {
+      id: "records", description: "records hosts", trigger: hostInventory,
+      async handler(event) {
+        handled.push((event.data as { host: string }).host);
+      },
+    };
+    const served = await serveFunction(fn, nats.nc);
+    const pub = createPublisher(jetstream(await nats.connect("publisher")), "test");
+    await pub.publish(hostInventory, { host: "before" }, { host: "before", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
+    await eventually(() => handled.length === 1, 10_000, "the first event");
+    nats.server.signal("SIGSTOP");
+    await new Promise((r) => setTimeout(r, 5000));
+    nats.server.signal("SIGCONT");
+    await pub.publish(hostInventory, { host: "after" }, { host: "after", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
+    await eventually(() => handled.length === 2, 20_000, "the event after the pause");
+    expect(handled).toEqual(["before", "after"]);
+    await served.stop();
+  });
 });
 
 async function readAll(nc: Parameters<typeof readEvents>[0], filter: string) {
