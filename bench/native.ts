@@ -62,6 +62,12 @@ export interface NativeRunOptions {
   /** Short directory for run dirs (unix socket paths are limited to 107 bytes). */
   baseDir: string;
   log?: (s: string) => void;
+  /**
+   * Post-copy: switch once QEMU has synced its dirty log this often (2: after the first
+   * pass, as virsh --postcopy-after-precopy), after `throttleMs` at `throttleBps` (gangway's
+   * schedule: passes, then a slow drain before the switch). @default { afterSyncs: 2 }
+   */
+  postcopySwitch?: { afterSyncs: number; throttleMs?: number; throttleBps?: number };
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -135,7 +141,12 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
             break;
           }
           if (mode === "postcopy") {
-            if (!switched && ((await src.qmp.queryMigrate()).ram?.["dirty-sync-count"] ?? 0) >= 2) {
+            const sw = o.postcopySwitch ?? { afterSyncs: 2 };
+            if (!switched && ((await src.qmp.queryMigrate()).ram?.["dirty-sync-count"] ?? 0) >= sw.afterSyncs) {
+              if (sw.throttleMs) {
+                await src.qmp.migrateSetParameters({ "max-bandwidth": sw.throttleBps ?? 1e6 });
+                await sleep(sw.throttleMs);
+              }
               await src.qmp.migrateStartPostcopy();
               switchAt = performance.now();
               switched = true;
