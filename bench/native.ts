@@ -68,6 +68,8 @@ export interface NativeRunOptions {
    * schedule: passes, then a slow drain before the switch). @default { afterSyncs: 2 }
    */
   postcopySwitch?: { afterSyncs: number; throttleMs?: number; throttleBps?: number };
+  /** Guest RAM of both ends. @default "shared-file" (as gangway runs VMs) */
+  ram?: "shared-file" | "private";
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -83,8 +85,8 @@ export async function runNative(o: NativeRunOptions): Promise<NativeResult> {
       w.vms.map(async (v) => {
         const config = { name: v.name, memoryMiB: v.memoryMiB, kernel: v.kernel, append: v.append, ...(v.initrd ? { initrd: v.initrd } : {}) };
         const both = await Promise.allSettled([
-          startVm(config, { role: "source", baseDir: o.baseDir, host: "nsrc" }),
-          startVm(config, { role: "destination", baseDir: o.baseDir, host: "ndst" }),
+          startVm(config, { role: "source", baseDir: o.baseDir, host: "nsrc", ram: o.ram }),
+          startVm(config, { role: "destination", baseDir: o.baseDir, host: "ndst", ram: o.ram }),
         ]);
         const up = both.filter((b): b is PromiseFulfilledResult<VmHandle> => b.status === "fulfilled").map((b) => b.value);
         if (up.length < 2) {

@@ -4,7 +4,7 @@
  * destination is resumed and the guest checks every page of its memory. It tells whether a
  * failed self-check after post-copy is gangway's doing or QEMU's.
  *
- *   npx tsx bench/postcopyControl.ts [--runs 40] [--after-syncs 6] [--throttle-ms 5000] [--json]
+ *   npx tsx bench/postcopyControl.ts [--runs 40] [--after-syncs 6] [--throttle-ms 5000] [--private-ram] [--json]
  */
 import { parseArgs } from "node:util";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -17,19 +17,21 @@ export interface ControlReport {
   runs: number;
   afterSyncs: number;
   throttleMs: number;
+  ram: "shared-file" | "private";
   completed: number;
   verified: number;
   failures: { run: number; check: string }[];
 }
 
-export async function postcopyControl(o: { runs: number; afterSyncs: number; throttleMs: number; log?: (s: string) => void }): Promise<ControlReport> {
+export async function postcopyControl(o: { runs: number; afterSyncs: number; throttleMs: number; ram?: "shared-file" | "private"; log?: (s: string) => void }): Promise<ControlReport> {
+  const ram = o.ram ?? "shared-file";
   const work = await mkdtemp(join(tmpdir(), "gw-pcc-"));
-  const report: ControlReport = { runs: o.runs, afterSyncs: o.afterSyncs, throttleMs: o.throttleMs, completed: 0, verified: 0, failures: [] };
+  const report: ControlReport = { runs: o.runs, afterSyncs: o.afterSyncs, throttleMs: o.throttleMs, ram, completed: 0, verified: 0, failures: [] };
   try {
     const w = await workload("W4", { quick: false, workDir: work });
     for (let run = 0; run < o.runs; run++) {
       const r = await runNative({
-        workload: w, mode: "postcopy", bytesPerSecond: 125e6, baseDir: join(work, "n"),
+        workload: w, mode: "postcopy", bytesPerSecond: 125e6, baseDir: join(work, "n"), ram,
         postcopySwitch: { afterSyncs: o.afterSyncs, throttleMs: o.throttleMs, throttleBps: 1e6 },
       });
       if (r.completed) report.completed++;
@@ -47,7 +49,7 @@ export async function postcopyControl(o: { runs: number; afterSyncs: number; thr
 async function main(): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({ options: { runs: { type: "string", default: "40" }, "after-syncs": { type: "string", default: "6" }, "throttle-ms": { type: "string", default: "5000" }, json: { type: "boolean", default: false } } }));
+    ({ values } = parseArgs({ options: { runs: { type: "string", default: "40" }, "after-syncs": { type: "string", default: "6" }, "throttle-ms": { type: "string", default: "5000" }, "private-ram": { type: "boolean", default: false }, json: { type: "boolean", default: false } } }));
   } catch (err) {
     process.stderr.write(`${(err as Error).message}\n`);
     return 64;
@@ -57,9 +59,9 @@ async function main(): Promise<number> {
     process.stderr.write("--runs and --after-syncs take whole numbers ≥ 1, --throttle-ms a whole number ≥ 0\n");
     return 64;
   }
-  const r = await postcopyControl({ runs, afterSyncs, throttleMs, log: values.json ? undefined : (s) => process.stderr.write(`${s}\n`) });
+  const r = await postcopyControl({ runs, afterSyncs, throttleMs, ram: values["private-ram"] ? "private" : "shared-file", log: values.json ? undefined : (s) => process.stderr.write(`${s}\n`) });
   if (values.json) process.stdout.write(`${JSON.stringify(r)}\n`);
-  else process.stdout.write(`native post-copy, switch after ${afterSyncs} dirty-log syncs${throttleMs ? ` and ${throttleMs} ms at 1 MB/s` : ""}: ${r.verified}/${r.runs} verified, ${r.completed} completed${r.failures.length ? `; failed: ${r.failures.map((f) => `#${f.run + 1} ${f.check}`).join(", ")}` : ""}\n`);
+  else process.stdout.write(`native post-copy, switch after ${afterSyncs} dirty-log syncs${throttleMs ? ` and ${throttleMs} ms at 1 MB/s` : ""}, ${r.ram} guest RAM: ${r.verified}/${r.runs} verified, ${r.completed} completed${r.failures.length ? `; failed: ${r.failures.map((f) => `#${f.run + 1} ${f.check}`).join(", ")}` : ""}\n`);
   return r.failures.length ? 1 : 0;
 }
 

@@ -80,6 +80,8 @@ export interface StartVmOptions {
   runId?: string;
   /** Directory of the guest RAM file; must be a RAM-backed file system to be fast. @default "/dev/shm" */
   shmDir?: string;
+  /** Guest RAM: the shared file (readable by scanners and proofs), or private memory with no file (controls only). @default "shared-file" */
+  ram?: "shared-file" | "private";
   /** The QEMU binary. @default "qemu-system-x86_64" */
   qemuBinary?: string;
   /** Start the source paused too (`-S`); a destination always is. @default false */
@@ -180,7 +182,7 @@ export function defaultVmUuid(tenant: string, name: string): string {
 export function buildQemuArgs(
   config: VmConfig,
   paths: VmPaths,
-  opts: { role?: VmRole; paused?: boolean; incoming?: string } = {},
+  opts: { role?: VmRole; paused?: boolean; incoming?: string; ram?: "shared-file" | "private" } = {},
 ): string[] {
   validateConfig(config);
   for (const p of [paths.qmpSocket, paths.serialSocket, paths.serialLog, paths.ramPath, paths.pidFile]) {
@@ -194,7 +196,7 @@ export function buildQemuArgs(
     "-machine", "pc,memory-backend=m0",
     "-accel", "tcg",
     "-m", mem,
-    "-object", `memory-backend-file,id=m0,size=${mem},mem-path=${paths.ramPath},share=on`,
+    "-object", opts.ram === "private" ? `memory-backend-ram,id=m0,size=${mem}` : `memory-backend-file,id=m0,size=${mem},mem-path=${paths.ramPath},share=on`,
     "-smp", String(config.cpus ?? 1),
     ...(config.cpu ? ["-cpu", config.cpu] : []),
     "-nodefaults", "-no-user-config", "-display", "none",
@@ -384,7 +386,7 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
   }
   const tenant = config.tenant ?? "default";
   const resolved = { ...config, tenant, uuid: config.uuid ?? defaultVmUuid(tenant, config.name) };
-  const args = buildQemuArgs(resolved, paths, { role, paused: opts.paused, incoming: opts.incoming });
+  const args = buildQemuArgs(resolved, paths, { role, paused: opts.paused, incoming: opts.incoming, ram: opts.ram });
 
   await mkdir(runDir, { recursive: true });
   const running = await livePid(paths);
