@@ -86,6 +86,8 @@ interface TargetSession {
   postcopy?: { resumed: ReturnType<typeof latch>; isResumed: boolean };
   /** What the rebuild got so far (the source asks how far, before it switches over). */
   state: TargetState;
+  /** What the destination waits on once the stream is written (before, the rebuild says). */
+  waitingFor?: string;
 }
 
 /** A promise and the function that resolves it. */
@@ -203,16 +205,16 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       try {
         const req = JSON.parse(new TextDecoder().decode(msg.data)) as { migrationId: string; vm: string };
         const t = targets.get(`${req.migrationId}/${req.vm}`);
-        msg.respond(JSON.stringify(t ? { seqWritten: t.state.seqWritten ?? -1, seqRead: t.state.seqRead ?? -1 } : { error: `no destination of ${req.vm} in ${req.migrationId} on ${o.host}` }));
+        msg.respond(JSON.stringify(t ? { seqWritten: t.state.seqWritten ?? -1, seqRead: t.state.seqRead ?? -1, waitingFor: t.waitingFor ?? t.state.waitingFor ?? "nothing" } : { error: `no destination of ${req.vm} in ${req.migrationId} on ${o.host}` }));
       } catch (err) {
         msg.respond(JSON.stringify({ error: (err as Error).message }));
       }
     },
   });
   /** How far a destination got with its manifest (sequence numbers read and handed to QEMU), or undefined if it cannot say. */
-  const destinationManifest = async (host: string, migrationId: string, vm: string): Promise<{ seqWritten?: number; seqRead?: number } | undefined> => {
+  const destinationManifest = async (host: string, migrationId: string, vm: string): Promise<{ seqWritten?: number; seqRead?: number; waitingFor?: string } | undefined> => {
     try {
-      return JSON.parse(new TextDecoder().decode((await o.nc.request(`gwsvc.agent.${host}.manifest`, JSON.stringify({ migrationId, vm }), { timeout: 1000 })).data)) as { seqWritten?: number; seqRead?: number };
+      return JSON.parse(new TextDecoder().decode((await o.nc.request(`gwsvc.agent.${host}.manifest`, JSON.stringify({ migrationId, vm }), { timeout: 1000 })).data)) as { seqWritten?: number; seqRead?: number; waitingFor?: string };
     } catch {
       return undefined;
     }
@@ -407,7 +409,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         // Where it stood, so that whoever reads the abort knows which side was waiting.
         const qemu = await v.vm.status().catch(() => "unknown");
         const d = await destinationManifest(c.targetHost, c.migrationId, c.vm);
-        const where = `source QEMU ${qemu}, ${sentAll ? "everything sent" : "still sending"}, manifest published to seq ${session.published}; destination ${d ? `read to seq ${d.seqRead}, wrote to seq ${d.seqWritten}` : "did not say how far it got"}`;
+        const where = `source QEMU ${qemu}, ${sentAll ? "everything sent" : "still sending"}, manifest published to seq ${session.published}; destination ${d ? `read to seq ${d.seqRead}, wrote to seq ${d.seqWritten}, waiting for ${d.waitingFor}` : "did not say how far it got"}`;
         await abort(c.migrationId, c.vm, `not completed within ${Math.round(budgetMs / 1000)} s (completionTimeoutPerGiB ${c.options.completionTimeoutPerGiB}): ${where}`);
       })();
     }, c.options.postcopy ? budgetMs * 1.5 : budgetMs);
@@ -470,16 +472,18 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       source.prefetch(c.migrationId, c.spec.tenant, keyerFor(c.spec.tenant));
       const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover, ended: ended.promise }, state);
       await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": o.host }, () =>
-        o.driver.migrateIn(vm, records, { postcopy: c.options.postcopy, onReturnPath }));
+        o.driver.migrateIn(vm, records, { postcopy: c.options.postcopy, onReturnPath, onWritten: () => (session.waitingFor = "QEMU to finish loading the stream") }));
       log.debug("destination loaded", { migrationId: c.migrationId, vm: c.spec.name });
       if (session.postcopy) return finishPostcopy(c.migrationId, session, state);
       const status = await vm.status();
       if (status !== "paused" && status !== "prelaunch") throw new Error(`destination QEMU is ${status} after loading, expected paused`);
       // The proof: read back what QEMU holds (block m0 from its RAM file) and digest it.
+      session.waitingFor = "the read-back of the image";
       const proof = await inSpan("destination proof", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name }, () => proveImage(state, vm.ramPath, keyerFor(c.spec.tenant)));
       await pub.publish(commitReady, { migrationId: c.migrationId }, {
         migrationId: c.migrationId, vm: c.spec.name, targetHost: o.host, pagesExpected: proof.expected, pagesDelivered: proof.delivered, digest: proof.digest,
       }, { id: `${c.migrationId}-${c.spec.name}-ready` });
+      session.waitingFor = "the commit decision";
       log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered });
     })();
     void watchSource(session, state, c.sourceHost, c.options.progressTimeoutSec * 1000);
@@ -707,6 +711,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     const t = targets.get(key);
     if (t) {
       targets.delete(key);
+      log.info("rolled back: destination quit", { migrationId: c.migrationId, vm: c.vm, waitingFor: t.waitingFor ?? t.state.waitingFor, seqRead: t.state.seqRead, seqWritten: t.state.seqWritten, reason: c.reason });
       t.end();
       targetDone(c.migrationId);
       await t.vm.quit().catch(() => undefined);

@@ -56,6 +56,8 @@ export interface TargetState {
   seqWritten?: number;
   /** The last manifest sequence number read from the stream (its pages may still be fetched). */
   seqRead?: number;
+  /** What the rebuild waits on now (for whoever asks why a migration stands still). */
+  waitingFor?: string;
   /** Post-copy: PACKAGED (device state, LISTEN, RUN) was handed to QEMU. */
   postcopy?: boolean;
   /** Pages the destination QEMU holds, per block (1 byte per page): what a fault need not fetch. */
@@ -115,6 +117,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
   let ram = { id: 0, instance: 0, version: 4 };
   let batches = 0;
   let round = 0;
+  state.waitingFor = "the manifest";
   for await (const d of manifestEvents(o)) {
     if (!d.ok) throw new ManifestError(`unreadable manifest event: ${d.reason}`);
     const ev = d.event;
@@ -150,7 +153,9 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         if (!needed.has(k)) needed.set(k, o.pages.page(o.tenant, k, o.keyer, o.progressTimeoutMs ?? 150_000));
       }
       const got = new Map<string, Buffer>();
+      state.waitingFor = `the ${needed.size} pages of manifest seq ${state.seqRead}`;
       await Promise.all([...needed].map(async ([k, p]) => got.set(k, await p)));
+      state.waitingFor = `QEMU to take manifest seq ${state.seqRead}`;
       if (recs.length) yield { type: "ramSection", offset: 0, section: "part", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
       // One page batch per run of records in the same block.
       let i = 0;
@@ -214,6 +219,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       }
       if (recs.length) yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };
       state.seqWritten = Number((ev.ext as { seq: number }).seq);
+      state.waitingFor = `the manifest after seq ${state.seqWritten}`;
       batches++;
       o.onProgress?.({ round, pages: state.pagesWritten, batches });
     } else if (ev.type === manifestCommand.type) {
@@ -237,6 +243,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         for (let i = 0; i < command.ranges.length; i += 12) yield { type: "command", offset: 0, command: { ...command, ranges: command.ranges.slice(i, i + 12) } };
       } else yield { type: "command", offset: 0, command };
       state.seqWritten = (ev.data as ManifestCommandData).seq;
+      state.waitingFor = `the manifest after seq ${state.seqWritten}`;
       if (c.cmd === "packaged") {
         state.postcopy = true;
         o.onSwitchover?.();
@@ -246,7 +253,9 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       state.completed = c;
       if (!state.header) throw new ManifestError("manifest completed without a header");
       // Post-copy sent the device state in PACKAGED; only the end of the RAM is left.
+      state.waitingFor = "the device state";
       const device = c.deviceStateBytes > 0 ? await o.packs.getObject(c.deviceState) : Buffer.alloc(0);
+      state.waitingFor = "QEMU to take the device state and the end of the stream";
       if (!device || device.byteLength !== c.deviceStateBytes) throw new ManifestError(`device state ${c.deviceState} is missing or has the wrong size`);
       yield { type: "ramSection", offset: 0, section: "end", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
       yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };

@@ -101,6 +101,32 @@ async function writeAll(socket: Socket, parts: Buffer[]): Promise<void> {
 }
 
 /**
+ * Ends the stream and waits until QEMU has every byte. A connection QEMU already dropped
+ * fails here: waiting for "finish" on a socket whose error was emitted before the wait would
+ * never end (a destination sat silent until its migration's budget ran out).
+ */
+async function endStream(socket: Socket): Promise<void> {
+  if (socket.destroyed) throw new DestinationConnectionError("the destination QEMU closed the connection before the stream ended");
+  await new Promise<void>((resolve, reject) => {
+    const done = (err?: Error) => {
+      socket.off("finish", onFinish);
+      socket.off("error", onError);
+      socket.off("close", onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onFinish = () => done();
+    const onError = (err: Error) => done(new DestinationConnectionError(`ending the stream to the destination QEMU failed: ${err.message}`, { cause: err }));
+    const onClose = () => (socket.writableFinished ? done() : done(new DestinationConnectionError("the destination QEMU closed the connection before the stream ended")));
+    socket.on("finish", onFinish);
+    socket.once("error", onError);
+    socket.once("close", onClose);
+    socket.end();
+    if (socket.writableFinished) done();
+  });
+}
+
+/**
  * Encodes `records` into the destination QEMU listening on options.socketPath. Resolves
  * when every byte has been handed to the kernel and the connection is closed on our
  * side; whether QEMU loaded it is for QMP to tell (query-migrate / query-status).
@@ -138,8 +164,7 @@ export async function writeToDestination(
       count++;
     }
     await writeAll(socket, enc.finish());
-    socket.end();
-    if (!socket.writableFinished) await once(socket, "finish");
+    await endStream(socket);
     ok = true;
     log.debug("stream written to the destination", { bytes: enc.bytesOut, records: count });
     return { bytes: enc.bytesOut, records: count };
