@@ -10,7 +10,7 @@ import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
 import type { DedupIndexView, IndexedKey } from "../functions/hash/index.ts";
-import { HASH_SHARDS, KeyStatus, KEY_BYTES, RESOLVED_RECORD_BYTES, shardOfKey, type packStored } from "../schemas/index.ts";
+import { HASH_SHARDS, KeyStatus, KEY_BYTES, packCorrupt, packStored, RESOLVED_RECORD_BYTES, shardOfKey } from "../schemas/index.ts";
 import { decodeMessage } from "./events/binding.ts";
 import { EVENTS_STREAM } from "./nats/resources.ts";
 import { StreamFollower } from "./nats/follow.ts";
@@ -23,6 +23,8 @@ export interface DedupIndex extends DedupIndexView {
 
 export function createDedupIndex(nc: NatsConnection): DedupIndex {
   const keys = Array.from({ length: HASH_SHARDS }, () => new Map<string, IndexedKey>());
+  /** Each stored pack's keys (shard, tenant/key), to forget them if the pack is found damaged. */
+  const keysOfPack = new Map<string, [number, string][]>();
   const applied = new Array<number>(HASH_SHARDS).fill(0);
   const waiters: (() => void)[][] = Array.from({ length: HASH_SHARDS }, () => []);
   const followers: StreamFollower[] = [];
@@ -59,11 +61,27 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
           for (const w of waiters[shard]!.splice(0)) w();
         });
       }
-      // Stored packs only turn claims into "present"; no decision waits for them.
-      await follow("gw.pack.*.stored", (_seq, d) => {
+      // Stored packs only turn claims into "present"; no decision waits for them. A pack a
+      // destination found damaged (and removed) takes its keys with it: they are absent
+      // again, so the next migration that meets them sends them.
+      await follow("gw.pack.*.*", (_seq, d) => {
         if (!d.ok || d.event.mode !== "structured") return;
+        if (d.definition === packCorrupt) {
+          const { pack } = d.event.data as z.infer<typeof packCorrupt.data>;
+          for (const [shard, id] of keysOfPack.get(pack) ?? []) if (keys[shard]!.get(id)?.pack === pack) keys[shard]!.delete(id);
+          keysOfPack.delete(pack);
+          return;
+        }
+        if (d.definition !== packStored) return;
         const data = d.event.data as z.infer<typeof packStored.data>;
-        for (const k of data.keys) keys[shardOfKey(parseInt(k.slice(0, 2), 16))]!.set(scoped(data.tenant, k), { stored: true });
+        const held: [number, string][] = [];
+        for (const k of data.keys) {
+          const shard = shardOfKey(parseInt(k.slice(0, 2), 16));
+          const id = scoped(data.tenant, k);
+          keys[shard]!.set(id, { stored: true, pack: data.pack });
+          held.push([shard, id]);
+        }
+        keysOfPack.set(data.pack, held);
       });
     })());
 

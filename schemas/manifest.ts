@@ -147,3 +147,23 @@ export const packStored = defineEvent({
     storedBytes: z.number().int().positive(),
   }),
 });
+
+/**
+ * A destination found a stored pack damaged (its bytes do not hash to its name, or a page does
+ * not match its key). The pack is removed from the store and its keys from the dedup index,
+ * so the next migration that needs those pages sends them again instead of failing on them.
+ */
+export const packCorrupt = defineEvent({
+  type: "io.gangway.pack.corrupt.v1",
+  family: "manifest",
+  subject: "gw.pack.{migrationId}.corrupt",
+  about: (p: ByMigration) => `migration/${p.migrationId}`,
+  data: z.object({
+    /** The migration (or preparation pass, "prep-<host>") that stored the pack. */
+    migrationId,
+    tenant: tenantId,
+    pack: z.string().regex(/^pack-[0-9a-f]{32,64}$/),
+    reportedBy: hostName,
+    reason: z.string().min(1).max(2000),
+  }),
+});

@@ -15,6 +15,8 @@ export interface PackStore {
   put(name: string, bytes: Uint8Array): Promise<boolean>;
   /** The pack's bytes, checked against its content address; null if absent. */
   get(name: string): Promise<Uint8Array | null>;
+  /** Removes a pack found damaged, so that a later put stores it again. */
+  remove(name: string): Promise<void>;
   /** Overwrites a pack as it is (fault injection in tests, nothing else). */
   putUnchecked(name: string, bytes: Uint8Array): Promise<void>;
   /** Other migration objects (device state): stored and read as they are. */
@@ -91,7 +93,8 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
   return {
     async put(name, bytes) {
       return retried(async () => {
-        if (await os.info(name)) return false;
+        const info = await os.info(name);
+        if (info && !info.deleted) return false;
         await os.putBlob({ name }, bytes);
         return true;
       });
@@ -102,6 +105,9 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
       const actual = packNameOf(bytes);
       if (actual !== name) throw new PagePackError(`pack ${name} is corrupt: its content hashes to ${actual}`);
       return bytes;
+    },
+    async remove(name) {
+      await retried(() => os.delete(name));
     },
     async putUnchecked(name, bytes) {
       await os.putBlob({ name }, bytes);

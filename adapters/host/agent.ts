@@ -11,7 +11,7 @@ import { freemem, totalmem } from "node:os";
 import type { z } from "zod";
 import {
   agentPageRequest, agentPrepareTarget, agentQuitSource, agentResumeTarget, agentRollback, agentStartSource, agentSwitchover, agentVmStart, agentVmStop,
-  commitAbort, commitPostcopyReady, commitReady, commitResumed, dirtyRound, hostInventory, migrationProgress, pageMissing, pageRequested, pageServed, scanRequested,
+  commitAbort, commitPostcopyReady, commitReady, commitResumed, dirtyRound, hostInventory, migrationProgress, packCorrupt, pageMissing, pageRequested, pageServed, scanRequested,
   migrationStarted, migrationSwitchover, MigrationPhase, MigrationMode,
   type VmSpec,
 } from "../../schemas/index.ts";
@@ -28,7 +28,7 @@ import { ramPages } from "../dataplane/ramFile.ts";
 import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
 import type { ReturnPathMessage } from "../qemu/returnPath.ts";
 import { scanMemory } from "./memoryScanner.ts";
-import { openPageSource, type PageSource } from "./packLocator.ts";
+import { openPageSource, type CorruptPack, type PageSource } from "./packLocator.ts";
 import type { AdoptedVm, GoneVm, OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
 import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
 import { missingPages, targetRecords, type TargetState } from "./targetMigration.ts";
@@ -130,7 +130,19 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const keyers = new Map<string, PageKeyer>();
   const keyerFor = (tenant: string) => keyers.get(tenant) ?? keyers.set(tenant, createPageKeyer(tenant)).get(tenant)!;
   let pageSource: PageSource | undefined;
-  const pages = async () => (pageSource ??= await openPageSource(o.nc, packs));
+  /**
+   * A damaged pack is removed from the store and announced: the dedup index forgets its keys,
+   * so the next migration needing those pages sends them again (before, every later
+   * migration of them failed on the same pack). This migration fails on it regardless.
+   */
+  const onCorrupt = (c: CorruptPack) => {
+    log.warn("page pack damaged; removing it", { pack: c.pack, storedBy: c.migrationId, reason: c.reason });
+    void (async () => {
+      await packs.remove(c.pack);
+      await pub.publish(packCorrupt, { migrationId: c.migrationId }, { migrationId: c.migrationId, tenant: c.tenant, pack: c.pack, reportedBy: o.host, reason: c.reason.slice(0, 2000) }, { id: `corrupt-${c.pack}-${o.host}` });
+    })().catch((e: Error) => log.error("damaged pack not removed or not announced", { pack: c.pack, error: e }));
+  };
+  const pages = async () => (pageSource ??= await openPageSource(o.nc, packs, { onCorrupt }));
   const owned = new Map<string, OwnedVm>();
   const sources = new Map<string, SourceSession>(); // key: migration/vm
   const targets = new Map<string, TargetSession>();

@@ -38,7 +38,15 @@ export interface PageSource {
   close(): Promise<void>;
 }
 
-export async function openPageSource(nc: NatsConnection, packs: PackStore): Promise<PageSource> {
+/** A stored pack found damaged: who stored it (a migration or "prep-<host>") and why it fails. */
+export interface CorruptPack {
+  migrationId: string;
+  tenant: string;
+  pack: string;
+  reason: string;
+}
+
+export async function openPageSource(nc: NatsConnection, packs: PackStore, o: { onCorrupt?: (c: CorruptPack) => void } = {}): Promise<PageSource> {
   const cache = new Map<string, Buffer>();
   const located = new Map<string, string>(); // tenant/key → pack
   const waiting = new Map<string, (() => void)[]>();
@@ -47,6 +55,10 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
   const prefetching = new Map<string, { tenant: string; keyer: PageKeyer }>();
   /** Packs announced so far, by the migration (or preparation pass) that stored them. */
   const packsOf = new Map<string, { tenant: string; pack: string }[]>();
+  /** Who announced each pack (the first announcement). */
+  const storedBy = new Map<string, string>();
+  /** Packs found damaged here: never fetched again; their keys wait for another pack. */
+  const damaged = new Set<string>();
   // At most two prefetches at once: the manifest's own fetches must not queue behind many.
   const prefetchChain: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
   let nextLane = 0;
@@ -60,11 +72,15 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
       const data = d.event.data as z.infer<typeof packStored.data>;
       const list = packsOf.get(data.migrationId) ?? packsOf.set(data.migrationId, []).get(data.migrationId)!;
       list.push({ tenant: data.tenant, pack: data.pack });
+      if (!storedBy.has(data.pack)) storedBy.set(data.pack, data.migrationId);
+      // Announced again after it was found damaged (and removed): stored anew, usable again.
+      damaged.delete(data.pack);
       const pre = prefetching.get(data.migrationId);
       if (pre && pre.tenant === data.tenant) queuePrefetch(data.tenant, data.pack, pre.keyer);
       for (const k of data.keys) {
         const id = `${data.tenant}/${k}`;
-        if (!located.has(id)) located.set(id, data.pack);
+        // A key whose pack was found damaged moves to the pack that stores it again.
+        if (!located.has(id) || damaged.has(located.get(id)!)) located.set(id, data.pack);
         const w = waiting.get(id);
         if (w) {
           waiting.delete(id);
@@ -79,7 +95,15 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
     prefetchChain[lane] = prefetchChain[lane]!.then(() => fetchPack(tenant, pack, keyer).catch(() => undefined));
   }
 
+  const reportDamage = (tenant: string, name: string, err: Error) => {
+    if (damaged.has(name)) return;
+    damaged.add(name);
+    for (const [id, pack] of located) if (pack === name) located.delete(id);
+    o.onCorrupt?.({ migrationId: storedBy.get(name) ?? "unknown", tenant, pack: name, reason: err.message });
+  };
+
   function fetchPack(tenant: string, name: string, keyer: PageKeyer): Promise<void> {
+    if (damaged.has(name)) return Promise.reject(new PagePackError(`page pack ${name} was found damaged`));
     let f = fetching.get(name);
     if (!f) {
       f = (async () => {
@@ -98,8 +122,13 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore): Prom
         }
       })();
       fetching.set(name, f);
-      // A failed fetch may be retried by a later request.
-      f.catch(() => fetching.delete(name));
+      // A failed fetch may be retried by a later request; a damaged pack is reported once.
+      f.catch((err: Error) => {
+        fetching.delete(name);
+        if (err instanceof PagePackError) reportDamage(tenant, name, err);
+        // Announced but gone (removed as damaged): its keys wait for the pack that stores them again.
+        else if (err instanceof PageUnavailableError) for (const [id, pack] of located) if (pack === name) located.delete(id);
+      });
     }
     return f;
   }

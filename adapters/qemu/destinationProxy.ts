@@ -101,28 +101,37 @@ async function writeAll(socket: Socket, parts: Buffer[]): Promise<void> {
 }
 
 /**
- * Ends the stream and waits until QEMU has every byte. A connection QEMU already dropped
- * fails here: waiting for "finish" on a socket whose error was emitted before the wait would
- * never end (a destination sat silent until its migration's budget ran out).
+ * Ends the stream and waits until every byte is handed over. QEMU closes its end as soon as it
+ * has read the end of the stream (post-copy: at once), so a clean close with nothing left to
+ * write is success; a connection that failed (reset, broken pipe) is not. Waiting for
+ * "finish" on a socket whose error was emitted before the wait would never end (a destination
+ * sat silent until its migration's budget ran out).
  */
 async function endStream(socket: Socket): Promise<void> {
-  if (socket.destroyed) throw new DestinationConnectionError("the destination QEMU closed the connection before the stream ended");
+  const settled = (): Error | "done" | undefined => {
+    if (socket.errored) return new DestinationConnectionError(`the connection to the destination QEMU failed: ${socket.errored.message}`, { cause: socket.errored });
+    if (socket.writableFinished || (socket.destroyed && socket.writableLength === 0)) return "done";
+    if (socket.destroyed) return new DestinationConnectionError("the destination QEMU closed the connection before the stream ended");
+    return undefined;
+  };
+  const early = settled();
+  if (early === "done") return;
+  if (early) throw early;
   await new Promise<void>((resolve, reject) => {
-    const done = (err?: Error) => {
-      socket.off("finish", onFinish);
-      socket.off("error", onError);
-      socket.off("close", onClose);
-      if (err) reject(err);
-      else resolve();
+    const check = () => {
+      const s = settled();
+      if (!s) return;
+      socket.off("finish", check);
+      socket.off("error", check);
+      socket.off("close", check);
+      if (s === "done") resolve();
+      else reject(s);
     };
-    const onFinish = () => done();
-    const onError = (err: Error) => done(new DestinationConnectionError(`ending the stream to the destination QEMU failed: ${err.message}`, { cause: err }));
-    const onClose = () => (socket.writableFinished ? done() : done(new DestinationConnectionError("the destination QEMU closed the connection before the stream ended")));
-    socket.on("finish", onFinish);
-    socket.once("error", onError);
-    socket.once("close", onClose);
+    socket.on("finish", check);
+    socket.on("error", check);
+    socket.on("close", check);
     socket.end();
-    if (socket.writableFinished) done();
+    check();
   });
 }
 

@@ -18,6 +18,8 @@ export interface IndexedKey {
   stored: boolean;
   /** The migration whose VM claimed it (and will store it), if not stored yet. */
   claimedBy?: string;
+  /** The pack that holds it, once stored. */
+  pack?: string;
 }
 
 /** The index as the hash function sees it: a view of the log, brought up to date on demand. */

@@ -106,6 +106,7 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         // Data plane (manifest.ts, hash.ts).
         "gw.manifest.*.*.>",
         "gw.pack.*.stored",
+        "gw.pack.*.corrupt",
         "gw.hash.*.lookup.*",
         // Liveness of the peer host during a migration, and how far its rebuild got.
         "gwsvc.agent.*.status",

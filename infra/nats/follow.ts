@@ -5,8 +5,9 @@
  * holding it died it kept counting missed heartbeats for good and delivered nothing more (a
  * CLI waited out its idle time-out on a migration that had long ended; an index stopped
  * learning). A follower therefore opens a new ordered consumer just after the last message
- * it delivered whenever it goes quiet (no message and no heartbeat for 3.5 heartbeats) or the
- * old one ends by itself. The quiet is timed here, not by the library: across a disconnect
+ * it delivered whenever it goes quiet (no message and no heartbeat for 3.5 heartbeats), when
+ * its heartbeats say it delivered messages that never came (for 2 heartbeats), or when the old
+ * one ends by itself. The quiet is timed here, not by the library: across a disconnect
  * it stops its own heartbeat watch and then retries a lost consumer's info every 30 s for
  * good (a cluster node killed: a CLI followed a migration that had ended long before).
  */
@@ -42,6 +43,10 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
   private opening = false;
   /** When the current consumer last showed life (a message, a heartbeat, a status). */
   private lastSign = Date.now();
+  /** The consumer sequence of the last message the current consumer delivered. */
+  private delivered = 0;
+  /** Since when heartbeats say the consumer delivered messages that never came. */
+  private gapSince?: number;
   private readonly watchdog: NodeJS.Timeout;
   /** Consumers opened after the first (for tests and logs). */
   restarts = 0;
@@ -53,7 +58,8 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
     const hb = o.heartbeatMs ?? 1000;
     this.watchdog = setInterval(() => {
       if (this.done || this.opening || this.reopening) return;
-      if (Date.now() - this.lastSign > hb * 3.5) this.reopen();
+      const lost = this.gapSince !== undefined && Date.now() - this.gapSince > hb * 2;
+      if (lost || Date.now() - this.lastSign > hb * 3.5) this.reopen();
     }, hb);
     this.watchdog.unref();
   }
@@ -96,6 +102,8 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
 
   private async openConsumer(): Promise<void> {
     const generation = ++this.generation;
+    this.delivered = 0;
+    this.gapSince = undefined;
     const old = this.current;
     this.current = undefined;
     old?.messages.stop();
@@ -118,8 +126,14 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
     void (async () => {
       for await (const s of messages.status()) {
         if (generation !== this.generation) break;
-        if (s.type !== "heartbeats_missed") this.lastSign = Date.now();
-        else if (s.count >= 3) {
+        // Only the server's own heartbeat is a sign of life: the library's other notices
+        // ("next" on every re-pull) keep coming while nothing arrives.
+        if (s.type === "heartbeat") {
+          this.lastSign = Date.now();
+          // The consumer says it delivered more than came through: a message was lost.
+          if (s.lastConsumerSequence > this.delivered) this.gapSince ??= Date.now();
+          else this.gapSince = undefined;
+        } else if (s.type === "heartbeats_missed" && s.count >= 3) {
           this.reopen();
           break;
         }
@@ -129,6 +143,8 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
       for await (const m of messages) {
         if (generation !== this.generation) break;
         this.lastSign = Date.now();
+        this.delivered = m.info.deliverySequence;
+        this.gapSince = undefined;
         if (m.seq <= this.last) continue;
         this.last = m.seq;
         this.queue.push(m);

@@ -98,7 +98,8 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
   let waiting = false;
   const watchStatus = (msgs: ConsumerMessages) =>
     void (async () => {
-      for await (const st of msgs.status()) if (st.type !== "heartbeats_missed") lastSign = Date.now();
+      // Only the server's heartbeat counts: the library's "next" notices go on while nothing comes.
+      for await (const st of msgs.status()) if (st.type === "heartbeat") lastSign = Date.now();
     })().catch(() => undefined);
   watchStatus(messages);
   const quiet = setInterval(() => {

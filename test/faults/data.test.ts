@@ -2,7 +2,9 @@
  * Fault case 5: page packs damaged in the object store after the preparation scan put
  * them there — bytes flipped, truncated, replaced by another pack's bytes (pages under the
  * wrong keys). The destination checks every pack before using a page of it: it never
- * resumes with wrong memory; the migration rolls back and the source runs.
+ * resumes with wrong memory; the migration rolls back and the source runs. Each damaged pack
+ * it met is removed and announced, the dedup index forgets its keys, and the next migration
+ * sends those pages again and completes.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { z } from "zod";
@@ -10,7 +12,7 @@ import { migrateGang, newMigrationId } from "../../cli/gangMigration.ts";
 import { waitForScans } from "../../cli/localCluster.ts";
 import { readEvents } from "../../infra/events/reader.ts";
 import { openPackStore } from "../../adapters/dataplane/packStore.ts";
-import type { packStored } from "../../schemas/index.ts";
+import type { packCorrupt, packStored } from "../../schemas/index.ts";
 import { expectRolledBack, expectSucceeded, guest, MigrationWatch, runCase, startCluster, startVms, type Cluster } from "./harness.ts";
 
 let c: Cluster;
@@ -42,13 +44,20 @@ describe("fault: damaged page packs", () => {
       const w = await MigrationWatch.start(c, migrationId);
       const s = await migrateGang({ nc: c.nats.nc, vms: ["x1"], sourceHost: "hostA", targetHost: "hostB", migrationId });
       await expectRolledBack(c, r, s, w, { vms: ["x1"], source: "hostA", target: "hostB", reason: /corrupt|does not match|pack/ });
-      // Repaired (the source's pages are still there): the packs are rewritten, and it moves.
-      const again = await migrateGang({ nc: c.nats.nc, vms: ["x1"], sourceHost: "hostA", targetHost: "hostB" });
-      if (again.outcome === "succeeded") await expectSucceeded(c, r, again, { vms: ["x1"], source: "hostA", target: "hostB" });
-      else {
-        r.f.notes = `a second migration after the damage also rolled back: ${again.reason?.slice(0, 200)}`;
-        r.f.migrations++;
-        r.f.rolledBack++;
+      // The destination announced what it found damaged; those packs are gone from the store.
+      const reported = new Set<string>();
+      for await (const e of readEvents(c.nats.nc, { filter: "gw.pack.*.corrupt" })) {
+        if (e.result.ok) reported.add((e.result.event.data as z.infer<typeof packCorrupt.data>).pack);
       }
+      expect(reported.size).toBeGreaterThan(0);
+      for (const name of reported) {
+        expect(names).toContain(name);
+        expect(await packs.get(name), `${name} removed from the store`).toBeNull();
+      }
+      r.f.notes = `${reported.size} damaged packs reported and removed after the first migration`;
+      // Repaired: the dedup index forgot their keys, the source sends those pages again, and it moves.
+      const again = await migrateGang({ nc: c.nats.nc, vms: ["x1"], sourceHost: "hostA", targetHost: "hostB" });
+      expect(again.outcome, again.reason).toBe("succeeded");
+      await expectSucceeded(c, r, again, { vms: ["x1"], source: "hostA", target: "hostB" });
     }), 240_000);
 });
