@@ -41,7 +41,7 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
   private error?: Error;
   private reopening = false;
   private opening = false;
-  /** When the current consumer last showed life (a message, a heartbeat, a status). */
+  /** When the current consumer last showed life (a message or a server heartbeat). */
   private lastSign = Date.now();
   /** The consumer sequence of the last message the current consumer delivered. */
   private delivered = 0;
