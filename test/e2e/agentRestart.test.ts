@@ -89,7 +89,7 @@ describe("agent restart: VMs outlive their agent (real QEMU, real nats-server)",
       const inv = await hostVms(nats.nc, "arA");
       return vms.every((v) => inv.get(v) === "running") || undefined;
     }, 30_000, "adopted VMs in the restarted agent's inventory");
-    for (const v of vms) expect(await verifyGuest(nats.nc, "arA", v), v).toMatchObject({ ok: true });
+    for (const v of vms) expect(await verifyGuest(nats.nc, "arA", v), v).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     expect(new Map((await qemus()).map((q) => [q.vm, q.pid]))).toEqual(before);
 
     // 2. A normal stop (SIGTERM) without --stop-vms-on-exit: the VMs stay too.
@@ -101,7 +101,7 @@ describe("agent restart: VMs outlive their agent (real QEMU, real nats-server)",
       const inv = await hostVms(nats.nc, "arA");
       return vms.every((v) => inv.get(v) === "running") || undefined;
     }, 30_000, "adopted VMs after a normal stop");
-    for (const v of vms) expect(await verifyGuest(nats.nc, "arA", v), v).toMatchObject({ ok: true });
+    for (const v of vms) expect(await verifyGuest(nats.nc, "arA", v), v).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     // The RAM files are the adopted QEMUs' own: reclaim left them.
     for (const q of await qemus()) expect((await readFile(`/proc/${q.pid}/cmdline`, "utf8")).match(/mem-path=([^,\0]+)/)?.[1]).toSatisfy((p: string) => p.startsWith("/dev/shm/gangway-arA-"));
     expect((await readdir("/dev/shm")).filter((f) => f.startsWith("gangway-arA-")).length).toBe(2);
@@ -142,12 +142,12 @@ describe("agent restart: VMs outlive their agent (real QEMU, real nats-server)",
     expect(resumed).toEqual([]);
     await eventually(async () => ((await qemus()).filter((q) => q.vm === "m1").length === 1 ? true : undefined), 30_000, "one QEMU of m1");
     expect((await qemus()).map((q) => q.pid)).toEqual([src!.pid]);
-    expect(await verifyGuest(nats.nc, "arA", "m1")).toMatchObject({ ok: true });
+    expect(await verifyGuest(nats.nc, "arA", "m1")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
 
     // The adopted VM migrates like any other.
     const again = await migrateGang({ nc: nats.nc, vms: ["m1"], sourceHost: "arA", targetHost: "arB" });
     expect(again.outcome, again.reason).toBe("succeeded");
-    expect(await verifyGuest(nats.nc, "arB", "m1")).toMatchObject({ ok: true });
+    expect(await verifyGuest(nats.nc, "arB", "m1")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     await eventually(async () => !(await hostVms(nats.nc, "arA")).has("m1") || undefined, 30_000, "m1 gone from arA's inventory");
     await eventually(async () => {
       const q = await qemus();
@@ -164,6 +164,6 @@ describe("agent restart: VMs outlive their agent (real QEMU, real nats-server)",
     expect((await qemus()).map((q) => q.pid)).toEqual([arrived!.pid]);
     await agent("arB");
     await eventually(async () => (await hostVms(nats.nc, "arB")).get("m1") === "running" || undefined, 30_000, "m1 adopted on arB");
-    expect(await verifyGuest(nats.nc, "arB", "m1")).toMatchObject({ ok: true });
+    expect(await verifyGuest(nats.nc, "arB", "m1")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
   }, 300_000);
 });

@@ -59,7 +59,7 @@ describe("evacuation (real QEMU, real nats-server)", () => {
     expect(to.get("e1")).toBe(to.get("e2")); // one image: one destination
     expect(to.get("e3")).toBe(to.get("e4"));
     expect(to.get("e1")).not.toBe(to.get("e3")); // the second group goes to the host with fewer VMs
-    for (const [vm, host] of to) expect(await verifyGuest(nats.nc, host, vm)).toMatchObject({ ok: true });
+    for (const [vm, host] of to) expect(await verifyGuest(nats.nc, host, vm)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     expect([...(await hostVms(nats.nc, "evA")).keys()]).toEqual([]);
   }, 300_000);
 });

@@ -63,7 +63,7 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     await startVms(nats.nc, "hostA", gang1.map((n, i) => testGuestSpec(n, { memoryMiB: 128, seed: i + 1, image: 7, rate: 500 })));
     const s = await migrateGang({ nc: nats.nc, vms: gang1, sourceHost: "hostA", targetHost: "hostB" });
     expect(s.outcome, s.reason).toBe("succeeded");
-    for (const v of gang1) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+    for (const v of gang1) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     const onA = await hostVms(nats.nc, "hostA");
     for (const v of gang1) expect(onA.has(v)).toBe(false); // exactly one copy: the source quit
     // What an operator sees: `gangway vm list` run as its own process.
@@ -81,7 +81,7 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     await startVms(nats.nc, "hostA", gang2.map((n, i) => testGuestSpec(n, { memoryMiB: 128, seed: 10 + i, image: 7, rate: 0 })));
     const s2 = await migrateGang({ nc: nats.nc, vms: gang2, sourceHost: "hostA", targetHost: "hostB" });
     expect(s2.outcome, s2.reason).toBe("succeeded");
-    for (const v of gang2) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+    for (const v of gang2) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     const nonZero = s2.vms.reduce((n, v) => n + v.pages - v.memory_constant, 0);
     const sent = s2.vms.reduce((n, v) => n + v.pages_sent, 0);
     // Two thirds of the non-zero pages are the shared image: only the unique third is sent.
@@ -108,7 +108,7 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     expect(a).toBeGreaterThan(distinct);
     expect(b).toBeGreaterThan(distinct);
     expect(Math.min(a, b)).toBeGreaterThan(0.9 * Math.max(a, b));
-    for (const v of ["t1", "t2"]) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+    for (const v of ["t1", "t2"]) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
   }, 180_000);
 
   it("destination agent killed mid-migration: every source VM runs again, rolled-back events say why, nothing is left half-started", async () => {
@@ -130,7 +130,7 @@ describe("gang migration (real QEMU, real nats-server)", () => {
       const onA = await hostVms(nats.nc, "hostA");
       return vms.every((v) => onA.get(v) === "running") || undefined;
     }, 30_000, "source VMs running again");
-    for (const v of vms) expect(await verifyGuest(nats.nc, "hostA", v)).toMatchObject({ ok: true });
+    for (const v of vms) expect(await verifyGuest(nats.nc, "hostA", v)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     // The destination's QEMUs died with their agent; a restarted agent reclaims their RAM files.
     await eventually(() => qemuOf("hostB").length === 0 || undefined, 15_000, "no QEMU of hostB");
     procs.push(await startAgentProcess(nats.url, "hostB", work));
@@ -138,7 +138,7 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     // And the VMs can leave again, to the restarted host.
     const again = await migrateGang({ nc: nats.nc, vms, sourceHost: "hostA", targetHost: "hostB" });
     expect(again.outcome, again.reason).toBe("succeeded");
-    for (const v of vms) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+    for (const v of vms) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
   }, 240_000);
 
   it("cancel mid-migration: every VM rolls back to a running source; a second cancel changes nothing", async () => {
@@ -156,7 +156,7 @@ describe("gang migration (real QEMU, real nats-server)", () => {
       const onA = await hostVms(nats.nc, "hostA");
       return vms.every((v) => onA.get(v) === "running") || undefined;
     }, 30_000, "source VMs running again");
-    for (const v of vms) expect(await verifyGuest(nats.nc, "hostA", v)).toMatchObject({ ok: true });
+    for (const v of vms) expect(await verifyGuest(nats.nc, "hostA", v)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     let cancelled = 0;
     for await (const e of readEvents(nats.nc, { filter: `gw.migration.${migrationId}.cancelled` })) if (e.result.ok) cancelled++;
     expect(cancelled).toBe(1);
@@ -173,7 +173,7 @@ describe("gang migration (real QEMU, real nats-server)", () => {
     await procs[0]!.kill(); // the first functions process
     const s = await done;
     expect(s.outcome, s.reason).toBe("succeeded");
-    for (const v of vms) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true });
+    for (const v of vms) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     expect((await followGang(nats.nc, migrationId)).outcome).toBe("succeeded");
     // An operator stops one of them through its agent.
     execFileSync(process.execPath, ["bin/gangway.mjs", "vm", "stop", "f1", "--host", "hostB", "--nats", nats.url], { encoding: "utf8" });

@@ -57,7 +57,7 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     const pre = await migrateGang({ nc: nats.nc, vms: ["hot1"], sourceHost: "pcA", targetHost: "pcB", options: { ...LINK, postcopy: false, autoConverge: true, autoConvergeMaxPercent: 40 } });
     expect(pre.outcome).toBe("failed");
     expect(pre.reason).toMatch(/did not converge/);
-    expect(await verifyGuest(nats.nc, "pcA", "hot1")).toMatchObject({ ok: true });
+    expect(await verifyGuest(nats.nc, "pcA", "hot1")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     expect((await hostVms(nats.nc, "pcB")).has("hot1")).toBe(false);
     // Auto-converge throttled the guest within its bound.
     const preRounds = (await eventsOf(pre.migrationId)).filter((e) => e.type === "io.gangway.dirty.round.v1");
@@ -87,7 +87,7 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     await duplicator;
     expect(s.outcome, s.reason).toBe("succeeded");
     expect(s.vms[0]!.mode).toBe("PostCopy");
-    expect(await verifyGuest(nats.nc, "pcB", "hot1")).toMatchObject({ ok: true });
+    expect(await verifyGuest(nats.nc, "pcB", "hot1")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     expect((await hostVms(nats.nc, "pcA")).has("hot1")).toBe(false);
 
     const events = await eventsOf(migrationId);
@@ -155,7 +155,7 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     const s = await done;
     expect(s.outcome, s.reason).toBe("succeeded");
     expect(s.vms[0]!.mode).toBe("PostCopy");
-    expect(await verifyGuest(nats.nc, "pfB", "early1")).toMatchObject({ ok: true });
+    expect(await verifyGuest(nats.nc, "pfB", "early1")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     const events = await eventsOf(migrationId);
     expect(events.find((e) => e.type === "io.gangway.migration.switchover.v1")?.data).toMatchObject({ mode: "post-copy", reason: expect.stringMatching(/force-complete/) });
     const resumed = events.find((e) => e.type === "io.gangway.commit.resumed.v1")!.data.postcopy as { pagesAfterSwitchover: number };
@@ -200,7 +200,7 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
         console.log(`page ${first} at the destination: words 0-5 ${[0, 1, 2, 3, 4, 5].map(w).join(" ")}, 1000 ${w(1000)}, 1023 ${w(1023)}, all zero: ${b.every((x) => x === 0)}`);
       }
     }
-    expect(vr).toMatchObject({ ok: true });
+    expect(vr).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     const statuses = (await eventsOf(migrationId, `gw.migration.${migrationId}.progress`)).map((e) => (e.data.qemu as { status?: string } | undefined)?.status).filter(Boolean);
     expect(statuses).toEqual(["postcopy-paused", "postcopy-active"]);
   }, 300_000);
@@ -212,6 +212,6 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     const s = await migrateGang({ nc: nats.nc, vms: ["calm1"], sourceHost: "pqA", targetHost: "pqB", options: { postcopy: true } });
     expect(s.outcome, s.reason).toBe("succeeded");
     expect(s.vms[0]!.mode).toBeUndefined();
-    expect(await verifyGuest(nats.nc, "pqB", "calm1")).toMatchObject({ ok: true });
+    expect(await verifyGuest(nats.nc, "pqB", "calm1")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
   }, 180_000);
 });

@@ -246,7 +246,7 @@ export async function checkPlacement(c: Cluster, vms: string[], expectHost: stri
     expect(here.get(v), `${v} on ${expectHost}`).toBe("running");
     expect(there.has(v), `${v} on ${otherHost}`).toBe(false);
     const check = await retrying(() => verifyGuest(c.nats.nc, expectHost, v));
-    expect(check, `self-check of ${v} on ${expectHost}`).toMatchObject({ ok: true });
+    expect(check, `self-check of ${v} on ${expectHost}`).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
   }
   return out;
 }

@@ -61,7 +61,7 @@ describe("a gang migration with authentication and TLS on", () => {
     await startVms(op, "hostA", vms.map((n, i) => testGuestSpec(n, { tenant: "alpha", memoryMiB: 64, seed: i + 1, rate: 200 })));
     const summary = await migrateGang({ nc: op, vms, sourceHost: "hostA", targetHost: "hostB" });
     expect(summary.outcome, summary.reason).toBe("succeeded");
-    for (const v of vms) expect(await verifyGuest(op, "hostB", v)).toMatchObject({ ok: true });
+    for (const v of vms) expect(await verifyGuest(op, "hostB", v)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     // Exactly one copy: the source quits its VMs once the destination runs them.
     await eventually(async () => {
       const onA = await hostVms(op, "hostA");
@@ -110,7 +110,7 @@ describe("a gang migration with authentication and TLS on", () => {
     const summary = await migrateGang({ nc: op, vms: ["hot1"], sourceHost: "hostA", targetHost: "hostB", options: { bandwidthMBps: 8, maxRounds: 2, postcopy: true } });
     expect(summary.outcome, summary.reason).toBe("succeeded");
     expect(summary.vms[0]!.mode).toBe("PostCopy");
-    expect(await verifyGuest(op, "hostB", "hot1")).toMatchObject({ ok: true });
+    expect(await verifyGuest(op, "hostB", "hot1")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     expect(violations(s.server)).toEqual([]);
   }, 300_000);
 });
