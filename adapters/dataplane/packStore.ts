@@ -28,15 +28,10 @@ export interface PackStore {
 const TRANSIENT = new Set(["TimeoutError", "NoRespondersError", "JetStreamNotEnabled"]);
 
 /**
- * Runs a store operation, again on a transient error: after a node of a cluster dies, a
- * request for an object's chunks can go unanswered for a few seconds (a consumer placed on
- * the dead node), which failed a whole migration although the store still held everything.
- */
-/**
  * Reads an object, giving up after `timeoutMs`: the client reads chunks through a push
- * consumer and waits for them without a limit, and one stalled by a paused server (1 s of
- * SIGSTOP) left a destination waiting on a pack for good. The read is cancelled (its
- * consumer stops) and fails as a time-out, which is retried.
+ * consumer and waits for them without a limit, so a read that stalls (a paused or lost
+ * server) would hold a destination for good. The read is cancelled (its consumer stops) and
+ * fails as a time-out, which is retried.
  */
 async function readObject(os: ObjectStore, name: string, timeoutMs: number): Promise<Uint8Array | null> {
   const r = await os.get(name);
@@ -75,6 +70,11 @@ async function readObject(os: ObjectStore, name: string, timeoutMs: number): Pro
   }
 }
 
+/**
+ * Runs a store operation, again on a transient error: after a node of a cluster dies, a
+ * request for an object's chunks can go unanswered for a few seconds (a consumer placed on
+ * the dead node), which failed a whole migration although the store still held everything.
+ */
 async function retried<T>(op: () => Promise<T>, attempts = 4): Promise<T> {
   for (let i = 1; ; i++) {
     try {
