@@ -22,8 +22,12 @@ export class PageUnavailableError extends Error {
 }
 
 export interface PageSource {
-  /** The page with this key (hex) for this tenant; waits for its pack to be stored. */
-  page(tenant: string, keyHexStr: string, keyer: PageKeyer, timeoutMs: number): Promise<Buffer>;
+  /**
+   * The page with this key (hex) for this tenant; waits for its pack to be stored. A key whose
+   * pack was found damaged before `since` (an earlier migration's find, whose source will send
+   * it again) waits for its new pack too; one found damaged since fails at once.
+   */
+  page(tenant: string, keyHexStr: string, keyer: PageKeyer, timeoutMs: number, since?: number): Promise<Buffer>;
   /**
    * Fetches every pack a migration (or a preparation pass, "prep-<host>") stored or stores,
    * as soon as it is announced, so the destination keeps pace with the source instead of
@@ -57,8 +61,8 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: { 
   const packsOf = new Map<string, { tenant: string; pack: string }[]>();
   /** Who announced each pack (the first announcement). */
   const storedBy = new Map<string, string>();
-  /** Packs found damaged here: never fetched again; their keys wait for another pack. */
-  const damaged = new Set<string>();
+  /** Packs found damaged (or announced but gone), and when: not fetched again until announced anew. */
+  const damaged = new Map<string, number>();
   // At most two prefetches at once: the manifest's own fetches must not queue behind many.
   const prefetchChain: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
   let nextLane = 0;
@@ -95,15 +99,16 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: { 
     prefetchChain[lane] = prefetchChain[lane]!.then(() => fetchPack(tenant, pack, keyer).catch(() => undefined));
   }
 
+  // Its keys stay located on it, so that a page asked for fails at once (not after waiting for
+  // an announcement that may never come); a later announcement of a key moves it.
   const reportDamage = (tenant: string, name: string, err: Error) => {
     if (damaged.has(name)) return;
-    damaged.add(name);
-    for (const [id, pack] of located) if (pack === name) located.delete(id);
+    damaged.set(name, Date.now());
     o.onCorrupt?.({ migrationId: storedBy.get(name) ?? "unknown", tenant, pack: name, reason: err.message });
   };
 
   function fetchPack(tenant: string, name: string, keyer: PageKeyer): Promise<void> {
-    if (damaged.has(name)) return Promise.reject(new PagePackError(`page pack ${name} was found damaged`));
+    if (damaged.has(name)) return Promise.reject(new PagePackError(`page pack ${name} was found damaged or missing`));
     let f = fetching.get(name);
     if (!f) {
       f = (async () => {
@@ -126,8 +131,8 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: { 
       f.catch((err: Error) => {
         fetching.delete(name);
         if (err instanceof PagePackError) reportDamage(tenant, name, err);
-        // Announced but gone (removed as damaged): its keys wait for the pack that stores them again.
-        else if (err instanceof PageUnavailableError) for (const [id, pack] of located) if (pack === name) located.delete(id);
+        // Announced but gone (removed as damaged): treated alike, without a report.
+        else if (err instanceof PageUnavailableError && !damaged.has(name)) damaged.set(name, Date.now());
       });
     }
     return f;
@@ -146,14 +151,15 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: { 
       cache.clear();
       fetching.clear();
     },
-    async page(tenant, k, keyer, timeoutMs) {
+    async page(tenant, k, keyer, timeoutMs, since = 0) {
       const id = `${tenant}/${k}`;
       const hit = cache.get(id);
       if (hit) {
         stats.cacheHits++;
         return hit;
       }
-      if (!located.has(id)) {
+      const foundDamaged = located.has(id) ? damaged.get(located.get(id)!) : undefined;
+      if (!located.has(id) || (foundDamaged !== undefined && foundDamaged < since)) {
         await new Promise<void>((resolve, reject) => {
           const t = setTimeout(() => reject(new PageUnavailableError(`no page pack holds key ${k} after ${timeoutMs} ms`)), timeoutMs);
           const list = waiting.get(id) ?? [];

@@ -118,6 +118,8 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
   let batches = 0;
   let round = 0;
   state.waitingFor = "the manifest";
+  // Packs found damaged before this migration will be sent again: their keys are waited for.
+  const startedAt = Date.now();
   for await (const d of manifestEvents(o)) {
     if (!d.ok) throw new ManifestError(`unreadable manifest event: ${d.reason}`);
     const ev = d.event;
@@ -150,7 +152,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       for (const r of recs) {
         if (r.kind !== ManifestKind.page) continue;
         const k = keyHex(ev.data, r.keyAt);
-        if (!needed.has(k)) needed.set(k, o.pages.page(o.tenant, k, o.keyer, o.progressTimeoutMs ?? 150_000));
+        if (!needed.has(k)) needed.set(k, o.pages.page(o.tenant, k, o.keyer, o.progressTimeoutMs ?? 150_000, startedAt));
       }
       const got = new Map<string, Buffer>();
       state.waitingFor = `the ${needed.size} pages of manifest seq ${state.seqRead}`;
