@@ -58,13 +58,7 @@ async function readObject(os: ObjectStore, name: string, timeoutMs: number): Pro
     }
     const err = await r.error;
     if (err) throw err;
-    const bytes = new Uint8Array(size);
-    let at = 0;
-    for (const p of parts) {
-      bytes.set(p, at);
-      at += p.byteLength;
-    }
-    return bytes;
+    return Buffer.concat(parts, size);
   } finally {
     clearTimeout(timer);
   }

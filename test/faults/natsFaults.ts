@@ -44,6 +44,21 @@ export function freePort(): Promise<number> {
 /** The test's own connections reconnect (a CLI would give up; a test must see the end). */
 const connectTo = (servers: string, name: string) => connectNats({ servers, name, reconnect: true });
 
+/** More connections to `url` beside the main one, and closing them all (main one included). */
+function connections(url: string, nc: NatsConnection): { connect(name?: string): Promise<NatsConnection>; closeAll(): Promise<void> } {
+  const extra: NatsConnection[] = [];
+  return {
+    async connect(name = "test-extra") {
+      const c = await connectTo(url, name);
+      extra.push(c);
+      return c;
+    },
+    async closeAll() {
+      await Promise.allSettled([nc, ...extra].map((c) => (c.isClosed() ? undefined : c.close())));
+    },
+  };
+}
+
 export interface RestartableNats extends TestNats {
   /** SIGKILL the server (its store stays). */
   kill(): Promise<void>;
@@ -59,24 +74,20 @@ export async function startRestartableNats(): Promise<RestartableNats> {
   const url = server.url;
   const nc = await connectTo(url, "test");
   await provision(nc, { duplicateWindowMs: 120_000 });
-  const extra: NatsConnection[] = [];
+  const conns = connections(url, nc);
   return {
     get server() {
       return server;
     },
     nc,
     url,
-    async connect(name = "test-extra") {
-      const c = await connectTo(url, name);
-      extra.push(c);
-      return c;
-    },
+    connect: conns.connect,
     kill: () => killServer(server),
     async restart() {
       server = await startEmbeddedServer({ name: `gangway-faults-${process.pid}`, storeDir, port });
     },
     async [Symbol.asyncDispose]() {
-      await Promise.allSettled([nc, ...extra].map((c) => (c.isClosed() ? undefined : c.close())));
+      await conns.closeAll();
       await server.stop();
       await rm(base, { recursive: true, force: true });
     },
@@ -124,7 +135,7 @@ export async function startNatsCluster(n = 3): Promise<NatsCluster> {
       return false;
     }
   }, 60_000, "JetStream cluster ready and provisioned");
-  const extra: NatsConnection[] = [];
+  const conns = connections(url, nc);
   return {
     server: nodes[0]!,
     nodes,
@@ -136,13 +147,9 @@ export async function startNatsCluster(n = 3): Promise<NatsCluster> {
     },
     nc,
     url,
-    async connect(name = "test-extra") {
-      const c = await connectTo(url, name);
-      extra.push(c);
-      return c;
-    },
+    connect: conns.connect,
     async [Symbol.asyncDispose]() {
-      await Promise.allSettled([nc, ...extra].map((c) => (c.isClosed() ? undefined : c.close())));
+      await conns.closeAll();
       await Promise.allSettled(nodes.map((s) => s.stop()));
       await rm(base, { recursive: true, force: true });
     },
