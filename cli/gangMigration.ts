@@ -22,6 +22,16 @@ export interface VmView {
   /** PostCopy once the destination resumed before all pages arrived. */
   mode?: "PreCopy" | "PostCopy";
   downtime_ms?: number;
+  /** The commit's three equal digests (pre-copy). */
+  proof?: VmProof;
+}
+
+export interface VmProof {
+  source_ram_digest: string;
+  sent_digest: string;
+  destination_digest: string;
+  pages_repaired: number;
+  device_state_digest?: string;
 }
 
 export interface GangView {
@@ -43,7 +53,7 @@ export interface GangSummary {
   time_elapsed_ms: number;
   vms: {
     vm: string; outcome: string; reason?: string; pages: number; memory_constant: number; pages_deduplicated: number; pages_sent: number;
-    native_bytes: number; bytes_on_link: number; rounds: number; downtime_ms?: number; mode?: "PreCopy" | "PostCopy";
+    native_bytes: number; bytes_on_link: number; rounds: number; downtime_ms?: number; mode?: "PreCopy" | "PostCopy"; proof?: VmProof;
   }[];
   native_bytes: number;
   bytes_on_link: number;
@@ -148,9 +158,12 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
         case "io.gangway.migration.switchover.v1":
           vmView(data.vm!).switchoverAt = at;
           break;
-        case "io.gangway.migration.committed.v1":
-          vmView(data.vm!).outcome = "committed";
+        case "io.gangway.migration.committed.v1": {
+          const v = vmView(data.vm!);
+          v.outcome = "committed";
+          if (data.proof) v.proof = data.proof as VmProof;
           break;
+        }
         case "io.gangway.migration.rolledback.v1": {
           const v = vmView(data.vm!);
           v.outcome = "rolledback";
@@ -198,6 +211,7 @@ export function summarize(view: GangView): GangSummary {
     rounds: v.stats.memory_iteration ?? 0,
     ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}),
     ...(v.mode ? { mode: v.mode } : {}),
+    ...(v.proof ? { proof: v.proof } : {}),
   }));
   const sum = (f: (v: (typeof vms)[number]) => number) => vms.reduce((n, v) => n + f(v), 0);
   const stats = [...view.vms.values()].map((v) => v.stats);

@@ -84,14 +84,23 @@ export function progressPrinter(mode: { json: boolean; tty: boolean; out?: NodeJ
 
 export function summaryTable(s: GangSummary): string {
   const rows = s.vms.map((v) =>
-    [v.vm.padEnd(10), v.outcome.padEnd(10), v.pages.toLocaleString().padStart(9), v.memory_constant.toLocaleString().padStart(9), v.pages_deduplicated.toLocaleString().padStart(9), v.pages_sent.toLocaleString().padStart(9), fmtBytes(v.native_bytes).padStart(10), fmtBytes(v.bytes_on_link).padStart(10), String(v.rounds).padStart(6), (v.downtime_ms !== undefined ? `${v.downtime_ms} ms` : "-").padStart(9)].join(" "),
+    [v.vm.padEnd(10), v.outcome.padEnd(10), v.pages.toLocaleString().padStart(9), v.memory_constant.toLocaleString().padStart(9), v.pages_deduplicated.toLocaleString().padStart(9), v.pages_sent.toLocaleString().padStart(9), fmtBytes(v.native_bytes).padStart(10), fmtBytes(v.bytes_on_link).padStart(10), String(v.rounds).padStart(6), (v.downtime_ms !== undefined ? `${v.downtime_ms} ms` : "-").padStart(9), (v.proof ? String(v.proof.pages_repaired) : "-").padStart(8)].join(" "),
   );
-  const head = ["vm".padEnd(10), "outcome".padEnd(10), "pages".padStart(9), "zero".padStart(9), "dedup".padStart(9), "sent".padStart(9), "native".padStart(10), "gangway".padStart(10), "rounds".padStart(6), "downtime".padStart(9)].join(" ");
+  const head = ["vm".padEnd(10), "outcome".padEnd(10), "pages".padStart(9), "zero".padStart(9), "dedup".padStart(9), "sent".padStart(9), "native".padStart(10), "gangway".padStart(10), "rounds".padStart(6), "downtime".padStart(9), "repaired".padStart(8)].join(" ");
   return [
     `migration ${s.migrationId}: ${s.outcome}${s.reason ? ` (${s.reason})` : ""}, ${s.sourceHost} → ${s.targetHost ?? "?"}, ${(s.time_elapsed_ms / 1000).toFixed(2)} s`,
     head,
     ...rows,
     `gang: QEMU's own stream ${fmtBytes(s.native_bytes)}; gangway moved ${fmtBytes(s.bytes_on_link)} (${pct(s.link_ratio)} of native)`,
     `      dedup left ${pct(s.dedup_ratio)} of non-zero pages to send (${s.pages_deduplicated.toLocaleString()} deduplicated); LZ4 packed them to ${pct(s.compression_ratio)}`,
+    proofLine(s),
   ].join("\n");
+}
+
+/** What the commit proved of the committed VMs: source RAM = what was sent = what the destination loaded. */
+function proofLine(s: GangSummary): string {
+  const committed = s.vms.filter((v) => v.outcome === "committed");
+  const proved = committed.filter((v) => v.proof && v.proof.source_ram_digest === v.proof.sent_digest && v.proof.sent_digest === v.proof.destination_digest);
+  const repaired = proved.reduce((n, v) => n + v.proof!.pages_repaired, 0);
+  return `proof: ${proved.length} of ${committed.length} committed VMs hold the source's RAM (three equal digests); ${repaired} pages repaired from the source's RAM after its stream`;
 }

@@ -21,8 +21,16 @@ export const commitReady = defineEvent({
     targetHost: hostName,
     pagesExpected: z.number().int().nonnegative(),
     pagesDelivered: z.number().int().nonnegative(),
+    /** Digest of the memory its QEMU holds, read back after the source's repairs. */
     digest: digestHex,
     downtimeMs: z.number().nonnegative().optional(),
+    /** Pages the source's repair pass wrote into the paused VM. */
+    pagesRepaired: z.number().int().nonnegative().default(0),
+    /** Pages QEMU holds otherwise than gangway delivered them (the first: block+offset). */
+    loadDiffering: z.number().int().nonnegative().default(0),
+    firstLoadDiffering: z.string().max(256).optional(),
+    /** SHA-256 of the device state this destination handed its QEMU. */
+    deviceStateDigest: digestHex.optional(),
   }),
 });
 

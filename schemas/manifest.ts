@@ -112,6 +112,42 @@ export const manifestCompleted = defineEvent({
   }),
 });
 
+/**
+ * The source's proof against its real memory, once its QEMU stopped: the digest of its guest
+ * RAM read from the RAM file, and the repair pass — records (as in a batch) of the pages
+ * whose RAM differs from what its stream carried, sent in packs like any other page. The
+ * destination writes them into its paused VM before it proves what it holds.
+ */
+export const manifestVerified = defineBinaryEvent({
+  type: "io.gangway.manifest.verified.v1",
+  family: "manifest",
+  subject: "gw.manifest.{migrationId}.{vm}.verified",
+  about: aboutVm,
+  extensions: z.object({
+    migrationId,
+    vm: vmName,
+    tenant: tenantId,
+    /** Repair records in the body. */
+    count: z.coerce.number().int().nonnegative().max(16384),
+    /** Digest of the image as the source's RAM holds it (RAM blocks read from the file). */
+    sourceramdigest: z.string().regex(/^[0-9a-f]{64}$/),
+    /** Digest of everything the source sent: its stream, then the repair pass. */
+    sentdigest: z.string().regex(/^[0-9a-f]{64}$/),
+    /** SHA-256 of the device state the source stored (what the destination must load). */
+    devicestatedigest: z.string().regex(/^[0-9a-f]{64}$/),
+    /** Pages whose RAM differed from the stream; the first of them (block+offset, round). */
+    differing: z.coerce.number().int().nonnegative(),
+    firstdiffering: z.string().max(256).optional(),
+    /** How long the RAM read took. */
+    readms: z.coerce.number().nonnegative(),
+  }),
+  checkBody: (body, ext) => {
+    if (body.byteLength !== ext.count * MANIFEST_RECORD_BYTES) return `body has ${body.byteLength} bytes, expected ${ext.count} records × ${MANIFEST_RECORD_BYTES}`;
+    for (let i = 0; i < ext.count; i++) if (body[i * MANIFEST_RECORD_BYTES + 9] !== ManifestKind.page) return `repair record ${i} is not a page`;
+    return undefined;
+  },
+});
+
 export const manifestCommand = defineEvent({
   type: "io.gangway.manifest.command.v1",
   family: "manifest",

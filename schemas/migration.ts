@@ -105,6 +105,17 @@ export const migrationCommitted = defineEvent({
     pages: z.number().int().nonnegative(),
     /** Digest of the delivered memory image, as the destination proved it (pre-copy). */
     digest: digestHex.optional(),
+    /**
+     * The three digests the commit found equal: the source's RAM read once it stopped, what
+     * the source sent (its stream, then the repair pass), what the destination loaded.
+     */
+    proof: z.object({
+      source_ram_digest: digestHex,
+      sent_digest: digestHex,
+      destination_digest: digestHex,
+      pages_repaired: z.number().int().nonnegative(),
+      device_state_digest: digestHex.optional(),
+    }).optional(),
     /** post-copy: the destination runs while the rest of the pages follow. @default pre-copy */
     mode: z.enum(MigrationMode).optional(),
     stats: jobStats,

@@ -5,7 +5,7 @@
  * commit compares the two. Order-independent in what is recorded, ordered in the digest.
  */
 import { createHash } from "node:crypto";
-import { KEY_BYTES, PAGE_SIZE } from "./contentKey.ts";
+import { KEY_BYTES, PAGE_SIZE, uniformByte, type PageKeyer } from "./contentKey.ts";
 
 const ENTRY = 1 + KEY_BYTES; // marker byte (0 fill page, 1 keyed page) + key or fill
 
@@ -39,6 +39,34 @@ export class ImageDigest {
     arr[at] = 1;
     arr.set(key.subarray(keyAt, keyAt + KEY_BYTES), at + 1);
   }
+  /** An independent copy (the source's RAM image starts as a copy of what it sent). */
+  clone(): ImageDigest {
+    const c = new ImageDigest([]);
+    c.blocks.push(...this.blocks.map((b) => b.slice()));
+    c.seen.push(...this.seen.map((s) => s.slice()));
+    return c;
+  }
+  /**
+   * Sets a page's entry from the bytes it holds (as both ends classify them: uniform pages
+   * by their fill byte, others by key). Returns whether the entry changed, i.e. whether
+   * these bytes differ from what the image said the page held.
+   */
+  setFromBytes(block: number, offset: number, page: Uint8Array, keyer: PageKeyer, scratch: Uint8Array): boolean {
+    const at = this.slot(block, offset);
+    const arr = this.blocks[block]!;
+    const fill = uniformByte(page);
+    if (fill !== undefined) {
+      if (arr[at] === 0 && arr[at + 1] === fill && isZeroFrom(arr, at + 2, at + ENTRY)) return false;
+      arr.fill(0, at, at + ENTRY);
+      arr[at + 1] = fill;
+      return true;
+    }
+    keyer.keyInto(page, scratch, 0);
+    if (arr[at] === 1 && equalBytes(arr, at + 1, scratch)) return false;
+    arr[at] = 1;
+    arr.set(scratch.subarray(0, KEY_BYTES), at + 1);
+    return true;
+  }
   /** Pages recorded at least once. */
   pages(): number {
     let n = 0;
@@ -54,4 +82,14 @@ export class ImageDigest {
     for (const b of this.blocks) h.update(b);
     return h.digest("hex");
   }
+}
+
+function isZeroFrom(a: Uint8Array, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if (a[i] !== 0) return false;
+  return true;
+}
+
+function equalBytes(a: Uint8Array, at: number, key: Uint8Array): boolean {
+  for (let i = 0; i < KEY_BYTES; i++) if (a[at + i] !== key[i]) return false;
+  return true;
 }

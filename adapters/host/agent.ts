@@ -22,15 +22,16 @@ import { createLogger, type Logger } from "../../infra/log.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { extractTraceContext, meter, tracer } from "../../infra/telemetry.ts";
 import { inSpan } from "../../infra/spans.ts";
-import { createPageKeyer, PAGE_SIZE, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
+import { createPageKeyer, PAGE_SIZE, type PageKeyer } from "../dataplane/contentKey.ts";
 import { openPackStore, type PackStore } from "../dataplane/packStore.ts";
-import { ramPages } from "../dataplane/ramFile.ts";
 import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
 import type { ReturnPathMessage } from "../qemu/returnPath.ts";
 import { scanMemory } from "./memoryScanner.ts";
 import { openPageSource, type CorruptPack, type PageSource } from "./packLocator.ts";
 import type { AdoptedVm, GoneVm, OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
 import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
+import { proveSourceRam } from "./sourceRamProof.ts";
+import { proveDestination } from "./destinationProof.ts";
 import { missingPages, targetRecords, type TargetState } from "./targetMigration.ts";
 
 export interface AgentOptions {
@@ -383,6 +384,13 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       pagesCounter.add(result.progress.pages_sent, { outcome: "sent" });
       emitProgress(result.progress);
       log.info("source sent everything", { migrationId: c.migrationId, ...result.progress });
+      // The guest is stopped now: its RAM file is the truth to prove (and repair) against.
+      const proof = await inSpan("source proof", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": o.host }, () => proveSourceRam({
+        migrationId: c.migrationId, vm: c.vm, tenant: v.spec.tenant, sourceHost: o.host, ramPath: v.vm.ramPath, sent: result, keyer: keyerFor(v.spec.tenant),
+        publisher: pub, packs, repair: session.switchover?.mode !== "post-copy",
+      }));
+      pagesCounter.add(proof.pagesRepaired, { outcome: "repaired" });
+      (proof.pagesRepaired > 0 || proof.firstDiffering ? log.warn : log.info)("source memory proved", { migrationId: c.migrationId, vm: c.vm, ...proof });
     })();
     const ended = latch();
     // Filled in before `done` runs past its first await (which is where `out` appears).
@@ -489,14 +497,19 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       if (session.postcopy) return finishPostcopy(c.migrationId, session, state);
       const status = await vm.status();
       if (status !== "paused" && status !== "prelaunch") throw new Error(`destination QEMU is ${status} after loading, expected paused`);
-      // The proof: read back what QEMU holds (block m0 from its RAM file) and digest it.
-      session.waitingFor = "the read-back of the image";
-      const proof = await inSpan("destination proof", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name }, () => proveImage(state, vm.ramPath, keyerFor(c.spec.tenant)));
+      // The proof: read back what QEMU holds (block m0 from its RAM file), apply the source's
+      // repairs of pages its stream missed, and digest it.
+      const proof = await inSpan("destination proof", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name }, () => proveDestination({
+        nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, state, ramPath: vm.ramPath, keyer: keyerFor(c.spec.tenant), pages: source,
+        timeoutMs: c.options.progressTimeoutSec * 1000, ended: ended.promise, onWait: (what) => (session.waitingFor = what),
+      }));
       await pub.publish(commitReady, { migrationId: c.migrationId }, {
         migrationId: c.migrationId, vm: c.spec.name, targetHost: o.host, pagesExpected: proof.expected, pagesDelivered: proof.delivered, digest: proof.digest,
+        pagesRepaired: proof.pagesRepaired, loadDiffering: proof.loadDiffering, ...(proof.firstLoadDiffering ? { firstLoadDiffering: proof.firstLoadDiffering } : {}),
+        ...(state.deviceStateDigest ? { deviceStateDigest: state.deviceStateDigest } : {}),
       }, { id: `${c.migrationId}-${c.spec.name}-ready` });
       session.waitingFor = "the commit decision";
-      log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered });
+      log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered, pagesRepaired: proof.pagesRepaired, loadDiffering: proof.loadDiffering, readMs: proof.readMs, matchesSourceRam: proof.digest === proof.source.ramDigest });
     })();
     void watchSource(session, state, c.sourceHost, c.options.progressTimeoutSec * 1000);
     run.catch(async (err: Error) => {
@@ -949,27 +962,4 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       await Promise.allSettled([...owned.values()].filter((v) => ![...targets.values()].some((t) => t.vm === v.vm)).map((v) => (opts.keepVms && v.vm.detach ? v.vm.detach() : v.vm.quit())));
     },
   };
-}
-
-/**
- * The destination's proof: the digest of the image QEMU loaded. Block m0 (guest RAM, a
- * file) is read back and keyed page by page; the other blocks (ROMs) count as delivered.
- */
-async function proveImage(state: TargetState, ramPath: string, keyer: PageKeyer): Promise<{ digest: string; expected: number; delivered: number }> {
-  const img = state.delivered;
-  const header = state.header;
-  if (!img || !header) throw new Error("nothing was delivered");
-  const m0 = header.blocks.findIndex((b) => b.id === "m0");
-  if (m0 >= 0) {
-    const key = new Uint8Array(16);
-    for await (const { offset, page } of ramPages(ramPath, header.blocks[m0]!.usedBytes)) {
-      const fill = uniformByte(page);
-      if (fill !== undefined) img.fill(m0, offset, fill);
-      else {
-        keyer.keyInto(page, key, 0);
-        img.keyed(m0, offset, key, 0);
-      }
-    }
-  }
-  return { digest: img.digest(), expected: img.totalPages(), delivered: img.pages() };
 }

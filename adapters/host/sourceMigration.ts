@@ -5,6 +5,7 @@
  * completion with the device state and the image digest). Look-ups of several batches are
  * in flight at once; manifest batches still go out in stream order.
  */
+import { createHash } from "node:crypto";
 import { KeyStatus, manifestBatch, manifestCommand, manifestCompleted, manifestHeader, type ManifestCommand } from "../../schemas/index.ts";
 import type { EventPublisher } from "../../infra/events/publisher.ts";
 import type { MigrationCommand, StreamRecord, PageBatch } from "../qemu/stream/records.ts";
@@ -84,6 +85,13 @@ export interface SourceResult {
   progress: SourceProgress;
   digest: string;
   rounds: number;
+  /** The image the stream implies, with the RAM blocks as the header listed them. */
+  image: ImageDigest;
+  blocks: { id: string; usedBytes: number }[];
+  /** Where a page was last carried: its pass and manifest sequence number (undefined: never). */
+  origin(block: number, offset: number): { round: number; seq: number } | undefined;
+  /** SHA-256 of the device state stored for the destination. */
+  deviceStateDigest: string;
 }
 
 interface Prepared {
@@ -107,11 +115,15 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   let blocks: { id: string; usedBytes: number }[] = [];
   let blockIndex = new Map<string, number>();
   let digest: ImageDigest | undefined;
+  /** Per block and page: the pass (+1; 0 never) and manifest seq it was last carried in. */
+  let origins: { round: Uint16Array; seq: Uint32Array }[] = [];
   let configRaw: Buffer | undefined;
   let machine = "unknown";
   let ramSection = { id: 0, instance: 0, version: 4 };
   let headerSent = false;
   const deviceState: Buffer[] = [];
+  /** Post-copy: the device state travelled in PACKAGED. */
+  let packagedDigest: string | undefined;
   let manifestSeq = 0;
   const writer = new ManifestWriter(batchPages);
   const packer = new PackWriter({ migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, publisher: o.publisher, packs: o.packs, ...(o.packPages ? { packPages: o.packPages } : {}) });
@@ -187,6 +199,9 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
       const page = isNormal ? batch.data.subarray(d, d + PAGE_SIZE) : undefined;
       if (isNormal) d += PAGE_SIZE;
       p.pages++;
+      const origin = origins[pr.blockIndex]!;
+      origin.round[offset / PAGE_SIZE] = Math.min(batch.round + 1, 0xffff);
+      origin.seq[offset / PAGE_SIZE] = manifestSeq;
       const fill = pr.fills[i]!;
       if (fill >= 0) {
         writer.addZero(offset, pr.blockIndex, fill);
@@ -264,6 +279,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
         // Device state with LISTEN and RUN: too big for an event, so an object.
         const object = `packaged-${o.migrationId}-${o.vm}`;
         await o.packs.putObject(object, c.data);
+        packagedDigest = createHash("sha256").update(c.data).digest("hex");
         p.bytes_on_link += c.data.byteLength;
         command = { cmd: "packaged", object, bytes: c.data.byteLength };
         break;
@@ -295,6 +311,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
         blocks = r.blocks.map((b) => ({ id: b.id, usedBytes: b.usedLength }));
         blockIndex = new Map(blocks.map((b, i) => [b.id, i]));
         digest = new ImageDigest(blocks.map((b) => b.usedBytes));
+        origins = blocks.map((b) => ({ round: new Uint16Array(b.usedBytes / PAGE_SIZE), seq: new Uint32Array(b.usedBytes / PAGE_SIZE) }));
         p.memory_total = blocks.reduce((n, b) => n + b.usedBytes, 0);
         await o.publisher.publish(manifestHeader, vmParams, {
           ...ext, sourceHost: o.sourceHost, machine, blocks, ramSetupWord: String(r.totalBytes), configRaw: (configRaw ?? Buffer.alloc(0)).toString("base64"), ramSection, commands: preamble,
@@ -366,7 +383,14 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   p.packed_raw_bytes = packer.rawBytes;
   p.packed_bytes = packer.storedBytes;
   p.bytes_on_link += packer.linkBytes;
-  const result = { progress: { ...p, native_bytes: o.nativeBytes() }, digest: digest.digest(), rounds: p.round };
+  const origin = (block: number, offset: number) => {
+    const r = origins[block]?.round[offset / PAGE_SIZE];
+    return r ? { round: r - 1, seq: origins[block]!.seq[offset / PAGE_SIZE]! } : undefined;
+  };
+  const result: SourceResult = {
+    progress: { ...p, native_bytes: o.nativeBytes() }, digest: digest.digest(), rounds: p.round, image: digest, blocks, origin,
+    deviceStateDigest: state.byteLength === 0 && packagedDigest ? packagedDigest : createHash("sha256").update(state).digest("hex"),
+  };
   await o.publisher.publish(manifestCompleted, vmParams, {
     migrationId: o.migrationId, vm: o.vm, deviceState: stateName, deviceStateBytes: state.byteLength, rounds: p.round, batches: manifestSeq, records: p.pages, digest: result.digest,
   }, { id: `${o.migrationId}-${o.vm}-completed` });

@@ -5,6 +5,7 @@
  * writes each manifest batch into QEMU as soon as its pages are at hand: the destination
  * loads while the source is still sending.
  */
+import { createHash } from "node:crypto";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { ManifestKind, manifestBatch, manifestCommand, manifestCompleted, manifestHeader } from "../../schemas/index.ts";
@@ -58,6 +59,8 @@ export interface TargetState {
   seqRead?: number;
   /** What the rebuild waits on now (for whoever asks why a migration stands still). */
   waitingFor?: string;
+  /** SHA-256 of the device state handed to QEMU (post-copy: the PACKAGED blob). */
+  deviceStateDigest?: string;
   /** Post-copy: PACKAGED (device state, LISTEN, RUN) was handed to QEMU. */
   postcopy?: boolean;
   /** Pages the destination QEMU holds, per block (1 byte per page): what a fault need not fetch. */
@@ -232,6 +235,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         const data = await o.packs.getObject(c.object);
         if (!data || data.byteLength !== c.bytes) throw new ManifestError(`packaged device state ${c.object} is missing or has the wrong size`);
         command = { cmd: "packaged", data: Buffer.from(data) };
+        state.deviceStateDigest = createHash("sha256").update(data).digest("hex");
       } else command = c;
       if (c.cmd === "postcopyRamDiscard") {
         // Re-dirtied since sent: QEMU drops them, and they come again after the switch-over.
@@ -257,6 +261,8 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       // Post-copy sent the device state in PACKAGED; only the end of the RAM is left.
       state.waitingFor = "the device state";
       const device = c.deviceStateBytes > 0 ? await o.packs.getObject(c.deviceState) : Buffer.alloc(0);
+      // What this destination loads, for the commit to compare with what its source stored.
+      if (device && c.deviceStateBytes > 0) state.deviceStateDigest = createHash("sha256").update(device).digest("hex");
       state.waitingFor = "QEMU to take the device state and the end of the stream";
       if (!device || device.byteLength !== c.deviceStateBytes) throw new ManifestError(`device state ${c.deviceState} is missing or has the wrong size`);
       yield { type: "ramSection", offset: 0, section: "end", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };

@@ -24,6 +24,7 @@ import {
   commitReady,
   commitResumed,
   manifestCompleted,
+  manifestVerified,
   migrationCancel,
   migrationCancelled,
   migrationCommitted,
@@ -40,14 +41,17 @@ import { planKey, type Plan } from "../plan/index.ts";
 
 type Sent = z.infer<typeof manifestCompleted.data>;
 type Ready = z.infer<typeof commitReady.data>;
+type Verified = z.infer<typeof manifestVerified.extensions>;
 /** lost: post-copy broke off after the destination ran; neither copy is whole. */
 type Decision = { outcome: "committed" | "rolledback" | "lost"; mode?: "post-copy"; reason?: string; at: string };
 
 const sentKey = (m: string, vm: string) => `commit.${m}.${vm}.sent`;
 const readyKey = (m: string, vm: string) => `commit.${m}.${vm}.ready`;
+const verifiedKey = (m: string, vm: string) => `commit.${m}.${vm}.verified`;
 const decisionKey = (m: string, vm: string) => `commit.${m}.${vm}.decision`;
 const outcomeKey = (m: string) => `migration.${m}.outcome`;
 const resumedKey = (m: string, vm: string) => `commit.${m}.${vm}.resumed`;
+const deliveredKey = (m: string, vm: string) => `commit.${m}.${vm}.postcopy-delivered`;
 
 /**
  * The migration's plan; without one nothing can be decided. Commit facts and aborts may be
@@ -97,14 +101,40 @@ async function lose(ctx: FunctionContext, plan: Plan, vm: string, reason: string
   await settleGang(ctx, plan);
 }
 
+const short = (d: string) => `${d.slice(0, 16)}…`;
+
+/**
+ * Why a VM must not be committed, or undefined. Three digests must be equal: the source's
+ * RAM (read once it stopped), what the source sent (stream, then repairs), what the
+ * destination loaded (read back); and the destination must have loaded the device state the
+ * source stored, and every page.
+ */
+function refuse(sent: Sent, verified: Verified, ready: Ready): string | undefined {
+  if (ready.pagesDelivered !== ready.pagesExpected) return `the destination holds ${ready.pagesDelivered} of ${ready.pagesExpected} pages`;
+  if (Number(verified.count) === 0 && verified.sentdigest !== sent.digest) return `the source's account of what it sent is inconsistent (stream digest ${short(sent.digest)} vs ${short(verified.sentdigest)} without repairs)`;
+  if (verified.sentdigest !== verified.sourceramdigest) {
+    return `the source's RAM differs from what it sent in ${verified.differing} pages, more than its repair pass carries (first differing page ${verified.firstdiffering ?? "unknown"})`;
+  }
+  if (ready.digest !== verified.sourceramdigest) {
+    const load = ready.loadDiffering > 0 ? `; its QEMU holds ${ready.loadDiffering} pages otherwise than gangway delivered them, first at ${ready.firstLoadDiffering}` : "";
+    const repaired = verified.differing > 0 ? `; the source repaired ${ready.pagesRepaired} pages, first ${verified.firstdiffering}` : "";
+    return `destination memory does not match the source's RAM (digest ${short(ready.digest)} vs ${short(verified.sourceramdigest)})${load}${repaired}`;
+  }
+  if (ready.deviceStateDigest && ready.deviceStateDigest !== verified.devicestatedigest) {
+    return `the destination loaded other device state than the source stored (${short(ready.deviceStateDigest)} vs ${short(verified.devicestatedigest)})`;
+  }
+  return undefined;
+}
+
 /** Decides a VM once both sides have spoken. */
 async function decide(ctx: FunctionContext, migrationId: string, vm: string): Promise<void> {
   const plan = await loadPlan(ctx, migrationId, true);
-  const [sent, ready] = await Promise.all([ctx.state.get<Sent>(sentKey(migrationId, vm)), ctx.state.get<Ready>(readyKey(migrationId, vm))]);
-  if (!sent || !ready) return; // the other side has not spoken yet
-  if (ready.digest !== sent.digest || ready.pagesDelivered !== ready.pagesExpected) {
-    return rollback(ctx, plan, vm, `destination memory does not match what the source sent (digest ${ready.digest.slice(0, 16)}… vs ${sent.digest.slice(0, 16)}…, ${ready.pagesDelivered}/${ready.pagesExpected} pages)`);
-  }
+  const [sent, verified, ready] = await Promise.all([
+    ctx.state.get<Sent>(sentKey(migrationId, vm)), ctx.state.get<Verified>(verifiedKey(migrationId, vm)), ctx.state.get<Ready>(readyKey(migrationId, vm)),
+  ]);
+  if (!sent || !verified || !ready) return; // a side has not spoken yet
+  const refusal = refuse(sent, verified, ready);
+  if (refusal) return rollback(ctx, plan, vm, refusal);
   if (!(await ctx.state.create<Decision>(decisionKey(migrationId, vm), { outcome: "committed", at: ctx.now().toISOString() }))) {
     // Decided before (a retry, or the other side's event): re-send what a commit means.
     const existing = await ctx.state.get<Decision>(decisionKey(migrationId, vm));
@@ -120,9 +150,24 @@ async function decide(ctx: FunctionContext, migrationId: string, vm: string): Pr
     targetHost: plan.targetHost,
     pages: ready.pagesDelivered,
     digest: ready.digest,
+    proof: {
+      source_ram_digest: verified.sourceramdigest, sent_digest: verified.sentdigest, destination_digest: ready.digest, pages_repaired: ready.pagesRepaired,
+      device_state_digest: verified.devicestatedigest,
+    },
     stats: { time_elapsed: 0, data_processed: 0, memory_iteration: sent.rounds, ...(ready.downtimeMs !== undefined ? { downtime: ready.downtimeMs } : {}) },
   });
   await settleGang(ctx, plan);
+}
+
+/**
+ * Post-copy: the destination ran before the source's RAM could be read, so nothing can be
+ * repaired; an image that differs from the source's RAM is said (the VM is lost), never hidden.
+ */
+async function checkPostcopy(ctx: FunctionContext, migrationId: string, vm: string): Promise<void> {
+  const [delivered, verified] = await Promise.all([ctx.state.get<string>(deliveredKey(migrationId, vm)), ctx.state.get<Verified>(verifiedKey(migrationId, vm))]);
+  if (!delivered || !verified || delivered === verified.sourceramdigest) return;
+  const plan = await loadPlan(ctx, migrationId, true);
+  await lose(ctx, plan, vm, `the image delivered in post-copy differs from the source's RAM (digest ${short(delivered)} vs ${short(verified.sourceramdigest)}; ${verified.differing} pages of the source's RAM differ from what it sent, first ${verified.firstdiffering ?? "unknown"})`);
 }
 
 /** Once every VM of the gang is decided, say how the gang ended (once). */
@@ -130,7 +175,12 @@ async function settleGang(ctx: FunctionContext, plan: Plan): Promise<void> {
   const decisions = await Promise.all(plan.vms.map((v) => ctx.state.get<Decision>(decisionKey(plan.migrationId, v.vm))));
   if (decisions.some((d) => d === undefined)) return;
   // A post-copy VM is done once every page arrived, not when it resumed.
-  for (const [i, d] of decisions.entries()) if (d!.outcome === "committed" && d!.mode === "post-copy" && !(await ctx.state.get(resumedKey(plan.migrationId, plan.vms[i]!.vm)))) return;
+  // A post-copy VM is checked against its source's RAM too before the gang is settled.
+  for (const [i, d] of decisions.entries()) {
+    if (d!.outcome !== "committed" || d!.mode !== "post-copy") continue;
+    const vm = plan.vms[i]!.vm;
+    if (!(await ctx.state.get(resumedKey(plan.migrationId, vm))) || !(await ctx.state.get(verifiedKey(plan.migrationId, vm)))) return;
+  }
   const failed = plan.vms.filter((_, i) => decisions[i]!.outcome !== "committed");
   if (!(await ctx.state.create(outcomeKey(plan.migrationId), { failed: failed.map((v) => v.vm), at: ctx.now().toISOString() }))) return;
   const p = { migrationId: plan.migrationId };
@@ -151,6 +201,21 @@ const commitSent = defineFunction({
     const d = event.data;
     await ctx.state.put<Sent>(sentKey(d.migrationId, d.vm), d);
     await decide(ctx, d.migrationId, d.vm);
+  },
+});
+
+const commitVerified = defineFunction({
+  id: "commit-verified",
+  description: "record the source's proof against its RAM, then decide the VM if the destination has spoken",
+  trigger: manifestVerified,
+  retry: { maxAttempts: 8, backoffMs: 250 },
+  async handler(event, ctx) {
+    const ext = event.ext;
+    await ctx.state.put<Verified>(verifiedKey(ext.migrationId, ext.vm), ext);
+    const decision = await ctx.state.get<Decision>(decisionKey(ext.migrationId, ext.vm));
+    if (decision?.mode !== "post-copy") return decide(ctx, ext.migrationId, ext.vm);
+    await checkPostcopy(ctx, ext.migrationId, ext.vm);
+    await settleGang(ctx, await loadPlan(ctx, ext.migrationId, true));
   },
 });
 
@@ -194,9 +259,13 @@ const commitOnResumed = defineFunction({
         return lose(ctx, plan, d.vm, `the image delivered in post-copy differs from the source's (digest ${d.postcopy.digest.slice(0, 16)}… vs ${sent.digest.slice(0, 16)}…)`);
       }
     }
+    if (d.postcopy) await ctx.state.put(deliveredKey(d.migrationId, d.vm), d.postcopy.digest);
     await ctx.state.put(resumedKey(d.migrationId, d.vm), true);
     ctx.emit(agentQuitSource, { host: plan.sourceHost }, { host: plan.sourceHost, migrationId: d.migrationId, vm: d.vm });
-    if (d.postcopy) await settleGang(ctx, plan);
+    if (d.postcopy) {
+      await checkPostcopy(ctx, d.migrationId, d.vm);
+      await settleGang(ctx, plan);
+    }
   },
 });
 
@@ -243,4 +312,4 @@ const commitOnCancel = defineFunction({
   },
 });
 
-export const commitFunctions = [commitSent, commitOnReady, commitOnAbort, commitOnCancel, commitOnResumed, commitOnPostcopyReady] as unknown as FunctionDefinition[];
+export const commitFunctions = [commitSent, commitVerified, commitOnReady, commitOnAbort, commitOnCancel, commitOnResumed, commitOnPostcopyReady] as unknown as FunctionDefinition[];

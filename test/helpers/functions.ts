@@ -32,7 +32,9 @@ export function functionHarness(state = memoryState()) {
   };
   const run = async (fn: FunctionDefinition, data: Record<string, unknown>, id = `e-${Math.random()}`, time = new Date().toISOString()): Promise<Emitted[]> => {
     emitted = [];
-    await fn.handler({ specversion: "1.0", id, source: "t", type: fn.trigger.type, time, data } as never, ctx);
+    // A binary event's attributes arrive as `ext` (its body is not used by the deciding functions).
+    const event = fn.trigger.mode === "binary" ? { mode: "binary", ext: data, data: new Uint8Array(0) } : { mode: "structured", data };
+    await fn.handler({ specversion: "1.0", id, source: "t", type: fn.trigger.type, time, ...event } as never, ctx);
     return emitted;
   };
   return { state, run };

@@ -1,0 +1,114 @@
+/**
+ * The destination's proof, against the source's real memory. Once its QEMU has loaded the
+ * stream (paused, never run), the destination reads its RAM file back and keys every page —
+ * what QEMU loaded, not what gangway meant to deliver. Meanwhile the source reads its own
+ * stopped RAM and says what differs from what it sent (manifest verified): those pages are
+ * written into the paused VM's RAM file (QEMU's shared mapping of its memory) and read back.
+ * The digest that results is what the commit compares with the source's RAM digest.
+ */
+import { open } from "node:fs/promises";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { z } from "zod";
+import { ManifestKind, manifestVerified } from "../../schemas/index.ts";
+import { decodeMessage } from "../../infra/events/binding.ts";
+import { StreamFollower } from "../../infra/nats/follow.ts";
+import { KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { readManifestRecords } from "../dataplane/manifestRecords.ts";
+import { readRamInto, writeRamPages } from "../dataplane/ramProof.ts";
+import type { PageSource } from "./packLocator.ts";
+import type { TargetState } from "./targetMigration.ts";
+
+type Verified = z.infer<typeof manifestVerified.extensions>;
+
+export interface DestinationProof {
+  /** Digest of the image the destination holds (RAM read back after the repairs). */
+  digest: string;
+  expected: number;
+  delivered: number;
+  pagesRepaired: number;
+  /** Pages QEMU holds otherwise than gangway delivered them, and the first of them. */
+  loadDiffering: number;
+  firstLoadDiffering?: string;
+  /** What the source said of its memory. */
+  source: { ramDigest: string; sentDigest: string; deviceStateDigest: string; differing: number; firstDiffering?: string; readMs: number };
+  readMs: number;
+}
+
+/** The source's proof for this VM, the first valid one on its subject. */
+async function sourceProof(nc: NatsConnection, migrationId: string, vm: string, timeoutMs: number, ended?: Promise<unknown>): Promise<{ ext: Verified; body: Uint8Array }> {
+  const messages = await StreamFollower.start(nc, { filter: manifestVerified.subject({ migrationId, vm }), inactiveThresholdMs: 15_000 });
+  const timer = setTimeout(() => messages.stop(new Error(`the source did not prove its memory within ${Math.round(timeoutMs / 1000)} s`)), timeoutMs);
+  void ended?.then(() => messages.stop(new Error("the migration ended on this host")));
+  try {
+    for await (const m of messages) {
+      const d = decodeMessage(m.subject, m.data, m.headers);
+      if (!d.ok || d.event.type !== manifestVerified.type || d.event.mode !== "binary") continue;
+      const ext = d.event.ext as Verified;
+      if (ext.migrationId !== migrationId || ext.vm !== vm) continue;
+      return { ext, body: d.event.data };
+    }
+    throw new Error("the source's proof stream ended");
+  } finally {
+    clearTimeout(timer);
+    await messages.close();
+  }
+}
+
+export async function proveDestination(o: {
+  nc: NatsConnection;
+  migrationId: string;
+  vm: string;
+  tenant: string;
+  state: TargetState;
+  ramPath: string;
+  keyer: PageKeyer;
+  pages: PageSource;
+  timeoutMs: number;
+  ended?: Promise<unknown>;
+  /** Waits are said here (what the destination waits for). */
+  onWait?: (what: string) => void;
+}): Promise<DestinationProof> {
+  const img = o.state.delivered;
+  const header = o.state.header;
+  if (!img || !header) throw new Error("nothing was delivered");
+  const m0 = header.blocks.findIndex((b) => b.id === "m0");
+  if (m0 < 0) throw new Error("the manifest has no RAM block m0: the destination's memory cannot be proved");
+  const fromSource = sourceProof(o.nc, o.migrationId, o.vm, o.timeoutMs, o.ended);
+  fromSource.catch(() => undefined); // awaited below
+  o.onWait?.("the read-back of the image");
+  // The other blocks (ROMs) are not files: they count as delivered.
+  const read = await readRamInto({ image: img, block: m0, ramPath: o.ramPath, sizeBytes: header.blocks[m0]!.usedBytes, keyer: o.keyer });
+  o.onWait?.("the source's proof of its memory");
+  const { ext, body } = await fromSource;
+  const repairs: { offset: number; page: Uint8Array }[] = [];
+  if (ext.count > 0) {
+    o.onWait?.(`the ${ext.count} repaired pages`);
+    for (const r of readManifestRecords(body, ext.count)) {
+      if (r.kind !== ManifestKind.page || r.block !== m0) throw new Error(`repair record for block ${r.block} (only m0 is repaired)`);
+      if (r.offset + PAGE_SIZE > header.blocks[m0]!.usedBytes) throw new Error(`repair record at ${r.offset} is outside block m0`);
+      repairs.push({ offset: r.offset, page: await o.pages.page(o.tenant, keyHex(body, r.keyAt), o.keyer, o.timeoutMs) });
+    }
+    await writeRamPages(o.ramPath, repairs);
+    // Read back what the file holds now (not what was meant to be written).
+    const scratch = new Uint8Array(KEY_BYTES);
+    const again = Buffer.allocUnsafe(PAGE_SIZE);
+    const fh = await open(o.ramPath, "r");
+    try {
+      for (const r of repairs) {
+        await fh.read(again, 0, PAGE_SIZE, r.offset);
+        img.setFromBytes(m0, r.offset, again, o.keyer, scratch);
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+  return {
+    digest: img.digest(), expected: img.totalPages(), delivered: img.pages(), pagesRepaired: repairs.length,
+    loadDiffering: read.differing, ...(read.firstDiffering !== undefined ? { firstLoadDiffering: `m0+0x${read.firstDiffering.toString(16)}` } : {}),
+    source: {
+      ramDigest: ext.sourceramdigest, sentDigest: ext.sentdigest, deviceStateDigest: ext.devicestatedigest, differing: ext.differing, readMs: ext.readms,
+      ...(ext.firstdiffering ? { firstDiffering: ext.firstdiffering } : {}),
+    },
+    readMs: read.durationMs,
+  };
+}

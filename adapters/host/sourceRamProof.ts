@@ -1,0 +1,86 @@
+/**
+ * The source's proof against its real memory, and the repair pass. Once the source QEMU has
+ * stopped the guest for the switch-over, its RAM file holds the truth. QEMU 7.2's TCG can
+ * leave a page out of its last pass (after a dirty-bitmap sync its fast path does not reset
+ * the TLB's not-dirty flags, so later guest stores through the TLB set no dirty bit; fixed
+ * upstream in 9.0): the stream then implies an older page than the guest holds, natively
+ * too. So the RAM is read and keyed like the stream's pages; every page whose bytes differ
+ * from what was sent goes once more (packed like any page), and the destination writes those
+ * into its paused VM before it proves what it holds. The event says all three facts: the
+ * RAM's digest, the digest of what was sent (stream, then repairs), the device state's.
+ */
+import { manifestVerified } from "../../schemas/index.ts";
+import type { EventPublisher } from "../../infra/events/publisher.ts";
+import { KEY_BYTES, type PageKeyer } from "../dataplane/contentKey.ts";
+import { ManifestWriter } from "../dataplane/manifestRecords.ts";
+import type { PackStore } from "../dataplane/packStore.ts";
+import { readRamInto } from "../dataplane/ramProof.ts";
+import type { SourceResult } from "./sourceMigration.ts";
+import { PackWriter } from "./packWriter.ts";
+
+/** The most pages one repair pass carries; more means something else is wrong (never seen: a handful). */
+export const MAX_REPAIR_PAGES = 16384;
+
+export interface SourceRamProof {
+  sourceRamDigest: string;
+  sentDigest: string;
+  pagesRepaired: number;
+  /** The first page whose RAM differed from the stream: block+offset and the pass it was last sent in. */
+  firstDiffering?: string;
+  readMs: number;
+}
+
+export async function proveSourceRam(o: {
+  migrationId: string;
+  vm: string;
+  tenant: string;
+  sourceHost: string;
+  /** The VM's RAM file (block m0). */
+  ramPath: string;
+  sent: SourceResult;
+  keyer: PageKeyer;
+  publisher: EventPublisher;
+  packs: PackStore;
+  /** Post-copy: the destination runs already; differences are reported, not repaired. */
+  repair: boolean;
+}): Promise<SourceRamProof> {
+  const m0 = o.sent.blocks.findIndex((b) => b.id === "m0");
+  if (m0 < 0) throw new Error("the stream has no RAM block m0 (the VM's memory-backend file): its memory cannot be proved");
+  const ram = o.sent.image.clone();
+  const sentAfterRepair = o.sent.image.clone();
+  const repairs: { offset: number; page: Buffer }[] = [];
+  const read = await readRamInto({
+    image: ram, block: m0, ramPath: o.ramPath, sizeBytes: o.sent.blocks[m0]!.usedBytes, keyer: o.keyer,
+    onDiffer: (offset, page) => {
+      if (o.repair && repairs.length < MAX_REPAIR_PAGES) repairs.push({ offset, page: Buffer.from(page) });
+    },
+  });
+  let firstDiffering: string | undefined;
+  if (read.firstDiffering !== undefined) {
+    const origin = o.sent.origin(m0, read.firstDiffering);
+    firstDiffering = `m0+0x${read.firstDiffering.toString(16)} (${origin ? `last sent in pass ${origin.round}, manifest seq ${origin.seq}` : "never sent"})`;
+  }
+  const records = new ManifestWriter(Math.max(1, repairs.length));
+  if (repairs.length > 0 && read.differing <= MAX_REPAIR_PAGES) {
+    const packer = new PackWriter({ migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, publisher: o.publisher, packs: o.packs });
+    const key = new Uint8Array(KEY_BYTES);
+    for (const r of repairs) {
+      o.keyer.keyInto(r.page, key, 0);
+      packer.add(key, 0, r.page);
+      records.addPage(r.offset, m0, key, 0);
+      sentAfterRepair.keyed(m0, r.offset, key, 0);
+    }
+    packer.flush();
+    await packer.drain();
+  }
+  const proof: SourceRamProof = {
+    sourceRamDigest: ram.digest(), sentDigest: sentAfterRepair.digest(), pagesRepaired: records.count, readMs: read.durationMs,
+    ...(firstDiffering ? { firstDiffering } : {}),
+  };
+  const { count, body } = records.take();
+  await o.publisher.publishBinary(manifestVerified, { migrationId: o.migrationId, vm: o.vm }, {
+    migrationId: o.migrationId, vm: o.vm, tenant: o.tenant, count, sourceramdigest: proof.sourceRamDigest, sentdigest: proof.sentDigest,
+    devicestatedigest: o.sent.deviceStateDigest, differing: read.differing, readms: read.durationMs, ...(firstDiffering ? { firstdiffering: firstDiffering } : {}),
+  }, body, { id: `${o.migrationId}-${o.vm}-verified` });
+  return proof;
+}
