@@ -1,6 +1,6 @@
 /** The flags every command that talks to NATS shares, and how they become a connection. */
 import type { NatsConnection } from "@nats-io/transport-node";
-import { connectNats } from "../infra/nats/connect.ts";
+import { connectNats, type ConnectOptions } from "../infra/nats/connect.ts";
 import { UsageError } from "./errors.ts";
 
 export const natsFlagSpec = {
@@ -37,28 +37,33 @@ export function natsUrl(flags: NatsFlags): string | undefined {
   return url;
 }
 
-/** Connects with the flags; a command that needs a server and got none says so. */
-export async function connectFromFlags(flags: NatsFlags, name: string, opts: { reconnect?: boolean } = {}): Promise<NatsConnection> {
+/** The connection the flags describe; a command that needs a server and got none says so. */
+export function connectOptionsFromFlags(flags: NatsFlags, name: string, opts: { reconnect?: boolean } = {}): ConnectOptions {
   const servers = natsUrl(flags);
   if (!servers) throw new UsageError("needs a NATS server: pass --nats URL (or set GANGWAY_NATS_URL); `gangway up` starts one");
   if (flags["tls-cert"] && !flags["tls-key"]) throw new UsageError("--tls-cert needs --tls-key");
   if (flags.creds && flags.nkey) throw new UsageError("--creds and --nkey are two ways to authenticate: pass one");
+  return {
+    servers,
+    name,
+    reconnect: opts.reconnect ?? false,
+    ...(flags.creds ? { credsFile: flags.creds } : {}),
+    ...(flags.nkey ? { nkeyFile: flags.nkey } : {}),
+    ...(flags["tls-ca"] ? { tlsCaFile: flags["tls-ca"] } : {}),
+    ...(flags["tls-cert"] ? { tlsCertFile: flags["tls-cert"], tlsKeyFile: flags["tls-key"] } : {}),
+  };
+}
+
+/** Connects with the flags. */
+export async function connectFromFlags(flags: NatsFlags, name: string, opts: { reconnect?: boolean } = {}): Promise<NatsConnection> {
+  const options = connectOptionsFromFlags(flags, name, opts);
   try {
-    return await connectNats({
-      servers,
-      name,
-      reconnect: opts.reconnect ?? false,
-      ...(flags.creds ? { credsFile: flags.creds } : {}),
-      ...(flags.nkey ? { nkeyFile: flags.nkey } : {}),
-      ...(flags["tls-ca"] ? { tlsCaFile: flags["tls-ca"] } : {}),
-      ...(flags["tls-cert"] ? { tlsCertFile: flags["tls-cert"], tlsKeyFile: flags["tls-key"] } : {}),
-    });
+    return await connectNats(options);
   } catch (err) {
-    throw new Error(`cannot connect to NATS at ${servers}: ${(err as Error).message}`, { cause: err });
+    throw new Error(`cannot connect to NATS at ${options.servers}: ${(err as Error).message}`, { cause: err });
   }
 }
 
-/** Resolves on the first SIGINT or SIGTERM (for long-running commands that drain on exit). */
 export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
     const on = (sig: NodeJS.Signals) => {

@@ -76,6 +76,10 @@ export const migrationProgress = defineEvent({
     stats: jobStats,
     /** QEMU's query-migrate fields, passed on as they are. */
     qemu: z.record(z.string(), z.unknown()).optional(),
+    /** A peer host slow to answer (suspected, not yet given up), or answering again. */
+    peer: z.object({ host: hostName, state: z.enum(["suspected", "answering"]), reason }).optional(),
+    /** What the migration waits for now (a switch-over: what is still in flight). */
+    waitingFor: z.string().max(512).optional(),
   }),
 });
 

@@ -32,6 +32,9 @@ import type { AdoptedVm, GoneVm, OutgoingStream, QemuDriver, RunningVm } from ".
 import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
 import { proveSourceRam } from "./sourceRamProof.ts";
 import { proveDestination } from "./destinationProof.ts";
+import { startHostLiveness, type HostLiveness } from "./hostLiveness.ts";
+import { DEFAULT_LIVENESS, pingAgent, type LivenessThresholds } from "./liveness.ts";
+import type { ConnectOptions } from "../../infra/nats/connect.ts";
 import { missingPages, targetRecords, type TargetState } from "./targetMigration.ts";
 
 export interface AgentOptions {
@@ -41,8 +44,11 @@ export interface AgentOptions {
   log?: Logger;
   /** Seconds between inventory reports. @default 10 */
   inventoryIntervalSec?: number;
-  /** Liveness pings of the peer host during a migration; this many misses abort it. @default 3 */
-  peerMisses?: number;
+  /**
+   * Liveness of the peer host during a migration (see liveness.ts): thresholds, and how a
+   * worker thread connects to answer and watch beside the data path (without: on `nc`).
+   */
+  liveness?: LivenessThresholds & { connect?: ConnectOptions };
 }
 
 type Cmd<D extends { data: z.ZodType }> = z.infer<D["data"]>;
@@ -193,8 +199,10 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   const inventoryTimer = setInterval(() => void publishInventory().catch((e: Error) => log.warn("inventory not published", { error: e })), (o.inventoryIntervalSec ?? 10) * 1000);
 
   // --- liveness: request-reply outside the retained stream (pings are not facts) ---
-  const statusSub: Subscription = o.nc.subscribe(`gwsvc.agent.${o.host}.status`, {
-    callback: (_err, msg) => void msg.respond(JSON.stringify({ host: o.host, uptimeSec: (Date.now() - started) / 1000, vms: owned.size, migrations: sources.size + targets.size })),
+  const { connect: livenessConnect, ...thresholds } = o.liveness ?? {};
+  const liveness: HostLiveness = await startHostLiveness({
+    host: o.host, nc: o.nc, thresholds, log, ...(livenessConnect ? { connect: livenessConnect } : {}),
+    status: () => ({ uptimeSec: (Date.now() - started) / 1000, vms: owned.size, migrations: sources.size + targets.size }),
   });
   // The serial console of a VM, for operators and the demo's self-checks.
   const consoleSub: Subscription = o.nc.subscribe(`gwsvc.agent.${o.host}.console`, {
@@ -232,32 +240,19 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       return undefined;
     }
   };
-  const peerAlive = async (peer: string) => {
-    try {
-      await o.nc.request(`gwsvc.agent.${peer}.status`, "", { timeout: 1000 });
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  /** Resolves with a reason when the peer misses several pings in a row. */
-  const watchPeer = (peer: string, until: Promise<unknown>) =>
-    new Promise<string | undefined>((resolve) => {
-      let misses = 0;
-      let over = false;
-      void until.finally(() => {
-        over = true;
-        resolve(undefined);
-      });
-      const tick = async () => {
-        while (!over) {
-          await new Promise((r) => setTimeout(r, 1000));
-          if (over) return;
-          if (await peerAlive(peer)) misses = 0;
-          else if (++misses >= (o.peerMisses ?? 3)) return resolve(`host ${peer} stopped answering (${misses} liveness pings missed)`);
-        }
-      };
-      void tick();
+  const peerAlive = async (peer: string) => (await pingAgent(o.nc, peer, thresholds.pingTimeoutMs ?? DEFAULT_LIVENESS.pingTimeoutMs)).kind === "ok";
+  /**
+   * Resolves with a reason when the peer is given up (gone, or silent for long). A peer slow
+   * to answer is reported first (progress with `peer`), and never acted on until then.
+   */
+  const watchPeer = (peer: string, until: Promise<unknown>, migrationId: string, vm: string) =>
+    liveness.watch(peer, until, (v) => {
+      if (v.state === "dead") return;
+      (v.state === "suspect" ? log.warn : log.info)(v.state === "suspect" ? "peer suspected" : "peer answers again", { migrationId, vm, peer, reason: v.reason });
+      void pub.publish(migrationProgress, { migrationId }, {
+        migrationId, vm, phase: MigrationPhase.Running, mode: MigrationMode.PreCopy, stats: { time_elapsed: 0, data_processed: 0 },
+        peer: { host: peer, state: v.state === "suspect" ? "suspected" : "answering", reason: v.reason.slice(0, 2000) },
+      }).catch(() => undefined);
     });
 
   const abort = async (migrationId: string, vm: string, reason: string, destinationStopped = false) => {
@@ -400,7 +395,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     // destination lost after the source finished still must not leave the source paused.
     void (async () => {
       for (;;) {
-        const reason = await watchPeer(c.targetHost, ended.promise);
+        const reason = await watchPeer(c.targetHost, ended.promise, c.migrationId, c.vm);
         if (!reason) return;
         // After a post-copy switch-over this host holds the only copy of the pages still to
         // come: give the destination its progress time-out to come back before giving up.
@@ -528,7 +523,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
    */
   const watchSource = async (t: TargetSession, state: TargetState, sourceHost: string, patienceMs: number) => {
     for (;;) {
-      const reason = await watchPeer(sourceHost, t.ended);
+      const reason = await watchPeer(sourceHost, t.ended, t.migrationId, t.spec.name);
       if (!reason) return;
       if (!t.postcopy?.isResumed) return failTarget(t, state, reason);
       // No QMP stop here: a vCPU waiting on a missing page cannot be paused anyway (stop would
@@ -952,7 +947,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       messages.stop();
       await loop.catch(() => undefined);
       await Promise.allSettled([...inFlight]);
-      statusSub.unsubscribe();
+      await liveness.close();
       consoleSub.unsubscribe();
       manifestSub.unsubscribe();
       for (const g of gangs.values()) g.resolver.close();
