@@ -6,7 +6,8 @@
  * last state (QEMU 7.2's TCG loses dirty bits); at the destination, pages QEMU did not load
  * as they were delivered.
  */
-import { open } from "node:fs/promises";
+import { copyFile, mkdir, open } from "node:fs/promises";
+import { join } from "node:path";
 import { KEY_BYTES, PAGE_SIZE, type PageKeyer } from "./contentKey.ts";
 import type { ImageDigest } from "./imageDigest.ts";
 
@@ -73,4 +74,18 @@ export async function writeRamPages(ramPath: string, pages: { offset: number; pa
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * For diagnosis and for tests that compare both ends byte for byte: with
+ * GANGWAY_RAM_DUMP_DIR set, a copy of the RAM file as it is proved (the stopped source's; the
+ * destination's after load and repairs) is kept as <dir>/<migration>.<vm>.<side>.ram.
+ */
+export async function dumpRamForDiagnosis(ramPath: string, migrationId: string, vm: string, side: "source" | "destination"): Promise<string | undefined> {
+  const dir = process.env.GANGWAY_RAM_DUMP_DIR;
+  if (!dir) return undefined;
+  await mkdir(dir, { recursive: true });
+  const to = join(dir, `${migrationId}.${vm}.${side}.ram`);
+  await copyFile(ramPath, to);
+  return to;
 }

@@ -14,7 +14,7 @@ import { decodeMessage } from "../../infra/events/binding.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { readManifestRecords } from "../dataplane/manifestRecords.ts";
-import { readRamInto, writeRamPages } from "../dataplane/ramProof.ts";
+import { dumpRamForDiagnosis, readRamInto, writeRamPages } from "../dataplane/ramProof.ts";
 import type { PageSource } from "./packLocator.ts";
 import type { TargetState } from "./targetMigration.ts";
 
@@ -102,6 +102,7 @@ export async function proveDestination(o: {
       await fh.close();
     }
   }
+  await dumpRamForDiagnosis(o.ramPath, o.migrationId, o.vm, "destination");
   return {
     digest: img.digest(), expected: img.totalPages(), delivered: img.pages(), pagesRepaired: repairs.length,
     loadDiffering: read.differing, ...(read.firstDiffering !== undefined ? { firstLoadDiffering: `m0+0x${read.firstDiffering.toString(16)}` } : {}),

@@ -14,7 +14,7 @@ import type { EventPublisher } from "../../infra/events/publisher.ts";
 import { KEY_BYTES, type PageKeyer } from "../dataplane/contentKey.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
-import { readRamInto } from "../dataplane/ramProof.ts";
+import { dumpRamForDiagnosis, readRamInto } from "../dataplane/ramProof.ts";
 import type { SourceResult } from "./sourceMigration.ts";
 import { PackWriter } from "./packWriter.ts";
 
@@ -46,6 +46,7 @@ export async function proveSourceRam(o: {
 }): Promise<SourceRamProof> {
   const m0 = o.sent.blocks.findIndex((b) => b.id === "m0");
   if (m0 < 0) throw new Error("the stream has no RAM block m0 (the VM's memory-backend file): its memory cannot be proved");
+  await dumpRamForDiagnosis(o.ramPath, o.migrationId, o.vm, "source");
   const ram = o.sent.image.clone();
   const sentAfterRepair = o.sent.image.clone();
   const repairs: { offset: number; page: Buffer }[] = [];

@@ -40,7 +40,7 @@ export async function run(argv: string[]): Promise<void> {
   const telemetry = startTelemetry({ serviceName: `gangway-agent` });
   const seconds = (flag: "peer-gone-timeout" | "peer-silence-timeout", fallback: number) => {
     const v = values[flag];
-    if (v === undefined) return fallback;
+    if (v === undefined) return fallback * 1000;
     const n = Number(v);
     if (!Number.isFinite(n) || n <= 0 || n > 86_400) throw new UsageError(`--${flag} takes seconds (a number > 0), got "${v}"`);
     return n * 1000;
