@@ -2,10 +2,15 @@
  * Asks the dedup index about content keys, batched and split by shard, and waits for the
  * answers (the hash function's resolutions, seen on a plain subscription). One resolver
  * serves every VM of a gang on this host, so look-ups of different VMs interleave.
+ * An answer is taken only for the look-up it names and only if it answers that look-up's
+ * keys; an unreadable message, or an answer of this migration that fits none of its
+ * look-ups, is dead-lettered and the look-up waits on (answers of other migrations are
+ * other resolvers' and pass by).
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { HASH_SHARDS, hashLookup, KEY_BYTES, RESOLVED_RECORD_BYTES, shardOfKey } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
+import { deadLetterSink } from "../../infra/events/deadLetter.ts";
 import type { EventPublisher } from "../../infra/events/publisher.ts";
 
 export class KeyLookupTimeoutError extends Error {
@@ -35,16 +40,38 @@ export interface KeyResolverOptions {
 }
 
 export function createKeyResolver(nc: NatsConnection, publisher: EventPublisher, opts: KeyResolverOptions): KeyResolver {
-  const waiters = new Map<string, { resolve: (body: Uint8Array) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  type Asked = { vm: string; tenant: string; shard: number; keys: Uint8Array };
+  const waiters = new Map<string, { asked: Asked; resolve: (body: Uint8Array) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  const deadLetters = deadLetterSink(publisher, publisher.source, "key-resolver");
+  const idPrefix = `lk-${opts.migrationId}-`;
+  /** Why an answer does not answer the look-up it names (or undefined). */
+  const misfit = (a: Asked, ext: { vm: string; tenant: string; shard: number; count: number }, body: Uint8Array): string | undefined => {
+    if (ext.vm !== a.vm || ext.tenant !== a.tenant || ext.shard !== a.shard) return `answers ${ext.vm}/${ext.tenant}/shard ${ext.shard}, the look-up asked for ${a.vm}/${a.tenant}/shard ${a.shard}`;
+    if (ext.count * KEY_BYTES !== a.keys.byteLength) return `answers ${ext.count} keys, the look-up asked about ${a.keys.byteLength / KEY_BYTES}`;
+    for (let i = 0; i < ext.count; i++) {
+      const at = i * RESOLVED_RECORD_BYTES + 1;
+      for (let b = 0; b < KEY_BYTES; b++) if (body[at + b] !== a.keys[i * KEY_BYTES + b]) return `answer record ${i} is about another key than the look-up's`;
+    }
+    return undefined;
+  };
   const sub: Subscription = nc.subscribe("gw.hash.resolved.*", {
     callback: (err, m) => {
       if (err) return;
       const d = decodeMessage(m.subject, m.data, m.headers);
-      if (!d.ok || d.event.mode !== "binary") return;
-      const ext = d.event.ext as { lookupId?: string; migrationId?: string };
-      if (ext.migrationId !== opts.migrationId || !ext.lookupId) return;
+      if (!d.ok) return deadLetters(m, `unreadable dedup answer: ${d.reason}`);
+      if (d.event.mode !== "binary") return;
+      const ext = d.event.ext as { lookupId: string; migrationId: string; vm: string; tenant: string; shard: number; count: number };
+      if (ext.migrationId !== opts.migrationId) return;
       const w = waiters.get(ext.lookupId);
-      if (!w) return;
+      if (!w) {
+        // A late or repeated answer to one of this resolver's look-ups (the hash function
+        // retried, or the look-up timed out) is not foreign: it is just not needed.
+        const n = ext.lookupId.startsWith(idPrefix) ? Number(ext.lookupId.slice(ext.lookupId.lastIndexOf("-") + 1)) : NaN;
+        if (!(Number.isInteger(n) && n < seq)) deadLetters(m, `dedup answer ${ext.lookupId} of ${opts.migrationId} answers no look-up this resolver sent`);
+        return;
+      }
+      const bad = misfit(w.asked, ext, d.event.data);
+      if (bad) return deadLetters(m, `dedup answer ${ext.lookupId}: ${bad}`);
       waiters.delete(ext.lookupId);
       clearTimeout(w.timer);
       w.resolve(d.event.data);
@@ -60,7 +87,7 @@ export function createKeyResolver(nc: NatsConnection, publisher: EventPublisher,
         waiters.delete(id);
         reject(new KeyLookupTimeoutError(`dedup index did not answer look-up ${id} within ${opts.timeoutMs ?? 60000} ms`));
       }, opts.timeoutMs ?? 60_000);
-      waiters.set(id, { resolve, reject, timer });
+      waiters.set(id, { asked: { vm, tenant, shard, keys }, resolve, reject, timer });
     });
     const count = keys.byteLength / KEY_BYTES;
     bytesSent += keys.byteLength;

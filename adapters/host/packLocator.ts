@@ -5,10 +5,12 @@
  * page against its keys before any of its pages is used: a corrupted or wrong-key pack can
  * never reach a VM.
  */
+import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { packStored } from "../../schemas/index.ts";
-import { decodeMessage } from "../../infra/events/binding.ts";
+import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts";
+import { deadLetterSink, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { decodePack, PagePackError } from "../dataplane/pagePack.ts";
@@ -50,7 +52,28 @@ export interface CorruptPack {
   reason: string;
 }
 
-export async function openPageSource(nc: NatsConnection, packs: PackStore, o: { onCorrupt?: (c: CorruptPack) => void } = {}): Promise<PageSource> {
+/**
+ * Why a message on gw.pack.*.stored is not a pack announcement to act on, or undefined.
+ * The subject's migration must be the one the data names (binding checks it too), and the
+ * announcement must come from the host it says stored the pack.
+ */
+export function refusedAnnouncement(d: DecodeResult): string | undefined {
+  if (!d.ok) return `unreadable pack announcement: ${d.reason}`;
+  if (d.definition !== packStored || d.event.mode !== "structured") return `${d.event.type} is not a pack announcement`;
+  const data = d.event.data as z.infer<typeof packStored.data>;
+  if (d.event.source !== `gangway/host/${data.sourceHost}`) return `pack announcement of ${data.migrationId} sent by ${d.event.source}, not by its source host ${data.sourceHost}`;
+  return undefined;
+}
+
+export interface PageSourceOptions {
+  onCorrupt?: (c: CorruptPack) => void;
+  /** Where refused announcements go. @default gw.dlq.pack, published on `nc` as "gangway/host/<host>" */
+  deadLetters?: DeadLetterSink;
+  /** This host (the source of its dead letters). */
+  host?: string;
+}
+
+export async function openPageSource(nc: NatsConnection, packs: PackStore, o: PageSourceOptions = {}): Promise<PageSource> {
   const cache = new Map<string, Buffer>();
   const located = new Map<string, string>(); // tenant/key → pack
   const waiting = new Map<string, (() => void)[]>();
@@ -69,9 +92,17 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: { 
 
   // Picks up where it was when its consumer is lost (a server restarted, a cluster node died).
   const messages = await StreamFollower.start(nc, { filter: "gw.pack.*.stored" });
+  const deadLetters = o.deadLetters ?? deadLetterSink(jetstream(nc), `gangway/host/${o.host ?? "destination"}`, "pack-locator");
+  // What was stored before this reader began was refused (or taken) by the readers of then.
+  const liveSinceNs = BigInt(Date.now() - 5_000) * 1_000_000n;
   const follow = (async () => {
     for await (const m of messages) {
       const d = decodeMessage(m.subject, m.data, m.headers);
+      const refused = refusedAnnouncement(d);
+      if (refused) {
+        if (BigInt(m.info.timestampNanos) >= liveSinceNs) deadLetters(m, refused);
+        continue;
+      }
       if (!d.ok || d.event.mode !== "structured") continue;
       const data = d.event.data as z.infer<typeof packStored.data>;
       const list = packsOf.get(data.migrationId) ?? packsOf.set(data.migrationId, []).get(data.migrationId)!;

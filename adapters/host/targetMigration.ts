@@ -6,16 +6,19 @@
  * loads while the source is still sending.
  */
 import { createHash } from "node:crypto";
+import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { ManifestKind, manifestBatch, manifestCommand, manifestCompleted, manifestHeader } from "../../schemas/index.ts";
-import { decodeMessage } from "../../infra/events/binding.ts";
+import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts";
+import { deadLetterSink, type DeadLetterSink, type ReceivedMessage } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
 import { PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { ImageDigest } from "../dataplane/imageDigest.ts";
 import { readManifestRecords } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
 import type { MigrationCommand, PageBatch, StreamRecord } from "../qemu/stream/records.ts";
+import { ManifestOrder, hostSource } from "./manifestOrder.ts";
 import type { PageSource } from "./packLocator.ts";
 
 export type ManifestHeader = z.infer<typeof manifestHeader.data>;
@@ -44,6 +47,12 @@ export interface TargetMigrationOptions {
   onSwitchover?: () => void;
   /** Stop reading when this settles (the VM was decided on this host, say rolled back). */
   ended?: Promise<unknown>;
+  /** The migration's source host: a manifest header from another host is foreign. @default any host, as its header says */
+  sourceHost?: string;
+  /** This host, as the source of its dead letters. @default "gangway/host/destination" */
+  host?: string;
+  /** Where refused manifest messages go. @default gw.dlq.manifest, published on `nc` */
+  deadLetters?: DeadLetterSink;
 }
 
 /** What the rebuild learned, for the commit proof once QEMU has loaded the stream. */
@@ -91,7 +100,7 @@ export function missingPages(state: TargetState, maxRanges = 64): { pages: numbe
 }
 
 /** Reads the VM's manifest events in order, with a progress time-out. */
-async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<ReturnType<typeof decodeMessage>> {
+async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<{ d: DecodeResult; m: ReceivedMessage }> {
   // A dead agent's consumer goes 15 s after its last pull, not the client's default 5 min;
   // one lost with its server (a cluster node died) is replaced where it stopped.
   const messages = await StreamFollower.start(o.nc, { filter: `gw.manifest.${o.migrationId}.${o.vm}.>`, inactiveThresholdMs: 15_000 });
@@ -105,7 +114,7 @@ async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<Return
   try {
     for await (const m of messages) {
       last = Date.now();
-      yield decodeMessage(m.subject, m.data, m.headers);
+      yield { d: decodeMessage(m.subject, m.data, m.headers), m };
     }
     throw new ManifestError("manifest stream ended before the source completed");
   } finally {
@@ -123,8 +132,18 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
   state.waitingFor = "the manifest";
   // Packs found damaged before this migration will be sent again: their keys are waited for.
   const startedAt = Date.now();
-  for await (const d of manifestEvents(o)) {
-    if (!d.ok) throw new ManifestError(`unreadable manifest event: ${d.reason}`);
+  const order = new ManifestOrder(o.migrationId, o.vm, o.sourceHost);
+  const deadLetters = o.deadLetters ?? deadLetterSink(jetstream(o.nc), hostSource(o.host ?? "destination"), "target-migration");
+  for await (const { d, m } of manifestEvents(o)) {
+    if (d.ok && !ManifestOrder.reads(d.event.type)) continue;
+    // A message that does not belong here (unreadable, foreign, out of sequence) changes
+    // nothing: it is dead-lettered, and the rebuild waits for the one that does.
+    const refused = d.ok ? order.admit(d.event) : `unreadable manifest event: ${d.reason}`;
+    if (refused) {
+      deadLetters(m, `${o.migrationId}/${o.vm}: ${refused}`, "manifest");
+      continue;
+    }
+    if (!d.ok) continue;
     const ev = d.event;
     if (ev.type === manifestHeader.type) {
       const h = ev.data as ManifestHeader;
@@ -137,10 +156,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       yield { type: "header", offset: 0, version: 3 };
       // The config record is passed on as the source sent it (machine name and subsections).
       yield { type: "config", offset: 0, config: { machine: h.machine }, raw };
-      for (const command of h.commands) {
-        if (command.cmd === "packaged") throw new ManifestError("PACKAGED before the RAM setup");
-        yield { type: "command", offset: 0, command };
-      }
+      for (const command of h.commands) if (command.cmd !== "packaged") yield { type: "command", offset: 0, command };
       yield { type: "ramSection", offset: 0, section: "start", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
       yield { type: "ramSetup", offset: 0, totalBytes: Number(h.ramSetupWord), blocks: blocks.map((b) => ({ id: b.id, usedLength: b.usedBytes })) };
       yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };

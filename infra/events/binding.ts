@@ -153,6 +153,8 @@ export function decodeMessage(subject: string, payload: Uint8Array, h: MsgHdrs |
     if (binary) return fail(`${def.type} must be sent in structured mode`, id);
     const d = def.data.safeParse(data);
     if (!d.success) return fail(`${def.type} data: ${describeIssues(d.error)}`, id);
+    const foreign = namesOtherThanSubject(def, subject, d.data);
+    if (foreign) return fail(foreign, id);
     return { ok: true, definition: def, event: { ...env.data, mode: "structured", data: d.data } };
   }
   if (!binary) return fail(`${def.type} must be sent in binary mode (ce- headers)`, id);
@@ -171,7 +173,31 @@ export function decodeMessage(subject: string, payload: Uint8Array, h: MsgHdrs |
   if (!ext.success) return fail(`${def.type} extensions: ${describeIssues(ext.error)}`, id);
   const bad = def.checkBody(payload, ext.data);
   if (bad) return fail(`${def.type} body: ${bad}`, id);
+  const foreign = namesOtherThanSubject(def, subject, ext.data);
+  if (foreign) return fail(foreign, id);
   return { ok: true, definition: def, event: { ...env.data, mode: "binary", ext: ext.data, data: payload } };
+}
+
+/**
+ * An event whose data names another migration, VM or host than the subject it travels on
+ * (gw.commit.A.abort carrying migrationId B): a consumer filtering on the subject would act
+ * on something it does not follow. Returns why, or undefined when every subject parameter
+ * that is also a field agrees with its token.
+ */
+function namesOtherThanSubject(def: AnyEventDefinition, subject: string, fields: unknown): string | undefined {
+  if (typeof fields !== "object" || fields === null) return undefined;
+  const record = fields as Record<string, unknown>;
+  const tokens = subject.split(".");
+  let n = 0;
+  const f = def.filter.split(".");
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] !== "*") continue;
+    const name = def.params[n++];
+    if (name === undefined) break;
+    const v = record[name];
+    if ((typeof v === "string" || typeof v === "number") && String(v) !== tokens[i]) return `${def.type} names ${name} ${String(v).slice(0, 64)} but travels on ${subject}`;
+  }
+  return undefined;
 }
 
 /** NATS subject matching of a filter with `*` and `>` wildcards. */

@@ -13,9 +13,9 @@ import { SpanKind, SpanStatusCode, context, trace } from "@opentelemetry/api";
 import { createHash } from "node:crypto";
 import { isNonRetriable, isRetryAfter } from "../../functions/errors.ts";
 import type { FunctionContext, FunctionDefinition, RetryPolicy } from "../../functions/types.ts";
-import { deadLetter } from "../../schemas/index.ts";
 import { createLogger, type Logger } from "../log.ts";
 import { decodeMessage, encodeBinary, encodeStructured, type EncodedMessage } from "../events/binding.ts";
+import { sendDeadLetter } from "../events/deadLetter.ts";
 import { createPublisher, type EventPublisher } from "../events/publisher.ts";
 import { EVENTS_STREAM, RUNS_BUCKET, STATE_BUCKET } from "../nats/resources.ts";
 import { extractTraceContext, meter, tracer } from "../telemetry.ts";
@@ -40,18 +40,11 @@ export interface ServedFunction {
 const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 5, backoffMs: 500 };
 const consumed = meter().createCounter("messaging.client.consumed.messages", { description: "events delivered to gangway functions" });
 const duration = meter().createHistogram("messaging.process.duration", { unit: "s", description: "time a function took to handle an event" });
-const deadLetters = meter().createCounter("gangway.function.dead_letters", { description: "events sent to the dead-letter subject" });
 
 export const durableName = (fnId: string) => `fn-${fnId}`;
 const runKey = (fnId: string, eventId: string) => `${fnId}.${createHash("sha256").update(eventId).digest("hex").slice(0, 40)}`;
 /** Ids of emitted events derive from the trigger: a replay emits the same ids. */
 const emittedId = (fnId: string, eventId: string, index: number) => `${fnId}-${createHash("sha256").update(eventId).digest("hex").slice(0, 24)}-${index}`;
-
-function headersRecord(m: JsMsg): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (m.headers) for (const k of m.headers.keys()) out[k] = m.headers.get(k);
-  return out;
-}
 
 export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, opts: FunctionHostOptions = {}): Promise<ServedFunction> {
   const instanceId = opts.instanceId ?? `${process.env.HOSTNAME ?? "local"}-${process.pid}`;
@@ -111,26 +104,9 @@ export async function serveFunction(fn: FunctionDefinition, nc: NatsConnection, 
   quiet.unref();
 
   const toDeadLetter = async (m: JsMsg, reason: string, family: string) => {
-    deadLetters.add(1, { "gangway.function": fn.id, "gangway.family": family });
     log.warn("dead-lettered", { reason, subject: m.subject, seq: m.seq });
-    await publisher.send(
-      encodeStructured(
-        deadLetter,
-        { family },
-        {
-          reason: reason.slice(0, 8000),
-          function: fn.id,
-          family,
-          originalSubject: m.subject,
-          originalHeaders: headersRecord(m),
-          original: Buffer.from(m.data).toString("base64"),
-          deliveryCount: m.info.deliveryCount,
-          streamSequence: m.seq,
-        },
-        // One dead letter per stream message and function, however often it is retried.
-        { source: publisher.source, id: `dlq-${fn.id}-${m.info.stream}-${m.seq}` },
-      ),
-    );
+    // One dead letter per stream message and function, however often it is retried.
+    await sendDeadLetter(publisher, m, reason, { by: fn.id, family, id: `dlq-${fn.id}-${m.info.stream}-${m.seq}` });
     m.term();
   };
 
