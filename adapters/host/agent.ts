@@ -149,7 +149,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       await pub.publish(packCorrupt, { migrationId: c.migrationId }, { migrationId: c.migrationId, tenant: c.tenant, pack: c.pack, reportedBy: o.host, reason: c.reason.slice(0, 2000) }, { id: `corrupt-${c.pack}-${o.host}` });
     })().catch((e: Error) => log.error("damaged pack not removed or not announced", { pack: c.pack, error: e }));
   };
-  const pages = async () => (pageSource ??= await openPageSource(o.nc, packs, { onCorrupt }));
+  const pages = async () => (pageSource ??= await openPageSource(o.nc, packs, { onCorrupt, host: o.host }));
   const owned = new Map<string, OwnedVm>();
   const sources = new Map<string, SourceSession>(); // key: migration/vm
   const targets = new Map<string, TargetSession>();
@@ -485,7 +485,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       // this migration stores as it goes.
       source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyerFor(c.spec.tenant));
       source.prefetch(c.migrationId, c.spec.tenant, keyerFor(c.spec.tenant));
-      const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover, ended: ended.promise }, state);
+      const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, sourceHost: c.sourceHost, host: o.host, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover, ended: ended.promise }, state);
       await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": o.host }, () =>
         o.driver.migrateIn(vm, records, { postcopy: c.options.postcopy, onReturnPath, onWritten: () => (session.waitingFor = "QEMU to finish loading the stream") }));
       log.debug("destination loaded", { migrationId: c.migrationId, vm: c.spec.name });

@@ -104,6 +104,24 @@ async function lose(ctx: FunctionContext, plan: Plan, vm: string, reason: string
 const short = (d: string) => `${d.slice(0, 16)}…`;
 
 /**
+ * A fact about a VM counts only for a VM of the plan and from the agent of the host that
+ * plays that part (events carry their publisher as source "gangway/host/<host>"): anything
+ * else is dead-lettered with the reason, and decides nothing.
+ */
+function reportedBy(plan: Plan, vm: string, source: string, role: "source" | "target"): void {
+  if (!plan.vms.some((v) => v.vm === vm)) throw new NonRetriableError(`VM ${vm} is not in migration ${plan.migrationId}`);
+  const host = role === "source" ? plan.sourceHost : plan.targetHost;
+  if (source !== `gangway/host/${host}`) throw new NonRetriableError(`a ${role} fact of ${plan.migrationId}/${vm} from "${source}", not from its ${role} host ${host}`);
+}
+
+/** The first account of a fact is the one that counts; a different second one is refused (a replay is not). */
+async function recordOnce<T>(ctx: FunctionContext, key: string, value: T, what: string): Promise<void> {
+  if (await ctx.state.create<T>(key, value)) return;
+  const first = await ctx.state.get<T>(key);
+  if (JSON.stringify(first) !== JSON.stringify(value)) throw new NonRetriableError(`${what} was recorded already and differs from this one`);
+}
+
+/**
  * Why a VM must not be committed, or undefined. Three digests must be equal: the source's
  * RAM (read once it stopped), what the source sent (stream, then repairs), what the
  * destination loaded (read back); and the destination must have loaded the device state the
@@ -199,7 +217,8 @@ const commitSent = defineFunction({
   retry: { maxAttempts: 8, backoffMs: 250 },
   async handler(event, ctx) {
     const d = event.data;
-    await ctx.state.put<Sent>(sentKey(d.migrationId, d.vm), d);
+    reportedBy(await loadPlan(ctx, d.migrationId, true), d.vm, event.source, "source");
+    await recordOnce(ctx, sentKey(d.migrationId, d.vm), d, "the source's account of what it sent");
     await decide(ctx, d.migrationId, d.vm);
   },
 });
@@ -211,7 +230,8 @@ const commitVerified = defineFunction({
   retry: { maxAttempts: 8, backoffMs: 250 },
   async handler(event, ctx) {
     const ext = event.ext;
-    await ctx.state.put<Verified>(verifiedKey(ext.migrationId, ext.vm), ext);
+    reportedBy(await loadPlan(ctx, ext.migrationId, true), ext.vm, event.source, "source");
+    await recordOnce(ctx, verifiedKey(ext.migrationId, ext.vm), ext, "the source's proof against its RAM");
     const decision = await ctx.state.get<Decision>(decisionKey(ext.migrationId, ext.vm));
     if (decision?.mode !== "post-copy") return decide(ctx, ext.migrationId, ext.vm);
     await checkPostcopy(ctx, ext.migrationId, ext.vm);
@@ -226,7 +246,8 @@ const commitOnReady = defineFunction({
   retry: { maxAttempts: 8, backoffMs: 250 },
   async handler(event, ctx) {
     const d = event.data;
-    await ctx.state.put<Ready>(readyKey(d.migrationId, d.vm), d);
+    reportedBy(await loadPlan(ctx, d.migrationId, true), d.vm, event.source, "target");
+    await recordOnce(ctx, readyKey(d.migrationId, d.vm), d, "the destination's proof");
     await decide(ctx, d.migrationId, d.vm);
   },
 });
@@ -252,6 +273,7 @@ const commitOnResumed = defineFunction({
   async handler(event, ctx) {
     const d = event.data;
     const plan = await loadPlan(ctx, d.migrationId, false);
+    reportedBy(plan, d.vm, event.source, "target");
     if (d.postcopy) {
       const sent = await ctx.state.get<Sent>(sentKey(d.migrationId, d.vm));
       if (!sent) throw new RetryAfterError("waiting for the source's account of what it sent", 500);
@@ -278,6 +300,7 @@ const commitOnPostcopyReady = defineFunction({
   async handler(event, ctx) {
     const d = event.data;
     const plan = await loadPlan(ctx, d.migrationId, true);
+    reportedBy(plan, d.vm, event.source, "target");
     const key = decisionKey(d.migrationId, d.vm);
     if (!(await ctx.state.create<Decision>(key, { outcome: "committed", mode: "post-copy", at: ctx.now().toISOString() }))) {
       const existing = (await ctx.state.get<Decision>(key))!;

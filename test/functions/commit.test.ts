@@ -11,9 +11,12 @@ import { planKey } from "../../functions/plan/index.ts";
 function harness() {
   const h = functionHarness();
   const fn = (id: string) => commitFunctions.find((f) => f.id === id)!;
+  // Facts come from the agent of the host that plays the part: the source A, the destination B.
+  const sourceOf = (id: string) => (id === "commit-sent" || id === "commit-verified" ? "gangway/host/A" : id.startsWith("commit-") && id !== "commit-abort" && id !== "commit-cancel" ? "gangway/host/B" : "t");
+  const send = (id: string, data: Record<string, unknown>) => h.run(fn(id), data, undefined, undefined, sourceOf(id));
   const run = async (id: string, data: Record<string, unknown>) =>
-    (await h.run(fn(id), data)).map((e) => `${e.type.replace(/^io\.gangway\./, "").replace(/\.v1$/, "")}${e.data.host ? `@${e.data.host}` : ""}`);
-  return { state: h.state, run, runFull: (id: string, data: Record<string, unknown>) => h.run(fn(id), data) };
+    (await send(id, data)).map((e) => `${e.type.replace(/^io\.gangway\./, "").replace(/\.v1$/, "")}${e.data.host ? `@${e.data.host}` : ""}`);
+  return { state: h.state, run, runFull: send };
 }
 
 const digest = "ab".repeat(32);
@@ -167,5 +170,21 @@ describe("commit decisions", () => {
     const out = await h.runFull("commit-verified", { ...verified, differing: 3, sourceramdigest: "12".repeat(32), firstdiffering: "m0+0x3000 (last sent in pass 0, manifest seq 1)" });
     expect(out.map((e) => e.type)).toEqual(["io.gangway.migration.failed.v1", "io.gangway.migration.failed.v1"]);
     expect(String(out[0]!.data.reason)).toMatch(/differs from the source's RAM.*m0\+0x3000/);
+  });
+
+  it("facts from another host, of a VM not in the plan, or a second different account are refused (dead-lettered), deciding nothing", async () => {
+    const h = await planned();
+    await expect(h.runFull("commit-ready", { ...ready, vm: "other" })).rejects.toThrow(/not in migration m/);
+    const forged = async (id: string, data: Record<string, unknown>, source: string) => {
+      const f = commitFunctions.find((x) => x.id === id)!;
+      return functionHarness(h.state).run(f, data, undefined, undefined, source);
+    };
+    await expect(forged("commit-sent", sent, "gangway/host/B")).rejects.toThrow(/not from its source host A/);
+    await expect(forged("commit-ready", ready, "gangway/cli")).rejects.toThrow(/not from its target host B/);
+    await h.run("commit-sent", sent);
+    await expect(h.runFull("commit-sent", { ...sent, digest: "cd".repeat(32) })).rejects.toThrow(/recorded already and differs/);
+    expect(await h.run("commit-sent", sent)).toEqual([]); // a replay is fine
+    await h.run("commit-verified", verified);
+    expect(await h.run("commit-ready", ready)).toEqual(["agent.resume-target@B", "migration.committed", "migration.succeeded"]);
   });
 });

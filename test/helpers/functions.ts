@@ -30,11 +30,11 @@ export function functionHarness(state = memoryState()) {
     now: () => new Date(),
     attempt: 1,
   };
-  const run = async (fn: FunctionDefinition, data: Record<string, unknown>, id = `e-${Math.random()}`, time = new Date().toISOString()): Promise<Emitted[]> => {
+  const run = async (fn: FunctionDefinition, data: Record<string, unknown>, id = `e-${Math.random()}`, time = new Date().toISOString(), source = "t"): Promise<Emitted[]> => {
     emitted = [];
     // A binary event's attributes arrive as `ext` (its body is not used by the deciding functions).
     const event = fn.trigger.mode === "binary" ? { mode: "binary", ext: data, data: new Uint8Array(0) } : { mode: "structured", data };
-    await fn.handler({ specversion: "1.0", id, source: "t", type: fn.trigger.type, time, ...event } as never, ctx);
+    await fn.handler({ specversion: "1.0", id, source, type: fn.trigger.type, time, ...event } as never, ctx);
     return emitted;
   };
   return { state, run };
