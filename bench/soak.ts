@@ -15,7 +15,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../cli/localCluster.ts";
+import { hostVms, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../cli/localCluster.ts";
 import { migrateGang } from "../cli/gangMigration.ts";
 import { connectNats } from "../infra/nats/connect.ts";
 import { provision } from "../infra/nats/provision.ts";
@@ -46,6 +46,18 @@ export interface SoakReport {
   false_peer_loss_rollbacks: number;
   downtime_ms: { max: number; median: number; over_5s: number };
   details: SoakRun[];
+}
+
+/** Until every VM shows running on the host it is on. */
+async function waitRunning(nc: Parameters<typeof hostVms>[0], at: Map<string, string>, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const views = await Promise.all(["hostA", "hostB"].map((h) => hostVms(nc, h)));
+    const byHost = new Map([["hostA", views[0]!], ["hostB", views[1]!]]);
+    if ([...at].every(([vm, host]) => byHost.get(host)?.get(vm) === "running")) return;
+    if (Date.now() > until) throw new Error(`VMs not running where they should be after ${timeoutMs / 1000} s: ${[...at].map(([vm, h]) => `${vm}@${h}=${byHost.get(h)?.get(vm) ?? "absent"}`).join(", ")}`);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
 }
 
 const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]! : 0);
@@ -106,6 +118,8 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
         r.vms.push(row);
       }
       report.details.push(r);
+      // A rolled-back VM is resumed at its source shortly after the outcome: wait for it.
+      await waitRunning(nc, at, 120_000);
       await rm(dumps, { recursive: true, force: true });
       o.log(`run ${run + 1}/${o.runs} ${from}→${to}: ${s.outcome}${s.reason ? ` (${s.reason})` : ""}; ${r.vms.map((v) => `${v.vm} ${v.outcome}${v.downtime_ms !== undefined ? ` ${v.downtime_ms} ms` : ""}${v.pages_repaired ? ` repaired ${v.pages_repaired}` : ""}${v.ram && v.ram !== "identical" ? ` RAM ${v.ram}` : ""}${v.check && !/VERIFY OK/.test(v.check) ? ` CHECK ${v.check}` : ""}`).join(", ")}`);
     }

@@ -31,6 +31,7 @@ import { openPageSource, type CorruptPack, type PageSource } from "./packLocator
 import type { AdoptedVm, GoneVm, OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
 import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
 import { proveSourceRam } from "./sourceRamProof.ts";
+import { sourceRecordsFor } from "./testFaults.ts";
 import { proveDestination } from "./destinationProof.ts";
 import { startHostLiveness, type HostLiveness } from "./hostLiveness.ts";
 import { DEFAULT_LIVENESS, pingAgent, type LivenessThresholds } from "./liveness.ts";
@@ -359,7 +360,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       };
       const outgoing = out;
       const result = await inSpan("scan stream", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": o.host }, () => runSourceMigration({
-        migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: o.host, records: outgoing.records, publisher: pub, packs,
+        migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: o.host, records: sourceRecordsFor(outgoing.records, c.vm), publisher: pub, packs,
         vm: c.vm, keyer: keyerFor(v.spec.tenant), resolver: gang!.resolver, gangKeys: gang!.gangKeys, nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
         onRound: (r) => void publishRound(r).catch((e: Error) => log.warn("dirty log not published", { error: e })),
         onPostcopyPage: (block, offset, sent) => {

@@ -17,6 +17,7 @@ import { readManifestRecords } from "../dataplane/manifestRecords.ts";
 import { dumpRamForDiagnosis, readRamInto, writeRamPages } from "../dataplane/ramProof.ts";
 import type { PageSource } from "./packLocator.ts";
 import type { TargetState } from "./targetMigration.ts";
+import { testFault } from "./testFaults.ts";
 
 type Verified = z.infer<typeof manifestVerified.extensions>;
 
@@ -76,6 +77,7 @@ export async function proveDestination(o: {
   const fromSource = sourceProof(o.nc, o.migrationId, o.vm, o.timeoutMs, o.ended);
   fromSource.catch(() => undefined); // awaited below
   o.onWait?.("the read-back of the image");
+  if (testFault("alter-loaded-page", o.vm) !== undefined) await alterPage(o.ramPath, 0x300000);
   // The other blocks (ROMs) are not files: they count as delivered.
   const read = await readRamInto({ image: img, block: m0, ramPath: o.ramPath, sizeBytes: header.blocks[m0]!.usedBytes, keyer: o.keyer });
   o.onWait?.("the source's proof of its memory");
@@ -112,4 +114,17 @@ export async function proveDestination(o: {
     },
     readMs: read.durationMs,
   };
+}
+
+/** A test fault: one byte of one page changed in the loaded RAM. */
+async function alterPage(ramPath: string, offset: number): Promise<void> {
+  const fh = await open(ramPath, "r+");
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, offset + 9);
+    b[0] = b[0]! ^ 0xa5;
+    await fh.write(b, 0, 1, offset + 9);
+  } finally {
+    await fh.close();
+  }
 }

@@ -20,6 +20,7 @@ import type { PackStore } from "../dataplane/packStore.ts";
 import type { MigrationCommand, PageBatch, StreamRecord } from "../qemu/stream/records.ts";
 import { ManifestOrder, hostSource } from "./manifestOrder.ts";
 import type { PageSource } from "./packLocator.ts";
+import { testFault } from "./testFaults.ts";
 
 export type ManifestHeader = z.infer<typeof manifestHeader.data>;
 export type ManifestCompleted = z.infer<typeof manifestCompleted.data>;
@@ -276,11 +277,12 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       if (!state.header) throw new ManifestError("manifest completed without a header");
       // Post-copy sent the device state in PACKAGED; only the end of the RAM is left.
       state.waitingFor = "the device state";
-      const device = c.deviceStateBytes > 0 ? await o.packs.getObject(c.deviceState) : Buffer.alloc(0);
+      const other = testFault("swap-device-state", o.vm);
+      const device = other ? await otherDeviceState(o.packs, c.deviceState.replace(new RegExp(`-${o.vm}$`), `-${other}`)) : c.deviceStateBytes > 0 ? await o.packs.getObject(c.deviceState) : Buffer.alloc(0);
       // What this destination loads, for the commit to compare with what its source stored.
       if (device && c.deviceStateBytes > 0) state.deviceStateDigest = createHash("sha256").update(device).digest("hex");
       state.waitingFor = "QEMU to take the device state and the end of the stream";
-      if (!device || device.byteLength !== c.deviceStateBytes) throw new ManifestError(`device state ${c.deviceState} is missing or has the wrong size`);
+      if (!device || (device.byteLength !== c.deviceStateBytes && !other)) throw new ManifestError(`device state ${c.deviceState} is missing or has the wrong size`);
       yield { type: "ramSection", offset: 0, section: "end", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
       yield { type: "ramSectionEnd", offset: 0, sectionId: ram.id };
       if (device.byteLength > 0) yield { type: "device", offset: 0, section: "full", sectionId: 0, idstr: "", instanceId: 0, versionId: 0, raw: Buffer.from(device) };
@@ -288,4 +290,14 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       return;
     }
   }
+}
+
+/** A test fault: another VM's device state, once its source stored it. */
+async function otherDeviceState(packs: PackStore, name: string): Promise<Uint8Array | undefined> {
+  for (let i = 0; i < 600; i++) {
+    const d = await packs.getObject(name);
+    if (d) return d;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return undefined;
 }
