@@ -71,6 +71,8 @@ export interface VmTimeline {
   downtime_ms?: number;
   /** Digests recorded: the source's (manifest completed), the destination's (commit ready), and the one committed. */
   digests: { source?: string; destination?: string; committed?: string };
+  /** The commit's proof: the three digests it found equal, and the pages the source repaired. */
+  proof?: { source_ram_digest: string; sent_digest: string; destination_digest: string; pages_repaired: number };
 }
 
 export interface MigrationTimeline {
@@ -203,6 +205,7 @@ export function buildTimeline(migrationId: string, facts: Fact[]): MigrationTime
         v.outcome = VmOutcome.committed;
         v.decidedAt = iso(f.at);
         if (d.digest) v.digests.committed = d.digest;
+        if (d.proof) v.proof = d.proof;
         if (d.stats.memory_iteration !== undefined) v.rounds = Math.max(v.rounds, d.stats.memory_iteration);
         entry(f, d.vm, d.digest ? `on ${d.targetHost}, ${d.pages} pages, digest ${d.digest.slice(0, 16)}…` : `on ${d.targetHost}, post-copy: resumed with ${d.pages} pages, the rest follows`);
         break;

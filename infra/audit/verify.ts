@@ -11,7 +11,7 @@
  * only packs fail is charged to those packs, so one corrupt pack is reported as one failure.
  */
 import type { z } from "zod";
-import { ManifestKind, type manifestBatch, type manifestCommand, type manifestCompleted, type manifestHeader, type packStored } from "../../schemas/index.ts";
+import { ManifestKind, type manifestBatch, type manifestVerified, type manifestCommand, type manifestCompleted, type manifestHeader, type packStored } from "../../schemas/index.ts";
 import { createPageKeyer, KEY_BYTES, keyHex, PAGE_SIZE, type PageKeyer } from "../../adapters/dataplane/contentKey.ts";
 import { ImageDigest } from "../../adapters/dataplane/imageDigest.ts";
 import { readManifestRecords } from "../../adapters/dataplane/manifestRecords.ts";
@@ -21,6 +21,7 @@ import type { VmTimeline } from "./timeline.ts";
 
 type Data<D extends { data: z.ZodType }> = z.infer<D["data"]>;
 type BatchExt = z.infer<(typeof manifestBatch)["extensions"]>;
+type VerifiedExt = z.infer<(typeof manifestVerified)["extensions"]>;
 type PackAnnouncement = Data<typeof packStored>;
 
 /** What the verifier needs of the pack store: the stored bytes as they are, unchecked. */
@@ -58,9 +59,15 @@ export type AuditFailure =
       message: string;
     }
   | { kind: "unresolved-keys"; vm: string; tenant: string; keys: string[]; keyCount: number; entries: number; message: string }
-  | { kind: "digest"; vm: string; against: "source" | "committed" | "destination"; recorded: string; rebuilt: string; message: string }
+  | { kind: "digest"; vm: string; against: DigestAgainst; recorded: string; rebuilt: string; message: string }
   | { kind: "manifest"; vm: string; problem: string; message: string }
   | { kind: "event"; seq: number; subject: string; reason: string; message: string };
+
+/** What a rebuilt digest is compared with: the source's stream, what it sent after its repair pass, its RAM, the commit's, the destination's. */
+type DigestAgainst = "source" | "sent" | "source-ram" | "committed" | "destination";
+const DIGEST_NAMES: Record<DigestAgainst, string> = {
+  source: "source", sent: "source's account of what it sent (stream and repairs)", "source-ram": "source's RAM proof", committed: "commit", destination: "destination's commit-ready proof",
+};
 
 export interface VmVerification {
   vm: string;
@@ -79,6 +86,10 @@ export interface VmVerification {
   sourceDigest?: string;
   committedDigest?: string;
   destinationDigest?: string;
+  /** Pages the source's repair pass sent from its RAM after its stream. */
+  pagesRepaired?: number;
+  /** The rebuilt image with the repair pass applied: what the destination must hold. */
+  deliveredDigest?: string;
   /** Rebuilt digest equals every digest recorded (undefined when nothing was recorded to compare). */
   digestVerified?: boolean;
   /** Every keyed entry resolved to a verified page. */
@@ -109,6 +120,8 @@ interface VmManifest {
   /** Sequence numbers taken by QEMU's commands passed on in the manifest (post-copy). */
   commands: Set<number>;
   completed?: Data<typeof manifestCompleted>;
+  /** The source's proof against its RAM, with its repair records. */
+  verified?: { ext: VerifiedExt; body: Uint8Array };
 }
 
 interface PackInfo {
@@ -134,6 +147,9 @@ export async function verifyMigration(input: VerifyInput, opts: VerifyOptions): 
       const ext = e.ext as BatchExt;
       const m = manifestOf(ext.vm);
       if (!m.batches.has(ext.seq)) m.batches.set(ext.seq, { ext, body: e.data }); // a re-delivered batch is the same batch
+    } else if (e.mode === "binary" && e.type === "io.gangway.manifest.verified.v1") {
+      const ext = e.ext as VerifiedExt;
+      manifestOf(ext.vm).verified ??= { ext, body: e.data };
     } else if (e.type === "io.gangway.manifest.command.v1") {
       const d = dataOf<Data<typeof manifestCommand>>(f);
       manifestOf(d.vm).commands.add(d.seq);
@@ -233,19 +249,40 @@ export async function verifyMigration(input: VerifyInput, opts: VerifyOptions): 
     if (m.completed && m.completed.records !== r.entries) manifestFailure(`the source recorded ${m.completed.records} manifest entries, ${r.entries} are retained`);
     if (m.completed && r.pagesCovered !== r.pagesTotal) manifestFailure(`the manifest covers ${r.pagesCovered} of ${r.pagesTotal} pages`);
     r.rebuiltDigest = image.digest();
+    // The stream's image is what the source recorded; the repair pass (pages its RAM held
+    // otherwise) comes on top of it, and that is what the source's RAM, the commit and the
+    // destination must show.
+    const compare: [DigestAgainst, string | undefined, string][] = [["source", r.sourceDigest, r.rebuiltDigest]];
+    let delivered = r.rebuiltDigest;
+    if (m.verified) {
+      const { ext, body } = m.verified;
+      r.pagesRepaired = ext.count;
+      for (const rec of readManifestRecords(body, ext.count)) {
+        image.keyed(rec.block, rec.offset, body, rec.keyAt);
+        if (tenant) {
+          const id = `${tenant}/${keyHex(body, rec.keyAt)}`;
+          const n = needed.get(id) ?? needed.set(id, { tenant, key: keyHex(body, rec.keyAt), vms: new Map() }).get(id)!;
+          n.vms.set(m.vm, (n.vms.get(m.vm) ?? 0) + 1);
+        }
+      }
+      delivered = image.digest();
+      compare.push(["sent", ext.sentdigest, delivered], ["source-ram", ext.sourceramdigest, delivered]);
+    } else if (tl?.outcome === "committed" && tl.proof) manifestFailure("committed with a proof, but the source's proof against its RAM was never recorded");
     // The destination's digest counts where the VM was committed on it; a rolled-back VM's
     // differing digest is the rollback's recorded reason, not an audit failure.
-    const compare: ["source" | "committed" | "destination", string | undefined][] = [
-      ["source", r.sourceDigest], ["committed", r.committedDigest], ["destination", tl?.outcome === "committed" ? r.destinationDigest : undefined],
-    ];
-    for (const [against, recorded] of compare) {
+    r.deliveredDigest = delivered;
+    compare.push(["committed", r.committedDigest, delivered], ["destination", tl?.outcome === "committed" ? r.destinationDigest : undefined, delivered]);
+    if (tl?.outcome === "committed" && tl.proof) {
+      compare.push(["source-ram", tl.proof.source_ram_digest, delivered], ["sent", tl.proof.sent_digest, delivered], ["destination", tl.proof.destination_digest, delivered]);
+    }
+    for (const [against, recorded, rebuilt] of compare) {
       if (recorded === undefined) continue;
-      const ok = recorded === r.rebuiltDigest;
+      const ok = recorded === rebuilt;
       r.digestVerified = (r.digestVerified ?? true) && ok;
       if (!ok) {
         failures.push({
-          kind: "digest", vm: m.vm, against, recorded, rebuilt: r.rebuiltDigest,
-          message: `VM ${m.vm}: the image rebuilt from its manifest has digest ${r.rebuiltDigest.slice(0, 16)}…, the ${{ source: "source", committed: "commit", destination: "destination's commit-ready proof" }[against]} recorded ${recorded.slice(0, 16)}…`,
+          kind: "digest", vm: m.vm, against, recorded, rebuilt,
+          message: `VM ${m.vm}: the image rebuilt from its manifest${against === "source" ? "" : " and repair pass"} has digest ${rebuilt.slice(0, 16)}…, the ${DIGEST_NAMES[against]} recorded ${recorded.slice(0, 16)}…`,
         });
       }
     }

@@ -14,7 +14,7 @@ import { ManifestWriter } from "../../adapters/dataplane/manifestRecords.ts";
 import { encodePack } from "../../adapters/dataplane/pagePack.ts";
 import { openPackStore, type PackStore } from "../../adapters/dataplane/packStore.ts";
 import {
-  commitReady, manifestBatch, manifestCompleted, manifestHeader, migrationCommitted, migrationPlanned, migrationRequested, migrationRolledBack, migrationSucceeded, migrationFailed, packStored,
+  commitReady, manifestBatch, manifestCompleted, manifestVerified, manifestHeader, migrationCommitted, migrationPlanned, migrationRequested, migrationRolledBack, migrationSucceeded, migrationFailed, packStored,
 } from "../../schemas/index.ts";
 import { auditMigration, listMigrations } from "../../infra/audit/audit.ts";
 import { formatAuditReport, formatMigrationList } from "../../infra/audit/format.ts";
@@ -60,6 +60,8 @@ interface Scenario {
   /** Digest the commit records, if not the true one. */
   committedDigest?: string;
   outcome?: "committed" | "rolledback";
+  /** The source's RAM held this page at this offset otherwise than its stream: repaired; `ramDigest` overrides what its proof says. */
+  repair?: { offset: number; bytes: Uint8Array; ramDigest?: string };
 }
 
 /** Records a one-VM migration the way source, destination and commit function do. */
@@ -93,14 +95,29 @@ async function recordMigration(id: string, tenant: string, s: Scenario): Promise
   await batch(1, s.round1.slice(0, 8).map((bytes, i) => ({ offset: i * PAGE_SIZE, ...(i === 3 ? {} : { bytes }) })), false);
   await batch(1, s.round1.slice(8).map((bytes, i) => ({ offset: (8 + i) * PAGE_SIZE, bytes })), false);
   await batch(2, s.round2.map((bytes, i) => ({ offset: i * PAGE_SIZE, bytes })), true);
-  const d = digest.digest();
-  await pub.publish(manifestCompleted, { migrationId: id, vm: "v1" }, { migrationId: id, vm: "v1", deviceState: `state-${id}-v1`, deviceStateBytes: 10, rounds: 2, batches: seq, records, digest: d });
+  const streamDigest = digest.digest();
+  let d = streamDigest;
+  let verified: { sourceram: string; sent: string } | undefined;
+  if (s.repair) {
+    const w = new ManifestWriter(1);
+    const k = keyer.key(s.repair.bytes);
+    w.addPage(s.repair.offset, 0, k);
+    digest.keyed(0, s.repair.offset, k);
+    d = digest.digest();
+    verified = { sourceram: s.repair.ramDigest ?? d, sent: d };
+    await pub.publishBinary(manifestVerified, { migrationId: id, vm: "v1" }, {
+      migrationId: id, vm: "v1", tenant, count: 1, sourceramdigest: verified.sourceram, sentdigest: verified.sent, devicestatedigest: "ee".repeat(32), differing: 1, readms: 3, firstdiffering: `m0+0x${s.repair.offset.toString(16)}`,
+    }, w.take().body);
+  }
+  await pub.publish(manifestCompleted, { migrationId: id, vm: "v1" }, { migrationId: id, vm: "v1", deviceState: `state-${id}-v1`, deviceStateBytes: 10, rounds: 2, batches: seq, records, digest: streamDigest });
   await pub.publish(commitReady, { migrationId: id }, { migrationId: id, vm: "v1", targetHost: "h2", pagesExpected: PAGES, pagesDelivered: PAGES, digest: s.committedDigest ?? d });
   if (s.outcome === "rolledback") {
     await pub.publish(migrationRolledBack, { migrationId: id }, { migrationId: id, vm: "v1", reason: "destination memory does not match", phase: "Failed", sourceRunning: true });
     await pub.publish(migrationFailed, { migrationId: id }, { migrationId: id, reason: "1 of 1 VMs rolled back", phase: "Failed" });
   } else {
-    await pub.publish(migrationCommitted, { migrationId: id }, { migrationId: id, vm: "v1", targetHost: "h2", pages: PAGES, digest: s.committedDigest ?? d, stats: { time_elapsed: 0, data_processed: 0, memory_iteration: 2 } });
+    await pub.publish(migrationCommitted, { migrationId: id }, { migrationId: id, vm: "v1", targetHost: "h2", pages: PAGES, digest: s.committedDigest ?? d,
+      ...(verified ? { proof: { source_ram_digest: verified.sourceram, sent_digest: verified.sent, destination_digest: s.committedDigest ?? d, pages_repaired: 1 } } : {}),
+      stats: { time_elapsed: 0, data_processed: 0, memory_iteration: 2 } });
     await pub.publish(migrationSucceeded, { migrationId: id }, { migrationId: id, vms: ["v1"], stats: { time_elapsed: 0, data_processed: 0 } });
   }
   return d;
@@ -193,5 +210,27 @@ describe("audit re-verification (real nats-server, recorded events)", () => {
     const text = formatMigrationList("h1", h1);
     expect(text).toMatch(/m-rolled .* source h1 → h2 +failed .*by evacuator \(host h1 drains\) — 1 of 1 VMs rolled back/);
     expect(formatMigrationList("h9", [])).toBe("no migration involved host h9");
+  });
+
+  it("verifies a repair pass: the stream's image plus the pages the source's RAM held otherwise is what was committed", async () => {
+    const p = await pagesStored("m-repair", "t1");
+    const fresh = page();
+    await storePack("m-repair", "t1", [fresh]);
+    const delivered = await recordMigration("m-repair", "t1", { ...p, repair: { offset: 5 * PAGE_SIZE, bytes: fresh } });
+    const r = await auditMigration(nats.nc, "m-repair");
+    expect(r.failures).toEqual([]);
+    expect(r.verification.vms[0]).toMatchObject({ pagesRepaired: 1, deliveredDigest: delivered, digestVerified: true, entriesVerified: true });
+    expect(r.verification.vms[0]!.rebuiltDigest).not.toBe(delivered);
+    expect(r.timeline.vms[0]!.proof).toMatchObject({ source_ram_digest: delivered, sent_digest: delivered, destination_digest: delivered, pages_repaired: 1 });
+  });
+
+  it("reports a source-RAM digest that the stream and its repair pass do not rebuild", async () => {
+    const p = await pagesStored("m-ram", "t1");
+    const fresh = page();
+    await storePack("m-ram", "t1", [fresh]);
+    await recordMigration("m-ram", "t1", { ...p, repair: { offset: 5 * PAGE_SIZE, bytes: fresh, ramDigest: "cd".repeat(32) } });
+    const r = await auditMigration(nats.nc, "m-ram");
+    expect(r.verified).toBe(false);
+    expect(r.failures.map((f) => f.kind === "digest" && f.against)).toEqual(["source-ram", "source-ram"]);
   });
 });
