@@ -10,6 +10,7 @@ import { migrationRequested, type JobStats, type MigrationOptions } from "../sch
 import { decodeMessage } from "../infra/events/binding.ts";
 import { createPublisher } from "../infra/events/publisher.ts";
 import { StreamFollower } from "../infra/nats/follow.ts";
+import { switchoverLine, watchSwitchovers } from "./switchoverWaits.ts";
 
 export interface VmView {
   vm: string;
@@ -22,6 +23,8 @@ export interface VmView {
   /** PostCopy once the destination resumed before all pages arrived. */
   mode?: "PreCopy" | "PostCopy";
   downtime_ms?: number;
+  /** While paused in its switch-over: what it waits for ("switchover 4.2s: waiting for …"). */
+  waiting?: string;
   /** The commit's three equal digests (pre-copy). */
   proof?: VmProof;
 }
@@ -115,6 +118,18 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
     }
   }, 500);
   const vmView = (vm: string) => view.vms.get(vm) ?? view.vms.set(vm, { vm, phase: "Pending", stats: { time_elapsed: 0, data_processed: 0 } }).get(vm)!;
+  // No event comes between the switch-over and the commit: ask the destination what it waits for.
+  const stopWaits = watchSwitchovers(nc, {
+    migrationId,
+    targetHost: () => view.targetHost,
+    paused: () => [...view.vms.values()].filter((v) => v.switchoverAt !== undefined && v.resumedAt === undefined && v.outcome !== "rolledback" && v.mode !== "PostCopy").map((v) => ({ vm: v.vm, since: v.switchoverAt! })),
+    onWait: (vm, w) => {
+      const v = view.vms.get(vm);
+      if (!v || v.resumedAt !== undefined || v.outcome === "rolledback") return;
+      v.waiting = switchoverLine(w, Date.now());
+    },
+    onRound: () => o.onUpdate?.(view),
+  });
   try {
     for await (const m of messages) {
       last = Date.now();
@@ -142,10 +157,12 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
           if (data.mode === "PostCopy" && d.event.id.endsWith("-postcopy-resumed")) {
             // Post-copy: the guest runs at the destination from here; its pages follow.
             v.resumedAt = at;
+            delete v.waiting;
             if (v.switchoverAt) v.downtime_ms = at - v.switchoverAt;
             v.mode = "PostCopy";
           } else if (data.phase === "Succeeded") {
             v.resumedAt = at;
+            delete v.waiting;
             if (v.switchoverAt) v.downtime_ms = at - v.switchoverAt;
             v.phase = "Succeeded";
             v.stats = { ...v.stats, percent: 100 };
@@ -167,6 +184,7 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
         case "io.gangway.migration.rolledback.v1": {
           const v = vmView(data.vm!);
           v.outcome = "rolledback";
+          delete v.waiting;
           v.reason = data.reason as string;
           v.phase = "Failed";
           break;
@@ -190,6 +208,7 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
     }
   } finally {
     clearInterval(timer);
+    stopWaits();
     // The server keeps an ordered consumer for minutes after its client stops reading.
     await messages.close();
   }

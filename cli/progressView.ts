@@ -25,6 +25,7 @@ function vmLine(v: GangView["vms"] extends Map<string, infer V> ? V : never): st
     `link ${fmtBytes(s.bytes_on_link ?? 0)}`,
     rate,
     `ETA ${eta}`,
+    ...(v.waiting ? [v.waiting] : []),
   ].join("  ");
 }
 
@@ -66,7 +67,7 @@ export function progressPrinter(mode: { json: boolean; tty: boolean; out?: NodeJ
       if (now - lastAt < (mode.tty ? 200 : 1000)) return;
       lastAt = now;
       if (mode.json) {
-        process.stdout.write(JSON.stringify({ type: "progress", migrationId: view.migrationId, elapsed_ms: now - view.startedAt, vms: [...view.vms.values()].map((v) => ({ vm: v.vm, phase: v.outcome ?? v.phase, ...(v.mode ? { mode: v.mode } : {}), ...v.stats })) }) + "\n");
+        process.stdout.write(JSON.stringify({ type: "progress", migrationId: view.migrationId, elapsed_ms: now - view.startedAt, vms: [...view.vms.values()].map((v) => ({ vm: v.vm, phase: v.outcome ?? v.phase, ...(v.mode ? { mode: v.mode } : {}), ...v.stats, ...(v.waiting ? { waiting: v.waiting } : {}) })) }) + "\n");
         return;
       }
       const lines = [`migration ${view.migrationId}: ${view.sourceHost} → ${view.targetHost ?? "?"}  ${((now - view.startedAt) / 1000).toFixed(1)}s`, ...[...view.vms.values()].map(vmLine), gangLine(view, now)];

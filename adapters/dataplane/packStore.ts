@@ -7,6 +7,7 @@ import { Objm, setSha256Backend, type ObjectStore } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { PACK_STORE } from "../../infra/nats/resources.ts";
 import { packNameOf, PagePackError } from "./pagePack.ts";
+import { createLogger, type Logger } from "../../infra/log.ts";
 
 setSha256Backend("native");
 
@@ -33,7 +34,8 @@ const TRANSIENT = new Set(["TimeoutError", "NoRespondersError", "JetStreamNotEna
  * server) would hold a destination for good. The read is cancelled (its consumer stops) and
  * fails as a time-out, which is retried.
  */
-async function readObject(os: ObjectStore, name: string, timeoutMs: number): Promise<Uint8Array | null> {
+async function readObject(os: ObjectStore, name: string, timeoutMs: number, log: Logger): Promise<Uint8Array | null> {
+  const t0 = Date.now();
   const r = await os.get(name);
   if (r === null) return null;
   const reader = r.data.getReader();
@@ -51,7 +53,9 @@ async function readObject(os: ObjectStore, name: string, timeoutMs: number): Pro
       parts.push(value);
       size += value.byteLength;
     }
+    log.debug("object read", { name, ms: Date.now() - t0, chunks: parts.length, bytes: size, expected: r.info.size, timedOut });
     if (timedOut) {
+      log.warn("object read timed out", { name, ms: Date.now() - t0, chunks: parts.length, bytes: size, expected: r.info.size });
       const e = new Error(`reading object ${name} took longer than ${timeoutMs} ms`);
       e.name = "TimeoutError";
       throw e;
@@ -69,18 +73,20 @@ async function readObject(os: ObjectStore, name: string, timeoutMs: number): Pro
  * request for an object's chunks can go unanswered for a few seconds (a consumer placed on
  * the dead node), which failed a whole migration although the store still held everything.
  */
-async function retried<T>(op: () => Promise<T>, attempts = 4): Promise<T> {
+async function retried<T>(op: () => Promise<T>, log: Logger, what: string, attempts = 4): Promise<T> {
   for (let i = 1; ; i++) {
     try {
       return await op();
     } catch (err) {
       if (i >= attempts || !TRANSIENT.has((err as Error).name)) throw err;
+      log.warn("object store operation failed; retrying", { what, attempt: i, error: err });
       await new Promise((r) => setTimeout(r, 500 * 2 ** (i - 1)));
     }
   }
 }
 
-export async function openPackStore(nc: NatsConnection, opts: { domain?: string; readTimeoutMs?: number } = {}): Promise<PackStore> {
+export async function openPackStore(nc: NatsConnection, opts: { domain?: string; readTimeoutMs?: number; log?: Logger } = {}): Promise<PackStore> {
+  const log = opts.log ?? createLogger({ component: "packStore" });
   const readTimeoutMs = opts.readTimeoutMs ?? 20_000;
   const js = jetstream(nc, opts.domain ? { domain: opts.domain } : {});
   const os: ObjectStore = await new Objm(js).open(PACK_STORE);
@@ -91,24 +97,24 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
         if (info && !info.deleted) return false;
         await os.putBlob({ name }, bytes);
         return true;
-      });
+      }, log, `put ${name}`);
     },
     async get(name) {
-      const bytes = await retried(() => readObject(os, name, readTimeoutMs));
+      const bytes = await retried(() => readObject(os, name, readTimeoutMs, log), log, `get ${name}`);
       if (bytes === null) return null;
       const actual = packNameOf(bytes);
       if (actual !== name) throw new PagePackError(`pack ${name} is corrupt: its content hashes to ${actual}`);
       return bytes;
     },
     async remove(name) {
-      await retried(() => os.delete(name));
+      await retried(() => os.delete(name), log, `remove ${name}`);
     },
     async putUnchecked(name, bytes) {
       await os.putBlob({ name }, bytes);
     },
     async putObject(name, bytes) {
-      await retried(() => os.putBlob({ name }, bytes));
+      await retried(() => os.putBlob({ name }, bytes), log, `put ${name}`);
     },
-    getObject: (name) => retried(() => readObject(os, name, readTimeoutMs)),
+    getObject: (name) => retried(() => readObject(os, name, readTimeoutMs, log), log, `get ${name}`),
   };
 }

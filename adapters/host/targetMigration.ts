@@ -21,6 +21,8 @@ import type { MigrationCommand, PageBatch, StreamRecord } from "../qemu/stream/r
 import { ManifestOrder, hostSource } from "./manifestOrder.ts";
 import type { PageSource } from "./packLocator.ts";
 import { testFault } from "./testFaults.ts";
+import { createLogger } from "../../infra/log.ts";
+const dlog = createLogger({ component: "targetMigration" });
 
 export type ManifestHeader = z.infer<typeof manifestHeader.data>;
 export type ManifestCompleted = z.infer<typeof manifestCompleted.data>;
@@ -176,7 +178,9 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       }
       const got = new Map<string, Buffer>();
       state.waitingFor = `the ${needed.size} pages of manifest seq ${state.seqRead}`;
+      const tw = Date.now();
       await Promise.all([...needed].map(async ([k, p]) => got.set(k, await p)));
+      dlog.debug("manifest batch: its pages are at hand", { vm: o.vm, seq: state.seqRead, round, records: recs.length, needed: needed.size, waitMs: Date.now() - tw, final: ext.final });
       state.waitingFor = `QEMU to take manifest seq ${state.seqRead}`;
       if (recs.length) yield { type: "ramSection", offset: 0, section: "part", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
       // One page batch per run of records in the same block.
@@ -277,10 +281,12 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       if (!state.header) throw new ManifestError("manifest completed without a header");
       // Post-copy sent the device state in PACKAGED; only the end of the RAM is left.
       state.waitingFor = "the device state";
+      const td = Date.now();
       const other = testFault("swap-device-state", o.vm);
       const device = other ? await otherDeviceState(o.packs, c.deviceState.replace(new RegExp(`-${o.vm}$`), `-${other}`)) : c.deviceStateBytes > 0 ? await o.packs.getObject(c.deviceState) : Buffer.alloc(0);
       // What this destination loads, for the commit to compare with what its source stored.
       if (device && c.deviceStateBytes > 0) state.deviceStateDigest = createHash("sha256").update(device).digest("hex");
+      dlog.debug("device state read", { vm: o.vm, bytes: c.deviceStateBytes, ms: Date.now() - td });
       state.waitingFor = "QEMU to take the device state and the end of the stream";
       if (!device || (device.byteLength !== c.deviceStateBytes && !other)) throw new ManifestError(`device state ${c.deviceState} is missing or has the wrong size`);
       yield { type: "ramSection", offset: 0, section: "end", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };

@@ -34,6 +34,12 @@ export interface DestinationProxyOptions {
   /** @default a logger with component "destinationProxy" */
   logger?: Logger;
   /**
+   * Give up when QEMU takes no bytes for this long (a write waiting for the socket to drain,
+   * or the end of the stream): a hung QEMU must not hold the rebuild, and the guest's
+   * downtime, for good. @default 60000
+   */
+  stallTimeoutMs?: number;
+  /**
    * Messages QEMU writes back on its return path (post-copy: page faults, then SHUT). They
    * keep coming after the stream is written, until QEMU closes the connection. @default ignored
    */
@@ -75,8 +81,8 @@ export async function connectToIncoming(socketPath: string, timeoutMs = 10_000, 
   }
 }
 
-/** Writes a buffer, waiting for the socket to drain; fails if the socket errors or closes meanwhile. */
-async function writeAll(socket: Socket, parts: Buffer[]): Promise<void> {
+/** Writes a buffer, waiting for the socket to drain; fails if the socket errors or closes meanwhile, or QEMU takes nothing for `stallMs`. */
+async function writeAll(socket: Socket, parts: Buffer[], stallMs: number): Promise<void> {
   if (parts.length === 0) return;
   if (socket.destroyed) throw new DestinationConnectionError("the destination QEMU closed the connection");
   socket.cork();
@@ -84,7 +90,9 @@ async function writeAll(socket: Socket, parts: Buffer[]): Promise<void> {
   socket.uncork();
   if (!socket.writableNeedDrain) return;
   await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => done(new DestinationConnectionError(`the destination QEMU took no data for ${Math.round(stallMs / 1000)} s (${socket.writableLength} bytes waiting)`)), stallMs);
     const done = (err?: Error) => {
+      clearTimeout(timer);
       socket.off("drain", onDrain);
       socket.off("error", onError);
       socket.off("close", onClose);
@@ -107,7 +115,7 @@ async function writeAll(socket: Socket, parts: Buffer[]): Promise<void> {
  * "finish" on a socket whose error was emitted before the wait would never end (a destination
  * sat silent until its migration's budget ran out).
  */
-async function endStream(socket: Socket): Promise<void> {
+async function endStream(socket: Socket, stallMs: number): Promise<void> {
   const settled = (): Error | "done" | undefined => {
     if (socket.errored) return new DestinationConnectionError(`the connection to the destination QEMU failed: ${socket.errored.message}`, { cause: socket.errored });
     if (socket.writableFinished || (socket.destroyed && socket.writableLength === 0)) return "done";
@@ -118,9 +126,16 @@ async function endStream(socket: Socket): Promise<void> {
   if (early === "done") return;
   if (early) throw early;
   await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      socket.off("finish", check);
+      socket.off("error", check);
+      socket.off("close", check);
+      reject(new DestinationConnectionError(`the destination QEMU did not take the end of the stream within ${Math.round(stallMs / 1000)} s (${socket.writableLength} bytes waiting)`));
+    }, stallMs);
     const check = () => {
       const s = settled();
       if (!s) return;
+      clearTimeout(timer);
       socket.off("finish", check);
       socket.off("error", check);
       socket.off("close", check);
@@ -162,6 +177,7 @@ export async function writeToDestination(
   } else socket.resume(); // nothing is expected back; never let unread bytes stall QEMU
   const onAbort = () => socket.destroy();
   options.signal?.addEventListener("abort", onAbort, { once: true });
+  const stallMs = options.stallTimeoutMs ?? 60_000;
   const enc = new StreamEncoder(options.encode);
   const input = options.collapseRounds ? canonicalize(records) : records;
   let count = 0;
@@ -169,11 +185,11 @@ export async function writeToDestination(
   try {
     for await (const r of input) {
       options.signal?.throwIfAborted();
-      await writeAll(socket, enc.encode(r));
+      await writeAll(socket, enc.encode(r), stallMs);
       count++;
     }
-    await writeAll(socket, enc.finish());
-    await endStream(socket);
+    await writeAll(socket, enc.finish(), stallMs);
+    await endStream(socket, stallMs);
     ok = true;
     log.debug("stream written to the destination", { bytes: enc.bytesOut, records: count });
     return { bytes: enc.bytesOut, records: count };

@@ -89,3 +89,28 @@ describe("writeToDestination against a QEMU that drops the connection", () => {
     });
   }
 });
+
+describe("writeToDestination against a QEMU that stops reading", () => {
+  it("gives up after stallTimeoutMs with a connection error that says so", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "gw-dp-"));
+    const path = join(dir, "in.sock");
+    const sockets: Socket[] = [];
+    // Accepts, reads nothing: the kernel buffers fill and the writer waits for a drain.
+    const server = createServer({ pauseOnConnect: true }, (s) => {
+      sockets.push(s);
+      s.on("error", () => undefined);
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    try {
+      const t0 = Date.now();
+      const outcome = await writeToDestination(stream(0), { socketPath: path, stallTimeoutMs: 300 }).then(() => "written", (e: unknown) => e);
+      expect(outcome).toBeInstanceOf(DestinationConnectionError);
+      expect((outcome as Error).message).toMatch(/took no data for|did not take the end/);
+      expect(Date.now() - t0).toBeLessThan(3000);
+    } finally {
+      sockets.forEach((s) => s.destroy());
+      await new Promise<void>((r) => server.close(() => r()));
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
