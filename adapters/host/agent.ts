@@ -497,7 +497,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       // repairs of pages its stream missed, and digest it.
       const proof = await inSpan("destination proof", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name }, () => proveDestination({
         nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, state, ramPath: vm.ramPath, keyer: keyerFor(c.spec.tenant), pages: source,
-        timeoutMs: c.options.progressTimeoutSec * 1000, ended: ended.promise, onWait: (what) => (session.waitingFor = what),
+        timeoutMs: c.options.progressTimeoutSec * 1000, ended: ended.promise, onWait: (what) => (session.waitingFor = what), sourceHost: c.sourceHost, host: o.host,
       }));
       await pub.publish(commitReady, { migrationId: c.migrationId }, {
         migrationId: c.migrationId, vm: c.spec.name, targetHost: o.host, pagesExpected: proof.expected, pagesDelivered: proof.delivered, digest: proof.digest,

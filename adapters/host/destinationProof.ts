@@ -12,6 +12,9 @@ import type { z } from "zod";
 import { ManifestKind, manifestVerified } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
+import { deadLetterSink } from "../../infra/events/deadLetter.ts";
+import { jetstream } from "@nats-io/jetstream";
+import { hostSource } from "./manifestOrder.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { readManifestRecords } from "../dataplane/manifestRecords.ts";
 import { dumpRamForDiagnosis, readRamInto, writeRamPages } from "../dataplane/ramProof.ts";
@@ -35,18 +38,29 @@ export interface DestinationProof {
   readMs: number;
 }
 
-/** The source's proof for this VM, the first valid one on its subject. */
-async function sourceProof(nc: NatsConnection, migrationId: string, vm: string, timeoutMs: number, ended?: Promise<unknown>): Promise<{ ext: Verified; body: Uint8Array }> {
-  const messages = await StreamFollower.start(nc, { filter: manifestVerified.subject({ migrationId, vm }), inactiveThresholdMs: 15_000 });
-  const timer = setTimeout(() => messages.stop(new Error(`the source did not prove its memory within ${Math.round(timeoutMs / 1000)} s`)), timeoutMs);
-  void ended?.then(() => messages.stop(new Error("the migration ended on this host")));
+/**
+ * The source's proof for this VM: the first one from its source host. Anything else on the
+ * subject (unreadable, of another type, VM or migration, from another host) is dead-lettered.
+ */
+async function sourceProof(o: { nc: NatsConnection; migrationId: string; vm: string; sourceHost?: string; host?: string; timeoutMs: number; ended?: Promise<unknown> }): Promise<{ ext: Verified; body: Uint8Array }> {
+  const { migrationId, vm } = o;
+  const deadLetters = deadLetterSink(jetstream(o.nc), hostSource(o.host ?? "destination"), "destination-proof");
+  const messages = await StreamFollower.start(o.nc, { filter: manifestVerified.subject({ migrationId, vm }), inactiveThresholdMs: 15_000 });
+  const timer = setTimeout(() => messages.stop(new Error(`the source did not prove its memory within ${Math.round(o.timeoutMs / 1000)} s`)), o.timeoutMs);
+  void o.ended?.then(() => messages.stop(new Error("the migration ended on this host")));
   try {
     for await (const m of messages) {
       const d = decodeMessage(m.subject, m.data, m.headers);
-      if (!d.ok || d.event.type !== manifestVerified.type || d.event.mode !== "binary") continue;
-      const ext = d.event.ext as Verified;
-      if (ext.migrationId !== migrationId || ext.vm !== vm) continue;
-      return { ext, body: d.event.data };
+      const refused = !d.ok ? `unreadable source proof: ${d.reason}`
+        : d.event.type !== manifestVerified.type || d.event.mode !== "binary" ? `${d.event.type} on the source proof's subject`
+        : (d.event.ext as Verified).migrationId !== migrationId || (d.event.ext as Verified).vm !== vm ? "a source proof of another migration or VM"
+        : o.sourceHost && d.event.source !== hostSource(o.sourceHost) ? `a source proof sent by ${d.event.source}, not by the source host ${o.sourceHost}`
+        : undefined;
+      if (refused || !d.ok || d.event.mode !== "binary") {
+        deadLetters(m, `${migrationId}/${vm}: ${refused}`, "manifest");
+        continue;
+      }
+      return { ext: d.event.ext as Verified, body: d.event.data };
     }
     throw new Error("the source's proof stream ended");
   } finally {
@@ -66,6 +80,9 @@ export async function proveDestination(o: {
   pages: PageSource;
   timeoutMs: number;
   ended?: Promise<unknown>;
+  /** The migration's source host (a proof from another is refused) and this host. */
+  sourceHost?: string;
+  host?: string;
   /** Waits are said here (what the destination waits for). */
   onWait?: (what: string) => void;
 }): Promise<DestinationProof> {
@@ -74,7 +91,7 @@ export async function proveDestination(o: {
   if (!img || !header) throw new Error("nothing was delivered");
   const m0 = header.blocks.findIndex((b) => b.id === "m0");
   if (m0 < 0) throw new Error("the manifest has no RAM block m0: the destination's memory cannot be proved");
-  const fromSource = sourceProof(o.nc, o.migrationId, o.vm, o.timeoutMs, o.ended);
+  const fromSource = sourceProof(o);
   fromSource.catch(() => undefined); // awaited below
   o.onWait?.("the read-back of the image");
   if (testFault("alter-loaded-page", o.vm) !== undefined) await alterPage(o.ramPath, 0x300000);

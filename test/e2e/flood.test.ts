@@ -22,7 +22,7 @@ import { readEvents } from "../../infra/events/reader.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { ManifestWriter } from "../../adapters/dataplane/manifestRecords.ts";
 import {
-  commitAbort, commitReady, deadLetter, hashResolved, manifestBatch, manifestCommand, manifestCompleted, manifestHeader, packStored, RESOLVED_RECORD_BYTES,
+  commitAbort, commitReady, deadLetter, hashResolved, manifestBatch, manifestCommand, manifestCompleted, manifestHeader, manifestVerified, packStored, RESOLVED_RECORD_BYTES,
 } from "../../schemas/index.ts";
 
 let nats: TestNats;
@@ -82,6 +82,12 @@ function manifestFlood(migrationId: string, vm: string, h: Header): Flooded[] {
     as(`${vm}-command-foreign-source`, ping("gangway/host/mallory")),
     as(`${vm}-completed-other-migration`, completed(FOREIGN), `${base}.completed`),
     raw(`${vm}-completed-unparsable`, `${base}.completed`, bytes("\u0000"), true),
+    // Well-formed, of this very migration and VM, but not from its source host.
+    as(`${vm}-completed-forged-source`, encodeStructured(manifestCompleted, p, { migrationId, vm, deviceState: "state-x", deviceStateBytes: 0, rounds: 0, batches: 1, records: 1, digest: "00".repeat(32) }, { source: "gangway/host/mallory" })),
+    raw(`${vm}-verified-unparsable`, `${base}.verified`, bytes("junk")),
+    as(`${vm}-verified-forged-source`, encodeBinary(manifestVerified, p, {
+      migrationId, vm, tenant: h.tenant, count: 0, sourceramdigest: "00".repeat(32), sentdigest: "00".repeat(32), devicestatedigest: "00".repeat(32), differing: 0, readms: 1,
+    }, new Uint8Array(0), { source: "gangway/host/mallory" })),
   ];
 }
 
@@ -105,6 +111,7 @@ function otherFlood(migrationId: string, h: Header): Flooded[] {
     as("pack-other-migration", pack(FOREIGN, SOURCE), `gw.pack.${migrationId}.stored`),
     as("pack-foreign-source", pack(migrationId, "gangway/host/mallory")),
     raw("commit-ready-unparsable", `gw.commit.${migrationId}.ready`, bytes("nope")),
+    as("commit-ready-forged-source", encodeStructured(commitReady, { migrationId }, { migrationId, vm: h.vm, targetHost: "hostB", pagesExpected: 1, pagesDelivered: 1, digest: "00".repeat(32) }, { source: "gangway/host/mallory" })),
     as("commit-ready-other-migration", ready, `gw.commit.${migrationId}.ready`),
     as("commit-ready-wrong-type", abort(migrationId), `gw.commit.${migrationId}.ready`),
     as("commit-abort-other-migration", abort(FOREIGN), `gw.commit.${migrationId}.abort`),
@@ -152,8 +159,8 @@ describe("flooded gang migration (real QEMU, real nats-server)", () => {
     const s = await done;
     expect(s.outcome, s.reason).toBe("succeeded");
     for (const vm of vms) expect(await verifyGuest(nats.nc, "hostB", vm)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
-    // The flood landed inside the manifests: before either source completed (the forged completed events do not decode).
-    for (const vm of vms) for await (const e of readEvents(nats.nc, { filter: `gw.manifest.${migrationId}.${vm}.completed` })) if (e.result.ok) completedSeq = Math.min(completedSeq, e.seq);
+    // The flood landed inside the manifests: before either source completed (its own completed events, not the forged ones).
+    for (const vm of vms) for await (const e of readEvents(nats.nc, { filter: `gw.manifest.${migrationId}.${vm}.completed` })) if (e.result.ok && e.result.event.source === SOURCE) completedSeq = Math.min(completedSeq, e.seq);
     expect(floodedAt).toBeLessThan(completedSeq);
 
     const deadLetters = async () => {
@@ -188,9 +195,12 @@ describe("flooded gang migration (real QEMU, real nats-server)", () => {
       expect(reason(`${vm}-batch-other-migration`)).toMatch(new RegExp(`names migrationId ${FOREIGN}`));
       expect(reason(`${vm}-batch-wrong-type`)).toMatch(/does not travel on/);
       expect(reason(`${vm}-command-foreign-source`)).toMatch(/sent by gangway\/host\/mallory/);
+      expect(reason(`${vm}-completed-forged-source`)).toMatch(/mallory/);
+      expect(reason(`${vm}-verified-forged-source`)).toMatch(/not by the source host hostA|not from its source host hostA/);
     }
     expect(reason("commit-abort-other-migration")).toMatch(new RegExp(`names migrationId ${FOREIGN} but travels on gw\\.commit\\.${migrationId}\\.abort`));
     expect(reason("pack-foreign-source")).toMatch(/not by its source host hostA/);
+    expect(reason("commit-ready-forged-source")).toMatch(/not from its target host hostB/);
     expect(reason("hash-resolved-unknown-lookup")).toMatch(/answers no look-up this resolver sent/);
   }, 420_000);
 });
