@@ -32,6 +32,7 @@ import type { AdoptedVm, GoneVm, OutgoingStream, QemuDriver, RunningVm } from ".
 import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
 import { proveSourceRam } from "./sourceRamProof.ts";
 import { sourceRecordsFor } from "./testFaults.ts";
+import { paceToDestination } from "./destinationPace.ts";
 import { proveDestination } from "./destinationProof.ts";
 import { startHostLiveness, type HostLiveness } from "./hostLiveness.ts";
 import { DEFAULT_LIVENESS, pingAgent, type LivenessThresholds } from "./liveness.ts";
@@ -109,12 +110,18 @@ interface GangContext {
   resolver: KeyResolver;
   gangKeys: Map<string, number>;
   users: number;
+  /** VMs of the gang whose guest stopped for the switch-over and that are not decided yet. */
+  stopped: Set<string>;
 }
 
 /** QEMU's stream while gangway drains its pipeline before a switch-over (bytes/s). */
 const DRAIN_BYTES_PER_SECOND = 1_000_000;
 /** The longest a switch-over waits for the drain. */
 const DRAIN_MAX_MS = 15_000;
+/** Manifest messages (4096 pages each) a source may run ahead of what its destination handed QEMU. */
+const PACE_WINDOW = 2;
+/** The longest a source holds QEMU's stream at once (for its destination, or a sibling's downtime). */
+const PACE_MAX_WAIT_MS = 10_000;
 
 const bytesOnLink = meter().createCounter("gangway.migration.bytes_on_link", { unit: "By", description: "bytes a source host put on the link for migrations" });
 const pagesCounter = meter().createCounter("gangway.migration.pages", { description: "pages carried by migrations, by outcome (zero, deduplicated, sent)" });
@@ -298,7 +305,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     v.migrationId = c.migrationId;
     void publishInventory().catch(() => undefined); // others see at once that it is taken
     let gang = gangs.get(c.migrationId);
-    if (!gang) gangs.set(c.migrationId, (gang = { resolver: createKeyResolver(o.nc, pub, { migrationId: c.migrationId, targetHost: c.targetHost }), gangKeys: new Map(), users: 0 }));
+    if (!gang) gangs.set(c.migrationId, (gang = { resolver: createKeyResolver(o.nc, pub, { migrationId: c.migrationId, targetHost: c.targetHost }), gangKeys: new Map(), users: 0, stopped: new Set() }));
     gang.users++;
     const t0 = Date.now();
     const params = { migrationId: c.migrationId };
@@ -359,8 +366,25 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         }).catch(() => undefined);
       };
       const outgoing = out;
+      // The source goes at its destination's pace: what the destination has not handed its
+      // QEMU when the guest stops is downtime (24–61 s on the demo without this).
+      // And while another VM of the gang is in its downtime (its guest stopped), this one waits:
+      // both agents' CPU is that VM's, not this one's pre-copy.
+      let guestStopped = false;
+      void out.stopped.then(() => {
+        guestStopped = true;
+        gang!.stopped.add(c.vm);
+      }, () => undefined);
+      void session.ended.then(() => gang!.stopped.delete(c.vm));
+      const pacer = paceToDestination(sourceRecordsFor(outgoing.records, c.vm), {
+        published: () => session.published,
+        destinationWritten: async () => (await destinationManifest(c.targetHost, c.migrationId, c.vm))?.seqWritten,
+        window: PACE_WINDOW, active: () => !guestStopped && session.switchover === undefined, log, what: `${c.vm} of ${c.migrationId}`,
+        yieldTo: () => [...gang!.stopped].find((vm) => vm !== c.vm),
+        maxWaitMs: PACE_MAX_WAIT_MS,
+      });
       const result = await inSpan("scan stream", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": o.host }, () => runSourceMigration({
-        migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: o.host, records: sourceRecordsFor(outgoing.records, c.vm), publisher: pub, packs,
+        migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: o.host, records: pacer.records, publisher: pub, packs,
         vm: c.vm, keyer: keyerFor(v.spec.tenant), resolver: gang!.resolver, gangKeys: gang!.gangKeys, nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
         onRound: (r) => void publishRound(r).catch((e: Error) => log.warn("dirty log not published", { error: e })),
         onPostcopyPage: (block, offset, sent) => {
@@ -372,7 +396,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         },
         onPostcopyFlushed: () => void publishServed().catch(() => undefined),
         onPublished: (seq) => (session.published = seq),
-        lowLatency: () => session.switchover !== undefined,
+        lowLatency: () => session.switchover !== undefined || pacer.holding,
       }));
       bytesOnLink.add(result.progress.bytes_on_link, { "gangway.host": o.host });
       pagesCounter.add(result.progress.memory_constant, { outcome: "zero" });

@@ -27,6 +27,11 @@ export interface PaceOptions {
   window?: number;
   /** Pace only while this holds. @default always */
   active?: () => boolean;
+  /**
+   * Hold QEMU's stream while this holds, however far the destination got: another VM of the
+   * gang is in its downtime, and the CPU of both agents is its (bounded by `maxWaitMs`).
+   */
+  yieldTo?: () => string | undefined;
   /** Longest single wait; then the source goes on (and logs that it did). @default 10000 */
   maxWaitMs?: number;
   /** Between two questions to the destination. @default 100 */
@@ -68,8 +73,10 @@ export function paceToDestination(input: AsyncIterable<StreamRecord>, o: PaceOpt
     }
     return lastWritten;
   };
-  const behind = async (): Promise<{ published: number; written: number } | undefined> => {
+  const behind = async (): Promise<{ published: number; written: number; yielding?: string } | undefined> => {
     const published = o.published();
+    const yielding = active() ? o.yieldTo?.() : undefined;
+    if (yielding) return { published, written: lastWritten ?? -1, yielding };
     const w = await written();
     return w !== undefined && published - w > window && active() ? { published, written: w } : undefined;
   };
@@ -89,7 +96,7 @@ export function paceToDestination(input: AsyncIterable<StreamRecord>, o: PaceOpt
         for (let b = await behind(); b; b = await behind()) {
           const waited = Date.now() - start;
           if (waited >= maxWaitMs) {
-            o.log?.warn("pacing: the destination did not catch up in time; sending on", { what: o.what, published: b.published, written: b.written, waitedMs: waited });
+            o.log?.warn(b.yielding ? "pacing: held for another VM's switch-over as long as allowed; sending on" : "pacing: the destination did not catch up in time; sending on", { what: o.what, published: b.published, written: b.written, waitedMs: waited, ...(b.yielding ? { yieldingTo: b.yielding } : {}) });
             break;
           }
           await new Promise((resolve) => setTimeout(resolve, Math.max(1, pollMs - (Date.now() - askedAt))));
