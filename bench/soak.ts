@@ -29,7 +29,7 @@ export interface SoakRun {
   outcome: string;
   reason?: string;
   time_ms: number;
-  vms: { vm: string; outcome: string; downtime_ms?: number; pages_repaired?: number; digests_equal?: boolean; ram?: string; check?: string }[];
+  vms: { vm: string; outcome: string; downtime_ms?: number; longest_wait?: { for: string; ms: number }; pages_repaired?: number; digests_equal?: boolean; ram?: string; check?: string }[];
 }
 
 export interface SoakReport {
@@ -45,6 +45,8 @@ export interface SoakReport {
   vms_repaired: number;
   false_peer_loss_rollbacks: number;
   downtime_ms: { max: number; median: number; over_5s: number };
+  /** The longest single wait inside any downtime, as the destination named it. */
+  longest_wait?: { run: number; vm: string; for: string; ms: number };
   details: SoakRun[];
 }
 
@@ -94,7 +96,7 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
       const r: SoakRun = { run, from, to, outcome: s.outcome, ...(s.reason ? { reason: s.reason } : {}), time_ms: Date.now() - t0, vms: [] };
       for (const v of s.vms) {
         const committed = v.outcome === "committed";
-        const row: SoakRun["vms"][number] = { vm: v.vm, outcome: v.outcome, ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}) };
+        const row: SoakRun["vms"][number] = { vm: v.vm, outcome: v.outcome, ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}), ...(v.longest_wait ? { longest_wait: v.longest_wait } : {}) };
         if (committed) {
           report.committed++;
           at.set(v.vm, to);
@@ -116,6 +118,7 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
           if (/stopped answering/.test(v.reason ?? "")) report.false_peer_loss_rollbacks++;
         }
         r.vms.push(row);
+        if (row.longest_wait && row.longest_wait.ms > (report.longest_wait?.ms ?? -1)) report.longest_wait = { run, vm: v.vm, ...row.longest_wait };
       }
       report.details.push(r);
       // A rolled-back VM is resumed at its source shortly after the outcome: wait for it.

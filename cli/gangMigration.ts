@@ -25,6 +25,9 @@ export interface VmView {
   downtime_ms?: number;
   /** While paused in its switch-over: what it waits for ("switchover 4.2s: waiting for …"). */
   waiting?: string;
+  /** The longest the destination said the same thing it waited for during the switch-over (to 1 s). */
+  longestWait?: { for: string; ms: number };
+  currentWait?: { for: string; since: number };
   /** The commit's three equal digests (pre-copy). */
   proof?: VmProof;
 }
@@ -57,6 +60,8 @@ export interface GangSummary {
   vms: {
     vm: string; outcome: string; reason?: string; pages: number; memory_constant: number; pages_deduplicated: number; pages_sent: number;
     native_bytes: number; bytes_on_link: number; rounds: number; downtime_ms?: number; mode?: "PreCopy" | "PostCopy"; proof?: VmProof;
+    /** The longest single wait of its switch-over, as its destination named it. */
+    longest_wait?: { for: string; ms: number };
   }[];
   native_bytes: number;
   bytes_on_link: number;
@@ -127,6 +132,11 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
       const v = view.vms.get(vm);
       if (!v || v.resumedAt !== undefined || v.outcome === "rolledback") return;
       v.waiting = switchoverLine(w, Date.now());
+      // Asked once a second: the same answer again extends that wait.
+      const now = Date.now();
+      if (v.currentWait?.for !== w.waitingFor) v.currentWait = { for: w.waitingFor, since: now };
+      const ms = now - v.currentWait.since;
+      if (!v.longestWait || ms > v.longestWait.ms) v.longestWait = { for: w.waitingFor, ms };
     },
     onRound: () => o.onUpdate?.(view),
   });
@@ -231,6 +241,7 @@ export function summarize(view: GangView): GangSummary {
     ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}),
     ...(v.mode ? { mode: v.mode } : {}),
     ...(v.proof ? { proof: v.proof } : {}),
+    ...(v.longestWait ? { longest_wait: v.longestWait } : {}),
   }));
   const sum = (f: (v: (typeof vms)[number]) => number) => vms.reduce((n, v) => n + f(v), 0);
   const stats = [...view.vms.values()].map((v) => v.stats);
