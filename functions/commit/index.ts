@@ -1,12 +1,14 @@
 /**
- * commit: the source stays authoritative until the destination proves it holds every page.
- * The source says what it sent (manifest completed: the digest of the image its stream
- * implies); the destination says what it has (commit ready: the digest of the memory its
- * QEMU loaded, read back). Equal digests and counts → resume the destination, then quit the
- * source. Anything else, or an abort from any side before that → roll back: the destination
- * VM is killed and the source resumed. Each VM is decided once (a claim in state), so a
- * replayed event can never flip a decision. When every VM of the gang is decided, the gang's
- * outcome is published.
+ * commit: the source stays authoritative until the destination proves it holds the source's
+ * memory. The source says what it sent (manifest completed: the digest of the image its
+ * stream implies) and, once its guest stopped, what its RAM holds (manifest verified: the
+ * RAM's digest, the digest of everything sent with the repair pass, the device state's); the
+ * destination says what its QEMU loaded, read back after the repairs (commit ready). Three
+ * equal digests, the same device state and every page (proof.ts) → resume the destination,
+ * then quit the source. Anything else, or an abort from any side before that → roll back: the
+ * destination VM is killed and the source resumed. Each VM is decided once (a claim in
+ * state), so a replayed event can never flip a decision. When every VM of the gang is
+ * decided, the gang's outcome is published.
  *
  * Post-copy moves the point of no return: once the destination loaded the device state
  * (commit postcopy-ready) it is resumed while its remaining pages are faulted in, and the
@@ -34,14 +36,11 @@ import {
   MigrationMode,
   MigrationPhase,
 } from "../../schemas/index.ts";
-import type { z } from "zod";
 import { defineFunction, type FunctionContext, type FunctionDefinition } from "../types.ts";
 import { NonRetriableError, RetryAfterError } from "../errors.ts";
 import { planKey, type Plan } from "../plan/index.ts";
 
-type Sent = z.infer<typeof manifestCompleted.data>;
-type Ready = z.infer<typeof commitReady.data>;
-type Verified = z.infer<typeof manifestVerified.extensions>;
+import { recordOnce, refuse, reportedBy, short, type Ready, type Sent, type Verified } from "./proof.ts";
 /** lost: post-copy broke off after the destination ran; neither copy is whole. */
 type Decision = { outcome: "committed" | "rolledback" | "lost"; mode?: "post-copy"; reason?: string; at: string };
 
@@ -99,49 +98,6 @@ async function lose(ctx: FunctionContext, plan: Plan, vm: string, reason: string
     ctx.log.error("VM lost in post-copy", { migrationId: plan.migrationId, vm, reason });
   }
   await settleGang(ctx, plan);
-}
-
-const short = (d: string) => `${d.slice(0, 16)}…`;
-
-/**
- * A fact about a VM counts only for a VM of the plan and from the agent of the host that
- * plays that part (events carry their publisher as source "gangway/host/<host>"): anything
- * else is dead-lettered with the reason, and decides nothing.
- */
-function reportedBy(plan: Plan, vm: string, source: string, role: "source" | "target"): void {
-  if (!plan.vms.some((v) => v.vm === vm)) throw new NonRetriableError(`VM ${vm} is not in migration ${plan.migrationId}`);
-  const host = role === "source" ? plan.sourceHost : plan.targetHost;
-  if (source !== `gangway/host/${host}`) throw new NonRetriableError(`a ${role} fact of ${plan.migrationId}/${vm} from "${source}", not from its ${role} host ${host}`);
-}
-
-/** The first account of a fact is the one that counts; a different second one is refused (a replay is not). */
-async function recordOnce<T>(ctx: FunctionContext, key: string, value: T, what: string): Promise<void> {
-  if (await ctx.state.create<T>(key, value)) return;
-  const first = await ctx.state.get<T>(key);
-  if (JSON.stringify(first) !== JSON.stringify(value)) throw new NonRetriableError(`${what} was recorded already and differs from this one`);
-}
-
-/**
- * Why a VM must not be committed, or undefined. Three digests must be equal: the source's
- * RAM (read once it stopped), what the source sent (stream, then repairs), what the
- * destination loaded (read back); and the destination must have loaded the device state the
- * source stored, and every page.
- */
-function refuse(sent: Sent, verified: Verified, ready: Ready): string | undefined {
-  if (ready.pagesDelivered !== ready.pagesExpected) return `the destination holds ${ready.pagesDelivered} of ${ready.pagesExpected} pages`;
-  if (Number(verified.count) === 0 && verified.sentdigest !== sent.digest) return `the source's account of what it sent is inconsistent (stream digest ${short(sent.digest)} vs ${short(verified.sentdigest)} without repairs)`;
-  if (verified.sentdigest !== verified.sourceramdigest) {
-    return `the source's RAM differs from what it sent in ${verified.differing} pages, more than its repair pass carries (first differing page ${verified.firstdiffering ?? "unknown"})`;
-  }
-  if (ready.digest !== verified.sourceramdigest) {
-    const load = ready.loadDiffering > 0 ? `; its QEMU holds ${ready.loadDiffering} pages otherwise than gangway delivered them, first at ${ready.firstLoadDiffering}` : "";
-    const repaired = verified.differing > 0 ? `; the source repaired ${ready.pagesRepaired} pages, first ${verified.firstdiffering}` : "";
-    return `destination memory does not match the source's RAM (digest ${short(ready.digest)} vs ${short(verified.sourceramdigest)})${load}${repaired}`;
-  }
-  if (ready.deviceStateDigest && ready.deviceStateDigest !== verified.devicestatedigest) {
-    return `the destination loaded other device state than the source stored (${short(ready.deviceStateDigest)} vs ${short(verified.devicestatedigest)})`;
-  }
-  return undefined;
 }
 
 /** Decides a VM once both sides have spoken. */
