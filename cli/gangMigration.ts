@@ -38,6 +38,8 @@ export interface VmProof {
   destination_digest: string;
   pages_repaired: number;
   device_state_digest?: string;
+  source_read_ms?: number;
+  destination_read_ms?: number;
 }
 
 export interface GangView {

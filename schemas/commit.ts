@@ -31,6 +31,8 @@ export const commitReady = defineEvent({
     firstLoadDiffering: z.string().max(256).optional(),
     /** SHA-256 of the device state this destination handed its QEMU. */
     deviceStateDigest: digestHex.optional(),
+    /** How long reading back its RAM took (ms). */
+    readMs: z.number().nonnegative().optional(),
   }),
 });
 

@@ -119,6 +119,9 @@ export const migrationCommitted = defineEvent({
       destination_digest: digestHex,
       pages_repaired: z.number().int().nonnegative(),
       device_state_digest: digestHex.optional(),
+      /** How long each end's RAM read took (ms): the source's runs beside the destination's load. */
+      source_read_ms: z.number().nonnegative().optional(),
+      destination_read_ms: z.number().nonnegative().optional(),
     }).optional(),
     /** post-copy: the destination runs while the rest of the pages follow. @default pre-copy */
     mode: z.enum(MigrationMode).optional(),

@@ -526,7 +526,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       await pub.publish(commitReady, { migrationId: c.migrationId }, {
         migrationId: c.migrationId, vm: c.spec.name, targetHost: o.host, pagesExpected: proof.expected, pagesDelivered: proof.delivered, digest: proof.digest,
         pagesRepaired: proof.pagesRepaired, loadDiffering: proof.loadDiffering, ...(proof.firstLoadDiffering ? { firstLoadDiffering: proof.firstLoadDiffering } : {}),
-        ...(state.deviceStateDigest ? { deviceStateDigest: state.deviceStateDigest } : {}),
+        ...(state.deviceStateDigest ? { deviceStateDigest: state.deviceStateDigest } : {}), readMs: proof.readMs,
       }, { id: `${c.migrationId}-${c.spec.name}-ready` });
       session.waitingFor = "the commit decision";
       log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered, pagesRepaired: proof.pagesRepaired, loadDiffering: proof.loadDiffering, readMs: proof.readMs, matchesSourceRam: proof.digest === proof.source.ramDigest });

@@ -126,7 +126,8 @@ async function decide(ctx: FunctionContext, migrationId: string, vm: string): Pr
     digest: ready.digest,
     proof: {
       source_ram_digest: verified.sourceramdigest, sent_digest: verified.sentdigest, destination_digest: ready.digest, pages_repaired: ready.pagesRepaired,
-      device_state_digest: verified.devicestatedigest,
+      device_state_digest: verified.devicestatedigest, source_read_ms: Number(verified.readms),
+      ...(ready.readMs !== undefined ? { destination_read_ms: ready.readMs } : {}),
     },
     stats: { time_elapsed: 0, data_processed: 0, memory_iteration: sent.rounds, ...(ready.downtimeMs !== undefined ? { downtime: ready.downtimeMs } : {}) },
   });

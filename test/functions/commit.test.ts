@@ -130,7 +130,7 @@ describe("commit decisions", () => {
     await h.run("commit-verified", { ...verified, count: 2, differing: 2, sourceramdigest: ram, sentdigest: ram, firstdiffering: "m0+0x1000 (last sent in pass 1, manifest seq 4)" });
     const h2 = await h.runFull("commit-ready", { ...ready, digest: ram, pagesRepaired: 2 });
     const committed = h2.find((e) => e.type === "io.gangway.migration.committed.v1")!;
-    expect(committed.data.proof).toEqual({ source_ram_digest: ram, sent_digest: ram, destination_digest: ram, pages_repaired: 2, device_state_digest: "ee".repeat(32) });
+    expect(committed.data.proof).toEqual({ source_ram_digest: ram, sent_digest: ram, destination_digest: ram, pages_repaired: 2, device_state_digest: "ee".repeat(32), source_read_ms: 5 });
   });
 
   it("a destination that differs from the source's RAM is refused, naming the first differing page", async () => {
