@@ -381,6 +381,9 @@ export class StreamParser {
     const dev = this.device!;
     const r = scanForFooter(q, dev.sectionId, dev.scanFrom, this.scanCtx, this.ended);
     if ("end" in r) {
+      // The same limit whether the footer came in this chunk or a later one: a footer found
+      // beyond it is refused as a scan that passed it would be.
+      if (r.end - 5 > this.maxDevice) throw new DeviceSectionTooLargeError(dev.info.idstr, this.maxDevice, q.offset);
       const offset = q.offset;
       const raw = Buffer.from(q.take(r.end));
       this.out.push({
