@@ -6,7 +6,11 @@
  * payload and headers: it returns {ok:false, reason} (a non-empty string for the dead
  * letter). Whenever it returns ok, re-encoding the decoded event (encodeStructured /
  * encodeBinary, params read back from the subject) and decoding again gives the same
- * data (and extensions and body for binary mode).
+ * data (and extensions and body for binary mode). An input the test itself knows to be
+ * invalid (CloudEvents attributes missing or wrong, a type no definition has, a subject the
+ * type does not travel on, data or extensions its schema refuses) must be rejected: not
+ * merely survive. Subjects are mostly the ones the event's own names give, so valid
+ * events of every definition are reached.
  *
  * Inputs: for every definition in schemas/index.ts `definitionsByType`, data generated
  * from its zod schema (via z.toJSONSchema), then fields removed, retyped or replaced;
@@ -173,6 +177,25 @@ const subjectFor = (def: AnyEventDefinition) =>
     { weight: 1, arbitrary: fc.array(fc.oneof(tokenArb, fc.constantFrom("gw", "cmd", "*", ">", "", " ")), { maxLength: 7 }).map((a) => a.join(".")) },
   );
 
+/**
+ * The subject with each wildcard token replaced by the field of the same name in `fields`
+ * (an event must travel on the subject its own names give: migrationId, vm, host…), where
+ * that field is a usable token; others stay as they are. Subjects that do not match the
+ * definition's filter are returned unchanged.
+ */
+function alignSubject(def: AnyEventDefinition, subject: string, fields: unknown): string {
+  if (!fields || typeof fields !== "object" || !travelsOn(def.filter, subject)) return subject;
+  const f = def.filter.split(".");
+  const s = subject.split(".");
+  let n = 0;
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] !== "*") continue;
+    const v = (fields as Record<string, unknown>)[def.params[n++] ?? ""];
+    if ((typeof v === "string" || typeof v === "number") && /^[^.\s*>]+$/.test(String(v))) s[i] = String(v);
+  }
+  return s.join(".");
+}
+
 /** Params of a definition read back from a subject that matches its filter. */
 function paramsOf(def: AnyEventDefinition, subject: string): Record<string, string> {
   const f = def.filter.split(".");
@@ -284,6 +307,57 @@ function roundTrip(subject: string, r: DecodeResult & { ok: true }): void {
   stats.roundTrips++;
 }
 
+// --- what must be rejected -----------------------------------------------------------------
+// The test's own reading of an input, independent of the binding's code path: reasons an
+// event is certainly invalid (the CloudEvents attributes every event needs, a type no
+// definition has, a subject its type does not travel on, data or extensions that fail the
+// type's own schema). Any of them and decode must say not ok.
+
+const definedType = (t: unknown) => (typeof t === "string" ? definitionsByType.get(t) : undefined);
+function travelsOn(filter: string, subject: string): boolean {
+  const f = filter.split(".");
+  const s = subject.split(".");
+  if (f.at(-1) === ">") return s.length >= f.length && f.slice(0, -1).every((t, i) => t === "*" ? s[i] !== "" : t === s[i]);
+  return f.length === s.length && f.every((t, i) => (t === "*" ? s[i] !== "" : t === s[i]));
+}
+/** Why these attributes cannot be a valid event (undefined: maybe valid); and its definition. */
+function attributesInvalid(subject: string, a: Record<string, unknown>): string | undefined {
+  if (a.specversion !== "1.0") return `specversion ${JSON.stringify(a.specversion)}`;
+  if (typeof a.id !== "string" || a.id.length === 0 || a.id.length > 256) return `id ${JSON.stringify(a.id)}`;
+  if (typeof a.source !== "string" || a.source.length === 0 || a.source.length > 512) return `source ${JSON.stringify(a.source)}`;
+  if (typeof a.time !== "string" || Number.isNaN(Date.parse(a.time))) return `time ${JSON.stringify(a.time)}`;
+  const def = definedType(a.type);
+  if (!def) return `type ${JSON.stringify(a.type)} of no definition`;
+  if (!travelsOn(def.filter, subject)) return `${def.type} does not travel on ${JSON.stringify(subject)}`;
+  return undefined;
+}
+/** Why a structured message (JSON text on a subject, no ce- headers) must be rejected. */
+function structuredInvalid(subject: string, text: string): string | undefined {
+  let e: unknown;
+  try {
+    e = JSON.parse(text);
+  } catch {
+    return "not JSON";
+  }
+  if (typeof e !== "object" || e === null || Array.isArray(e)) return "not a JSON object";
+  const a = e as Record<string, unknown>;
+  const bad = attributesInvalid(subject, a);
+  if (bad) return bad;
+  const def = definedType(a.type)!;
+  if (def.mode !== "structured") return `${def.type} is binary-mode, sent structured`;
+  const d = def.data.safeParse(a.data);
+  if (!d.success) return `data fails the ${def.type} schema: ${d.error.issues[0]?.message}`;
+  return undefined;
+}
+
+/** Inputs the oracle said must be rejected, and were. */
+const mustReject = { structured: 0, binary: 0 };
+function expectRejected(r: DecodeResult, why: string | undefined, kind: keyof typeof mustReject): void {
+  if (why === undefined) return;
+  expect(r.ok, `accepted although ${why}`).toBe(false);
+  mustReject[kind]++;
+}
+
 const params = <T>(runs: number): fc.Parameters<T> => ({ seed: SEED, numRuns: Math.max(1, Math.round(runs)), endOnFailure: true });
 
 /** A structured message: envelope + data (maybe mutated), as JSON, on a subject. */
@@ -291,6 +365,7 @@ const structuredMsgArb = fc.constantFrom(...defs).chain((def) =>
   fc.record({
     def: fc.constant(def),
     subject: subjectFor(def),
+    aligned: fc.oneof({ weight: 3, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
     env: envelopeArb(def),
     data: validishData(def),
     muts: fc.oneof({ weight: 1, arbitrary: fc.constant([]) }, { weight: 2, arbitrary: fc.array(mutArb, { minLength: 1, maxLength: 3 }) }),
@@ -307,6 +382,7 @@ const binaryMsgArb = fc.constantFrom(...binaryDefs).chain((def) =>
     fc.record({
       def: fc.constant(def),
       subject: subjectFor(def),
+      aligned: fc.oneof({ weight: 3, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
       env: envelopeArb(def),
       ext: fc.oneof({ weight: 2, arbitrary: fc.constant([]) }, { weight: 1, arbitrary: fc.array(mutArb, { minLength: 1, maxLength: 2 }) }).map((ms) => ms.reduce<unknown>((x, m) => mutate(x, m), ext)),
       body: bodyArb(ext.count).map((b) => (typeof ext.shard === "number" && b.length % 16 === 0 ? b.map((x, i) => (i % 16 === 0 ? (ext.shard as number) << 6 : x)) : b)),
@@ -316,13 +392,51 @@ const binaryMsgArb = fc.constantFrom(...binaryDefs).chain((def) =>
   ),
 );
 
+/**
+ * Why a binary-mode message must be rejected, read from the headers as they are on the
+ * wire (a header the generator could not set is simply absent): its attributes, or its
+ * extensions against the definition's schema (when the ext headers are exactly the
+ * generated values, percent-encoded, and none was added or overridden).
+ */
+function binaryInvalid(subject: string, h: MsgHdrs, def: AnyEventDefinition, ext: unknown): string | undefined {
+  if (!h.has("ce-specversion")) return undefined; // not read as binary-mode at all
+  const a: Record<string, unknown> = {};
+  for (const k of ["specversion", "id", "source", "type", "time"]) {
+    if (!h.has(`ce-${k}`)) continue;
+    try {
+      a[k] = decodeURIComponent(h.get(`ce-${k}`));
+    } catch {
+      return `ce-${k} is not percent-encoding`;
+    }
+  }
+  const bad = attributesInvalid(subject, a);
+  if (bad) return bad;
+  const d = definedType(a.type)!;
+  if (d.mode !== "binary") return `${d.type} is structured, sent in binary mode`;
+  if (d !== def || !ext || typeof ext !== "object") return undefined;
+  const raw: Record<string, string> = {};
+  for (const name of Object.keys((d.extensions as unknown as { shape: Record<string, unknown> }).shape)) {
+    const v = (ext as Record<string, unknown>)[name];
+    const onWire = h.has(`ce-${name.toLowerCase()}`) ? h.get(`ce-${name.toLowerCase()}`) : undefined;
+    if (v === undefined) {
+      if (onWire !== undefined) return undefined; // an extra header supplied it
+      continue;
+    }
+    if (onWire !== encodeURIComponentSafe(str(v))) return undefined; // sent raw, or overridden
+    raw[name] = str(v);
+  }
+  const e = d.extensions.safeParse(raw);
+  if (!e.success) return `extensions fail the ${d.type} schema: ${e.error.issues[0]?.message}`;
+  return undefined;
+}
+
 describe("fuzz: event schemas and the CloudEvents binding", () => {
   console.log(`fuzz: event schemas: seed ${SEED} (replay with FUZZ_SEED=${SEED}), FUZZ_RUNS=${RUNS}, ${defs.length} definitions`);
   afterAll(() => {
-    console.log(`fuzz: event schemas: ${stats.inputs} inputs, ${stats.rejected} rejected, ${stats.ok} ok (${stats.okBinary} binary-mode; ${stats.roundTrips} round trips checked), ${stats.crashes} crashes (seed ${SEED})`);
+    console.log(`fuzz: event schemas: ${stats.inputs} inputs, ${stats.rejected} rejected (${mustReject.structured} structured and ${mustReject.binary} binary-mode ones known invalid by the test), ${stats.ok} ok (${stats.okBinary} binary-mode; ${stats.roundTrips} round trips checked), ${stats.crashes} crashes (seed ${SEED})`);
   });
 
-  it("structured events from every schema, mutated: decode never throws; ok events round-trip", () => {
+  it("structured events from every schema, mutated: decode never throws; invalid ones are rejected; ok events round-trip", () => {
     fc.assert(
       fc.property(structuredMsgArb, (m) => {
         let data: unknown = m.data;
@@ -331,25 +445,34 @@ describe("fuzz: event schemas and the CloudEvents binding", () => {
         for (const mu of m.envMuts) event = mutate(event, mu);
         const text = JSON.stringify(event) ?? "null";
         const h = m.withHeader ? natsHeaders([["Content-Type", "application/cloudevents+json"]]) : undefined;
-        const r = decode(m.subject, enc.encode(text + m.tail), h);
-        if (r.ok) roundTrip(m.subject, r);
+        // Mostly on the subject the (unmutated) data names, so valid events get through.
+        const subject = m.aligned ? alignSubject(m.def, m.subject, m.data) : m.subject;
+        const r = decode(subject, enc.encode(text + m.tail), h);
+        expectRejected(r, structuredInvalid(subject, text + m.tail), "structured");
+        if (r.ok) roundTrip(subject, r);
       }),
       params(RUNS),
     );
+    // The oracle is not idle: most mutations make an event its schema refuses.
+    expect(mustReject.structured, "structured inputs known invalid (each rejected)").toBeGreaterThan(0.2 * RUNS);
   }, TIMEOUT);
 
-  it("binary-mode events with random ce- headers and bodies: decode never throws; ok events round-trip", () => {
+  it("binary-mode events with random ce- headers and bodies: decode never throws; invalid ones are rejected; ok events round-trip", () => {
     fc.assert(
       fc.property(binaryMsgArb, (m) => {
         const entries: [string, string][] = [];
         for (const [k, v] of Object.entries(m.env)) if (v !== undefined) entries.push([`ce-${k}`, encodeURIComponentSafe(str(v))]);
         if (m.ext && typeof m.ext === "object") for (const [k, v] of Object.entries(m.ext)) if (v !== undefined) entries.push([`ce-${k.toLowerCase()}`, typeof v === "string" && !m.dropMutated ? v : encodeURIComponentSafe(str(v))]);
         entries.push(...m.extra);
-        const r = decode(m.subject, m.body, natsHeaders(entries));
-        if (r.ok) roundTrip(m.subject, r);
+        const h = natsHeaders(entries);
+        const subject = m.aligned ? alignSubject(m.def, m.subject, m.ext) : m.subject;
+        const r = decode(subject, m.body, h);
+        expectRejected(r, binaryInvalid(subject, h, m.def, m.ext), "binary");
+        if (r.ok) roundTrip(subject, r);
       }),
       params(RUNS / 2),
     );
+    expect(mustReject.binary, "binary-mode inputs known invalid (each rejected)").toBeGreaterThan(0.1 * RUNS);
   }, TIMEOUT);
 
   it("random subjects, payloads and headers: decode never throws", () => {
@@ -375,7 +498,7 @@ describe("fuzz: event schemas and the CloudEvents binding", () => {
     for (const def of defs.filter((d) => d.mode === "structured")) {
       const samples = fc.sample(fc.tuple(validishData(def), fc.array(tokenArb, { minLength: def.params.length, maxLength: def.params.length })), { seed: SEED, numRuns: 20 });
       const ok = samples.some(([data, ts]) => {
-        const subject = def.filter.split(".").map((t) => (t === "*" ? ts.shift()! : t)).join(".");
+        const subject = alignSubject(def, def.filter.split(".").map((t) => (t === "*" ? ts.shift()! : t)).join("."), data);
         const ev = { specversion: "1.0", id: "e1", source: "s", type: def.type, time: new Date().toISOString(), data };
         const r = decode(subject, enc.encode(JSON.stringify(ev)), undefined);
         if (r.ok) roundTrip(subject, r);
