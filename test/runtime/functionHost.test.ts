@@ -1,21 +1,25 @@
 /**
  * The function runtime against a real nats-server: exactly-once effect with two instances
- * and duplicate publishes, dead letters for malformed events, redelivery after a crash,
+ * and duplicate publishes, dead letters for malformed events, for a handler that keeps
+ * failing (after its retries) and for one that says retrying cannot help (at once),
+ * redelivery after a crash,
  * and the audit stream read back in order.
  */
 import { describe, expect, it } from "vitest";
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { jetstream } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { headers } from "@nats-io/transport-node";
 import { startTestNats, eventually } from "../helpers/nats.ts";
-import { serveFunction } from "../../infra/runtime/functionHost.ts";
+import { durableName, serveFunction } from "../../infra/runtime/functionHost.ts";
+import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { createPublisher } from "../../infra/events/publisher.ts";
 import { encodeStructured } from "../../infra/events/binding.ts";
 import { readEvents } from "../../infra/events/reader.ts";
 import { plan, inventory } from "../../functions/index.ts";
 import { hostInventory, migrationRequested, migrationPlanned, deadLetter } from "../../schemas/index.ts";
 import type { FunctionDefinition } from "../../functions/types.ts";
+import { NonRetriableError } from "../../functions/errors.ts";
 
 const GiB = 1024 ** 3;
 
@@ -48,7 +52,7 @@ describe("function runtime (real nats-server)", () => {
     const pub = createPublisher(jetstream(nats.nc), "test");
     await seedInventory(pub);
     await eventually(async () => (await readAll(nats.nc, "gw.host.*.inventory")).length === 3, 5000, "inventory");
-    await new Promise((r) => setTimeout(r, 500)); // let the inventory function store all three
+    await handledAll(nats.nc, "inventory"); // the inventory function stored all three
 
     const js = jetstream(nats.nc);
     const ids: string[] = [];
@@ -65,8 +69,9 @@ describe("function runtime (real nats-server)", () => {
       const c = await countPlanned(nats.nc);
       return c.size === 20 ? c : undefined;
     }, 20_000, "20 planned events");
-    // Give late duplicates time to show up if they were going to.
-    await new Promise((r) => setTimeout(r, 1500));
+    // Every copy of every request handled (acked by one instance or the other): a late
+    // duplicate would have been planned by now.
+    await handledAll(nats.nc, "plan", 20_000);
     const final = await countPlanned(nats.nc);
     expect([...final.keys()].sort()).toEqual([...ids].sort());
     for (const id of ids) expect(final.get(id), id).toBe(1);
@@ -119,6 +124,65 @@ describe("function runtime (real nats-server)", () => {
     await Promise.all([p.stop(), inv.stop()]);
   });
 
+  it("a handler that keeps failing: retried with backoff, dead-lettered with its last error after maxAttempts, and serving goes on", async () => {
+    await using nats = await startTestNats();
+    const attempts = new Map<string, number[]>();
+    const fn: FunctionDefinition = {
+      id: "fails-on-bad", description: "throws for host bad, every time", trigger: hostInventory, exclusive: true, retry: { maxAttempts: 3, backoffMs: 100 },
+      async handler(event, ctx) {
+        const host = (event.data as { host: string }).host;
+        attempts.set(host, [...(attempts.get(host) ?? []), ctx.attempt]);
+        if (host === "bad") throw new Error(`boom on attempt ${ctx.attempt}`);
+      },
+    };
+    const served = await serveFunction(fn, nats.nc);
+    const pub = createPublisher(jetstream(nats.nc), "test");
+    await pub.publish(hostInventory, { host: "bad" }, { host: "bad", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
+    const [letter] = await eventually(async () => {
+      const l = await deadLetters(nats.nc, "gw.dlq.host");
+      return l.length > 0 ? l : undefined;
+    }, 20_000, "the dead letter of host bad");
+    expect(letter!.function).toBe("fails-on-bad");
+    expect(letter!.family).toBe("host");
+    expect(letter!.originalSubject).toBe("gw.host.bad.inventory");
+    expect(letter!.reason).toBe("fails-on-bad failed 3 times; last error: boom on attempt 3");
+    expect(letter!.deliveryCount).toBe(3);
+    // Serving goes on; the dead-lettered event is not tried a fourth time.
+    await pub.publish(hostInventory, { host: "good" }, { host: "good", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
+    await eventually(() => attempts.has("good") || undefined, 10_000, "the next event handled");
+    expect(attempts.get("bad")).toEqual([1, 2, 3]);
+    expect(attempts.get("good")).toEqual([1]);
+    expect(await deadLetters(nats.nc, "gw.dlq.>")).toHaveLength(1);
+    await served.stop();
+  });
+
+  it("a NonRetriableError is dead-lettered at once, with its message, and not retried", async () => {
+    await using nats = await startTestNats();
+    const attempts: number[] = [];
+    let good = 0;
+    const fn: FunctionDefinition = {
+      id: "refuses", description: "refuses host bad", trigger: hostInventory, exclusive: true, retry: { maxAttempts: 5, backoffMs: 100 },
+      async handler(event, ctx) {
+        if ((event.data as { host: string }).host !== "bad") return void good++;
+        attempts.push(ctx.attempt);
+        throw new NonRetriableError("host bad asks for the impossible");
+      },
+    };
+    const served = await serveFunction(fn, nats.nc);
+    const pub = createPublisher(jetstream(nats.nc), "test");
+    await pub.publish(hostInventory, { host: "bad" }, { host: "bad", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
+    const [letter] = await eventually(async () => {
+      const l = await deadLetters(nats.nc, "gw.dlq.host");
+      return l.length > 0 ? l : undefined;
+    }, 20_000, "the dead letter of host bad");
+    expect(letter).toMatchObject({ function: "refuses", family: "host", originalSubject: "gw.host.bad.inventory", reason: "refuses: host bad asks for the impossible", deliveryCount: 1 });
+    await pub.publish(hostInventory, { host: "good" }, { host: "good", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
+    await eventually(() => good === 1 || undefined, 10_000, "the next event handled");
+    expect(attempts).toEqual([1]);
+    expect(await deadLetters(nats.nc, "gw.dlq.>")).toHaveLength(1);
+    await served.stop();
+  });
+
   it("an instance killed mid-event: the event is redelivered and completes on the other instance", async () => {
     await using nats = await startTestNats();
     const pub = createPublisher(jetstream(nats.nc), "test");
@@ -156,7 +220,7 @@ describe("function runtime (real nats-server)", () => {
     const p = await serveFunction(plan as unknown as FunctionDefinition, nats.nc);
     const pub = createPublisher(jetstream(nats.nc), "test");
     await seedInventory(pub);
-    await new Promise((r) => setTimeout(r, 300));
+    await handledAll(nats.nc, "inventory");
     await pub.publish(migrationRequested, { migrationId: "flow" }, { migrationId: "flow", vms: ["vm2", "vm3"], sourceHost: "hostA", requestedBy: "test" });
     await eventually(async () => (await countPlanned(nats.nc)).get("flow") === 1, 10_000, "planned");
 
@@ -223,6 +287,21 @@ describe("function runtime (real nats-server)", () => {
     await served.stop();
   });
 });
+
+/** Until function `fnId`'s durable consumer has nothing pending or unacknowledged: every event it was given is handled. */
+async function handledAll(nc: Parameters<typeof readEvents>[0], fnId: string, timeoutMs = 10_000) {
+  const jsm = await jetstreamManager(nc);
+  await eventually(async () => {
+    const ci = await jsm.consumers.info(EVENTS_STREAM, durableName(fnId)).catch(() => undefined);
+    return (ci && ci.num_pending === 0 && ci.num_ack_pending === 0 && ci.delivered.stream_seq > 0) || undefined;
+  }, timeoutMs, `function ${fnId} handled every event it was given`);
+}
+
+async function deadLetters(nc: Parameters<typeof readEvents>[0], filter: string) {
+  const out: ReturnType<typeof deadLetter.data.parse>[] = [];
+  for await (const e of readEvents(nc, { filter })) if (e.result.ok) out.push(e.result.event.data as ReturnType<typeof deadLetter.data.parse>);
+  return out;
+}
 
 async function readAll(nc: Parameters<typeof readEvents>[0], filter: string) {
   const out = [];
