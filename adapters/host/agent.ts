@@ -761,7 +761,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       log.info("rolled back: destination quit", { migrationId: c.migrationId, vm: c.vm, waitingFor: t.waitingFor ?? t.state.waitingFor, seqRead: t.state.seqRead, seqWritten: t.state.seqWritten, reason: c.reason });
       t.end();
       targetDone(c.migrationId);
-      await t.vm.quit().catch(() => undefined);
+      // For diagnosis (GANGWAY_KEEP_SUSPECT=1): a destination the proof refused stays paused,
+      // never resumed, its RAM file there to compare; the operator quits it.
+      if (process.env.GANGWAY_KEEP_SUSPECT === "1" && /does not match the source's RAM|other device state/.test(c.reason)) {
+        log.warn("rolled back: the suspect destination is kept paused for inspection", { migrationId: c.migrationId, vm: c.vm, ramPath: t.vm.ramPath, reason: c.reason });
+      } else await t.vm.quit().catch(() => undefined);
     }
     const s = sources.get(key);
     if (s) {

@@ -17,6 +17,7 @@ import type { PackStore } from "../dataplane/packStore.ts";
 import { dumpRamForDiagnosis, readRamInto } from "../dataplane/ramProof.ts";
 import type { SourceResult } from "./sourceMigration.ts";
 import { PackWriter } from "./packWriter.ts";
+import { testFault } from "./testFaults.ts";
 
 /** The most pages one repair pass carries; more means something else is wrong (never seen: a handful). */
 export const MAX_REPAIR_PAGES = 16384;
@@ -27,6 +28,8 @@ export interface SourceRamProof {
   pagesRepaired: number;
   /** The first page whose RAM differed from the stream: block+offset and the pass it was last sent in. */
   firstDiffering?: string;
+  /** The first differing pages, with the pass and manifest message that last carried each (for the log). */
+  differing: { offset: string; pass?: number; seq?: number }[];
   readMs: number;
 }
 
@@ -50,10 +53,15 @@ export async function proveSourceRam(o: {
   const ram = o.sent.image.clone();
   const sentAfterRepair = o.sent.image.clone();
   const repairs: { offset: number; page: Buffer }[] = [];
+  const listed: SourceRamProof["differing"] = [];
   const read = await readRamInto({
     image: ram, block: m0, ramPath: o.ramPath, sizeBytes: o.sent.blocks[m0]!.usedBytes, keyer: o.keyer,
     onDiffer: (offset, page) => {
       if (o.repair && repairs.length < MAX_REPAIR_PAGES) repairs.push({ offset, page: Buffer.from(page) });
+      if (listed.length < 64) {
+        const origin = o.sent.origin(m0, offset);
+        listed.push({ offset: `m0+0x${offset.toString(16)}`, ...(origin ? { pass: origin.round, seq: origin.seq } : {}) });
+      }
     },
   });
   let firstDiffering: string | undefined;
@@ -62,7 +70,8 @@ export async function proveSourceRam(o: {
     firstDiffering = `m0+0x${read.firstDiffering.toString(16)} (${origin ? `last sent in pass ${origin.round}, manifest seq ${origin.seq}` : "never sent"})`;
   }
   const records = new ManifestWriter(Math.max(1, repairs.length));
-  if (repairs.length > 0 && read.differing <= MAX_REPAIR_PAGES) {
+  // Only the test fault skip-repair leaves them out (to show that QEMU's stream alone differs).
+  if (repairs.length > 0 && read.differing <= MAX_REPAIR_PAGES && testFault("skip-repair", o.vm) === undefined) {
     const packer = new PackWriter({ migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, publisher: o.publisher, packs: o.packs });
     const key = new Uint8Array(KEY_BYTES);
     for (const r of repairs) {
@@ -75,7 +84,7 @@ export async function proveSourceRam(o: {
     await packer.drain();
   }
   const proof: SourceRamProof = {
-    sourceRamDigest: ram.digest(), sentDigest: sentAfterRepair.digest(), pagesRepaired: records.count, readMs: read.durationMs,
+    sourceRamDigest: ram.digest(), sentDigest: sentAfterRepair.digest(), pagesRepaired: records.count, readMs: read.durationMs, differing: listed,
     ...(firstDiffering ? { firstDiffering } : {}),
   };
   const { count, body } = records.take();

@@ -5,6 +5,7 @@
  *   drop-record:VM         the source drops one page record after parsing
  *   alter-loaded-page:VM   the destination's RAM has one page changed after QEMU loaded it
  *   swap-device-state:VM   the destination loads another VM's device state (named VM=OTHER)
+ *   skip-repair:VM         the source proves its RAM but sends no repair pass
  */
 import type { PageBatch, StreamRecord } from "../qemu/stream/records.ts";
 import { PAGE_SIZE, uniformByte } from "../dataplane/contentKey.ts";
