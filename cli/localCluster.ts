@@ -67,9 +67,9 @@ export const startFunctions = (natsUrl: string) => spawnGangway("functions", ["u
  * stop() (SIGTERM) it quits them, so a test or the demo leaves no QEMU behind, unless
  * `keepVmsOnExit`.
  */
-export async function startAgentProcess(natsUrl: string, host: string, runDir: string, o: { keepVmsOnExit?: boolean } = {}): Promise<GangwayProcess> {
+export async function startAgentProcess(natsUrl: string, host: string, runDir: string, o: { keepVmsOnExit?: boolean; env?: Record<string, string> } = {}): Promise<GangwayProcess> {
   const dir = join(runDir, host);
-  const p = await spawnGangway(`agent ${host}`, ["agent", "--host", host, "--nats", natsUrl, "--run-dir", dir, "--json", ...(o.keepVmsOnExit ? [] : ["--stop-vms-on-exit"])], /"ready"/);
+  const p = await spawnGangway(`agent ${host}`, ["agent", "--host", host, "--nats", natsUrl, "--run-dir", dir, "--json", ...(o.keepVmsOnExit ? [] : ["--stop-vms-on-exit"])], /"ready"/, o.env);
   if (o.keepVmsOnExit) return p;
   return {
     ...p,

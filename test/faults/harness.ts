@@ -12,6 +12,7 @@ import { dirname, join } from "node:path";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { StreamFollower } from "../../infra/nats/follow.ts";
 import { startTestNats, eventually, sleep, type TestNats } from "../helpers/nats.ts";
+import { compareRamDumps } from "../helpers/ramDumps.ts";
 import { hostVms, spawnGangway, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../../cli/localCluster.ts";
 import { type GangSummary } from "../../cli/gangMigration.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
@@ -28,6 +29,8 @@ export const guest = (name: string, seed: number, o: { rate?: number; tenant?: s
 export interface Cluster {
   nats: TestNats;
   work: string;
+  /** Where the agents keep the RAM they prove (GANGWAY_RAM_DUMP_DIR): both ends of each VM, compared byte for byte. */
+  dumps: string;
   agents: Map<string, GangwayProcess>;
   functions: GangwayProcess[];
   startAgent(host: string): Promise<GangwayProcess>;
@@ -52,10 +55,11 @@ export async function startCluster(o: ClusterOptions = {}): Promise<Cluster> {
   const c: Cluster = {
     nats,
     work,
+    dumps: join(work, "ram-dumps"),
     agents: new Map(),
     functions: [],
     async startAgent(host) {
-      const a = await startAgentProcess(o.agentUrl?.(host) ?? nats.url, host, work);
+      const a = await startAgentProcess(o.agentUrl?.(host) ?? nats.url, host, work, { env: { GANGWAY_RAM_DUMP_DIR: c.dumps } });
       c.agents.set(host, a);
       return a;
     },
@@ -190,6 +194,21 @@ export async function ephemeralConsumers(c: Cluster): Promise<number> {
   let n = 0;
   for await (const ci of jsm.consumers.list(EVENTS_STREAM)) if (!ci.config.durable_name) n++;
   return n;
+}
+
+/**
+ * Until function `fnId` (its durable consumer) has handled every event on `subject` stored so
+ * far: the moment a command that should change nothing has been read and acted on.
+ */
+export async function handledBy(c: Cluster, fnId: string, subject: string, timeoutMs = 30_000): Promise<void> {
+  const jsm = await jetstreamManager(c.nats.nc);
+  const m = await jsm.streams.getMessage(EVENTS_STREAM, { last_by_subj: subject }).catch(() => null);
+  if (!m) throw new Error(`nothing stored on ${subject}`);
+  const last = m.seq;
+  await eventually(async () => {
+    const ci = await jsm.consumers.info(EVENTS_STREAM, `fn-${fnId}`).catch(() => undefined);
+    return (ci && ci.ack_floor.stream_seq >= last && ci.num_ack_pending === 0) || undefined;
+  }, timeoutMs, `function ${fnId} handled ${subject} (seq ${last})`);
 }
 
 // ---- the end of every case ------------------------------------------------------------
@@ -381,9 +400,38 @@ export async function runCase(id: string, title: string, body: (r: CaseRecorder)
   }
 }
 
+/** Removes the RAM dumps of a migration (64-256 MiB each). */
+export async function removeDumps(c: Cluster, migrationId: string): Promise<void> {
+  for (const f of await readdir(c.dumps).catch(() => [] as string[])) if (f.startsWith(`${migrationId}.`)) await rm(join(c.dumps, f), { force: true });
+}
+
+/**
+ * The proof of a committed migration: for each VM the commit's three digests (the stopped
+ * source's RAM, what the stream and repair pass sent, the destination's RAM as loaded) are
+ * equal, and the RAM dumps both agents kept are identical byte for byte. The dumps are
+ * removed afterwards.
+ */
+export async function checkProof(c: Cluster, s: GangSummary, vms: string[]): Promise<void> {
+  try {
+    for (const vm of vms) {
+      const v = s.vms.find((x) => x.vm === vm);
+      expect(v?.outcome, `${vm}: ${v?.reason}`).toBe("committed");
+      const p = v!.proof;
+      expect(p, `${vm}: the commit's proof`).toBeDefined();
+      expect(p!.sent_digest, `${vm}: sent = the source's RAM`).toBe(p!.source_ram_digest);
+      expect(p!.destination_digest, `${vm}: the destination's RAM = the source's`).toBe(p!.source_ram_digest);
+      expect(p!.pages_repaired).toBeGreaterThanOrEqual(0);
+    }
+    expect(await compareRamDumps(c.dumps, s.migrationId, vms), "RAM dumps of both ends").toEqual(Object.fromEntries(vms.map((v) => [v, "identical"])));
+  } finally {
+    await removeDumps(c, s.migrationId);
+  }
+}
+
 /** A migration that failed as it should: rolled back, source running and verified, nothing left. */
 export async function expectRolledBack(c: Cluster, r: CaseRecorder, s: GangSummary, w: MigrationWatch, o: { vms: string[]; source: string; target: string; reason?: RegExp }): Promise<void> {
   r.f.migrations++;
+  await removeDumps(c, s.migrationId);
   checkRolledBack(s, w, o.vms, o.reason);
   r.f.rolledBack++;
   w.stop();
@@ -391,10 +439,12 @@ export async function expectRolledBack(c: Cluster, r: CaseRecorder, s: GangSumma
   r.add({ lost: 0, twice: 0, leaks: await checkLeaks(c, s.migrationId, o.target) });
 }
 
-/** A migration that succeeded: each VM runs once, on the destination, and verifies. */
+/** A migration that succeeded: its proof holds (digests, RAM dumps), each VM runs once, on the destination, and verifies. */
 export async function expectSucceeded(c: Cluster, r: CaseRecorder, s: GangSummary, o: { vms: string[]; source: string; target: string }): Promise<void> {
   r.f.migrations++;
+  if (s.outcome !== "succeeded") await removeDumps(c, s.migrationId);
   expect(s.outcome, s.reason).toBe("succeeded");
+  await checkProof(c, s, o.vms);
   r.f.completed++;
   r.add(await checkPlacement(c, o.vms, o.target, o.source));
   r.add({ lost: 0, twice: 0, leaks: await checkLeaks(c, s.migrationId, o.target) });
