@@ -28,6 +28,16 @@ export default defineFunction({
     const params = { migrationId: req.migrationId };
     const fail = (reason: string) => ctx.emit(migrationFailed, params, { migrationId: req.migrationId, reason, phase: MigrationPhase.Failed });
 
+    // A VM claimed by a migration without an outcome is refused at once, naming that
+    // migration (its inventory soon says "migrating", which would not name it).
+    if (!(await ctx.state.get<Plan>(planKey(req.migrationId)))) {
+      for (const name of req.vms) {
+        const other = await ctx.state.get<string>(vmClaimKey(req.sourceHost, name));
+        if (other && other !== req.migrationId && !(await ctx.state.get(`migration.${other}.outcome`))) {
+          return fail(`VM ${name} is already migrating (migration ${other}); cancel that one first`);
+        }
+      }
+    }
     const source = await ctx.state.get<HostInventory>(inventoryKey(req.sourceHost));
     // The inventory may lag the request by a moment (both are events): wait for a report
     // at least as new as the request before saying a VM is not there.

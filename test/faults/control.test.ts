@@ -10,7 +10,7 @@ import { readdir } from "node:fs/promises";
 import { migrateGang, newMigrationId, type GangSummary } from "../../cli/gangMigration.ts";
 import { readEvents } from "../../infra/events/reader.ts";
 import {
-  checkPlacement, ephemeralConsumers, eventually, expectRolledBack, expectSucceeded, guest, MigrationWatch, qemus, runCase, startCluster, startVms,
+  checkPlacement, ephemeralConsumers, eventually, expectRolledBack, handledBy, expectSucceeded, guest, MigrationWatch, qemus, runCase, startCluster, startVms,
   type CaseRecorder, type Cluster,
 } from "./harness.ts";
 
@@ -60,14 +60,20 @@ describe("fault: control — cancel, refusals, repeats", () => {
         cancel(migrationId);
         r.f.faultsInjected += 2;
         const s = await done;
-        if (s.outcome === "succeeded") {
+        if (phase !== "migration.switchover") {
+          // At setup and while pages flow nothing can be committed yet: the cancel decides.
+          expect(s.outcome, `cancelled at ${phase}: ${s.reason}`).toBe("failed");
+          await expectRolledBack(c, r, s, w, { vms: ["c1"], source: from, target: to, reason: /^cancelled by .+: fault suite$/ });
+          r.f.cancelled++;
+          expect(await cancelledEvents(migrationId)).toBe(1);
+        } else if (s.outcome === "succeeded") {
           // At switch-over the commit may be decided first: then the cancel changes nothing.
           w.stop();
           await expectSucceeded(c, r, s, { vms: ["c1"], source: from, target: to });
           expect(await cancelledEvents(migrationId)).toBe(0);
           at = to;
         } else {
-          await expectRolledBack(c, r, s, w, { vms: ["c1"], source: from, target: to, reason: /cancelled by .*fault suite/ });
+          await expectRolledBack(c, r, s, w, { vms: ["c1"], source: from, target: to, reason: /^cancelled by .+: fault suite$/ });
           r.f.cancelled++;
           expect(await cancelledEvents(migrationId)).toBe(1);
         }
@@ -78,7 +84,8 @@ describe("fault: control — cancel, refusals, repeats", () => {
       cancel(s.migrationId);
       cancel(s.migrationId);
       r.f.faultsInjected += 2;
-      await new Promise((res) => setTimeout(res, 2000));
+      // Both cancels read and acted on by the commit function: they changed nothing.
+      await handledBy(c, "commit-cancel", `gw.cmd.migration.${s.migrationId}.cancel`);
       expect(await cancelledEvents(s.migrationId)).toBe(0);
       r.add(await checkPlacement(c, ["c1"], at, other()));
     }), 300_000);
@@ -147,12 +154,12 @@ describe("fault: control — cancel, refusals, repeats", () => {
       const first = newMigrationId();
       const second = newMigrationId();
       const w2 = await MigrationWatch.start(c, second);
-      const done = migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: other(), migrationId: first });
       const w1 = await MigrationWatch.start(c, first);
+      const done = migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: other(), migrationId: first });
       await w1.waitFor("migration.planned");
       w1.stop();
       r.f.faultsInjected++;
-      await expectRefused(r, await migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: other(), migrationId: second }), w2, new RegExp(`c1 is already migrating \\(migration ${first}\\)|c1 is migrating`));
+      await expectRefused(r, await migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: at, targetHost: other(), migrationId: second }), w2, new RegExp(`^VM c1 is already migrating \\(migration ${first}\\); cancel that one first$`));
       await expectSucceeded(c, r, await done, { vms: ["c1"], source: at, target: other() });
       at = other();
     }), 180_000);
