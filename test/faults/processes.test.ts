@@ -3,7 +3,9 @@
  * see from the events — setup (planned), active (pages flowing), pre-switchover (the source
  * stopped for its last pass) — and the deciding process killed between "all pages delivered"
  * and commit. Functions restart and JetStream redelivers what the dead one held: the
- * migration completes (memory verifies) or rolls back; either way exactly one copy runs.
+ * migration completes (its proof holds, memory verifies), exactly one copy runs. A killed
+ * destination agent rolls back (the source sees it stop answering); a killed source agent
+ * is restarted, adopts its VM and the rollback resumes it.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrateGang, newMigrationId, type GangSummary } from "../../cli/gangMigration.ts";
@@ -38,13 +40,16 @@ async function migrateWith(inject: (w: MigrationWatch, from: string, to: string)
   return { s: await done, w, from, to };
 }
 
-/** Either end is fine after a crash of gangway's own processes, as long as it is clean. */
-async function expectClean(r: CaseRecorder, m: { s: GangSummary; w: MigrationWatch; from: string; to: string }): Promise<void> {
-  if (m.s.outcome === "succeeded") {
-    m.w.stop();
-    await expectSucceeded(c, r, m.s, { vms, source: m.from, target: m.to });
-    at = m.to;
-  } else await expectRolledBack(c, r, m.s, m.w, { vms, source: m.from, target: m.to });
+/**
+ * A crash of the functions costs nothing: JetStream redelivers what the dead process held,
+ * the new one finishes it, and the migration completes — proved (digests, RAM dumps) and
+ * verified on the destination.
+ */
+async function expectCompleted(r: CaseRecorder, m: { s: GangSummary; w: MigrationWatch; from: string; to: string }): Promise<void> {
+  m.w.stop();
+  expect(m.s.outcome, `after the functions were killed: ${m.s.vms.map((v) => `${v.vm} ${v.outcome}: ${v.reason ?? ""}`).join("; ")} ${m.s.reason ?? ""}`).toBe("succeeded");
+  await expectSucceeded(c, r, m.s, { vms, source: m.from, target: m.to });
+  at = m.to;
 }
 
 const killFunctions = async () => {
@@ -55,14 +60,14 @@ const killFunctions = async () => {
 
 describe("fault: gangway processes killed", () => {
   for (const phase of Object.keys(PHASES) as Phase[]) {
-    it(`2/7: the functions process killed at ${phase} and restarted: JetStream redelivers, the migration ends cleanly, memory verifies`, () =>
+    it(`2/7: the functions process killed at ${phase} and restarted: JetStream redelivers, the migration completes, memory verifies`, () =>
       runCase(`2-functions-${phase}`, `functions process killed (SIGKILL) at ${phase}, restarted; redelivered events (case 7)`, async (r) => {
         const m = await migrateWith(async (w) => {
           await w.waitFor(PHASES[phase]);
           await killFunctions();
           r.f.faultsInjected++;
         });
-        await expectClean(r, m);
+        await expectCompleted(r, m);
       }), 180_000);
   }
 
@@ -78,7 +83,7 @@ describe("fault: gangway processes killed", () => {
         r.f.faultsInjected++;
         await c.startFunctions();
       });
-      await expectClean(r, m);
+      await expectCompleted(r, m);
     }), 180_000);
 
   for (const phase of ["setup", "active"] as Phase[]) {
@@ -90,7 +95,7 @@ describe("fault: gangway processes killed", () => {
           r.f.faultsInjected++;
         });
         await c.startAgent(m.to);
-        await expectRolledBack(c, r, m.s, m.w, { vms, source: m.from, target: m.to, reason: new RegExp(m.to) });
+        await expectRolledBack(c, r, m.s, m.w, { vms, source: m.from, target: m.to, reason: new RegExp(`^host ${m.from}: host ${m.to} stopped answering`) });
       }), 180_000);
   }
 
