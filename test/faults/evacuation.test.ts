@@ -3,14 +3,16 @@
  * different images (nothing to group them by) leave a host with `gangway evacuate HOST
  * --parallel 2`; read back in stream order, the gangs' requests and outcomes never have more
  * than two of the host's VMs migrating at once — and the limit is reached (it is a limit, not
- * a queue of one). Every VM ends once, on the destination, verified; nothing is left.
+ * a queue of one). Every VM ends once, on the destination, verified, its proof holding (the
+ * commit's three digests equal, both ends' RAM dumps identical); nothing is left.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { resolve } from "node:path";
 import { readEvents } from "../../infra/events/reader.ts";
-import { checkLeaks, checkPlacement, guest, runCase, startCluster, startVms, type Cluster } from "./harness.ts";
+import { compareRamDumps } from "../helpers/ramDumps.ts";
+import { checkLeaks, checkPlacement, guest, removeDumps, runCase, startCluster, startVms, type Cluster } from "./harness.ts";
 
 const run = promisify(execFile);
 const BIN = resolve(import.meta.dirname, "../../bin/gangway.mjs");
@@ -64,6 +66,18 @@ describe("fault: parallel limits under an evacuation", () => {
       r.add(await checkPlacement(c, vms, "hostB", "hostA"));
       for (const m of new Set(summary.moved.map((x) => x.migrationId))) {
         r.add({ lost: 0, twice: 0, leaks: await checkLeaks(c, m, "hostB") });
+      }
+      // Each VM's proof: the commit's three digests equal, both ends' RAM identical byte for byte.
+      for (const { vm, migrationId } of summary.moved) {
+        let proof: { source_ram_digest: string; sent_digest: string; destination_digest: string } | undefined;
+        for await (const e of readEvents(c.nats.nc, { filter: `gw.migration.${migrationId}.committed` })) {
+          const d = e.result.ok && e.result.event.mode === "structured" ? (e.result.event.data as { vm: string; proof?: typeof proof }) : undefined;
+          if (d?.vm === vm) proof = d.proof;
+        }
+        expect(proof, `${vm}: the commit's proof`).toBeDefined();
+        expect([proof!.sent_digest, proof!.destination_digest], vm).toEqual([proof!.source_ram_digest, proof!.source_ram_digest]);
+        expect(await compareRamDumps(c.dumps, migrationId, [vm]), `${vm}: RAM dumps of both ends`).toEqual({ [vm]: "identical" });
+        await removeDumps(c, migrationId);
       }
     }), 300_000);
 });

@@ -3,7 +3,7 @@
  * progress time-out the migration aborts once NATS is back, the source runs, and nothing
  * hangs; a pause shorter than the time-outs costs nothing.
  */
-import { afterAll, beforeAll, describe, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrateGang, newMigrationId } from "../../cli/gangMigration.ts";
 import { expectRolledBack, expectSucceeded, guest, MigrationWatch, runCase, sleep, startCluster, startVms, type Cluster } from "./harness.ts";
 
@@ -29,9 +29,11 @@ describe("fault: NATS paused mid-transfer", () => {
       await sleep(20_000);
       c.nats.server.signal("SIGCONT");
       const s = await done;
-      // Bounded: the pause, the time-out, then the rollback; nowhere near the 150 s default.
-      if (Date.now() - t0 > 60_000) throw new Error(`the migration took ${Date.now() - t0} ms to end`);
+      r.f.notes = `rolled back after ${Math.round((Date.now() - t0) / 100) / 10} s: ${s.vms[0]?.reason?.slice(0, 160)}`;
       await expectRolledBack(c, r, s, w, { vms, source: "hostA", target: "hostB" });
+      // Ended by the outage (a peer or the manifest gone quiet), not by waiting out the
+      // completion budget (150 s); the migration's own idle limit (90 s) bounds the wait.
+      expect(s.vms[0]!.reason).not.toMatch(/not completed within/);
 
       // A short pause: nothing gives up.
       const id2 = newMigrationId();
