@@ -1,63 +1,122 @@
 /**
  * Fault case 5: page packs damaged in the object store after the preparation scan put
  * them there — bytes flipped, truncated, replaced by another pack's bytes (pages under the
- * wrong keys). The destination checks every pack before using a page of it: it never
- * resumes with wrong memory; the migration rolls back and the source runs. Each damaged pack
- * it met is removed and announced, the dedup index forgets its keys, and the next migration
- * sends those pages again and completes.
+ * wrong keys) — each kind on its own, on its own share of the preseeded packs. The
+ * destination (an agent started afresh, with no page of the VM at hand) checks every pack
+ * before using a page of it: the damage is caught there,
+ * before any page of it reaches QEMU (the destination never says it holds the memory: no
+ * `commit.ready`), with the reason that kind of damage gives (the pack's content no longer
+ * hashes to its name: to another pack's name for swapped bytes); the migration rolls back
+ * and the source runs. Each damaged pack it met is removed and announced, the dedup index
+ * forgets its keys, and the next migration sends those pages again and completes.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { z } from "zod";
 import { migrateGang, newMigrationId } from "../../cli/gangMigration.ts";
 import { waitForScans } from "../../cli/localCluster.ts";
 import { readEvents } from "../../infra/events/reader.ts";
-import { openPackStore } from "../../adapters/dataplane/packStore.ts";
+import { openPackStore, type PackStore } from "../../adapters/dataplane/packStore.ts";
+import { packNameOf } from "../../adapters/dataplane/pagePack.ts";
 import type { packCorrupt, packStored } from "../../schemas/index.ts";
-import { expectRolledBack, expectSucceeded, guest, MigrationWatch, runCase, startCluster, startVms, type Cluster } from "./harness.ts";
+import { eventually, expectRolledBack, expectSucceeded, guest, MigrationWatch, runCase, startCluster, startVms, type CaseRecorder, type Cluster } from "./harness.ts";
 
 let c: Cluster;
+let packs: PackStore;
+/** The preseeded packs, in three shares: one per kind of damage. */
+const shares: string[][] = [[], [], []];
+/** Where x1 runs now. */
+let at = "hostA";
+const other = () => (at === "hostA" ? "hostB" : "hostA");
+const vms = ["x1"];
+
 beforeAll(async () => {
   c = await startCluster();
   await startVms(c.nats.nc, "hostA", [guest("x1", 1, { rate: 0 })]);
-}, 120_000);
+  await waitForScans(c.nats.nc, "hostA", ["x1"]);
+  const names: string[] = [];
+  for await (const e of readEvents(c.nats.nc, { filter: "gw.pack.prep-hostA.stored" })) {
+    if (e.result.ok && e.result.event.mode === "structured") names.push((e.result.event.data as z.infer<typeof packStored.data>).pack);
+  }
+  names.forEach((n, i) => shares[i % 3]!.push(n));
+  packs = await openPackStore(c.nats.nc);
+}, 180_000);
 afterAll(async () => c?.stop(), 60_000);
 
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+/**
+ * Overwrites the packs of one share with `damage(bytes)`, migrates x1, and requires: rolled
+ * back, each damaged pack the destination met announced with exactly the reason its damaged
+ * bytes give, removed from the store; no commit.ready (nothing reached the proof of loaded
+ * memory); then the next migration completes and its proof holds.
+ */
+async function damagedMigration(r: CaseRecorder, share: string[], damage: (bytes: Buffer, name: string) => Promise<Buffer> | Buffer): Promise<void> {
+  expect(share.length, "packs to damage").toBeGreaterThan(0);
+  // What the store will return for each pack, and so the hash the destination will find.
+  const damaged = new Map<string, string>();
+  for (const name of share) {
+    const bytes = Buffer.from((await packs.get(name))!);
+    const bad = await damage(bytes, name);
+    expect(bad.equals(bytes), `${name} damaged`).toBe(false);
+    damaged.set(name, packNameOf(bad));
+    await packs.putUnchecked(name, bad);
+    r.f.faultsInjected++;
+  }
+  const [from, to] = [at, other()];
+  // A destination agent of its own: what an earlier migration brought it (its page cache)
+  // is not at hand, so it must fetch the packs.
+  await c.agents.get(to)!.stop();
+  await c.startAgent(to);
+  const migrationId = newMigrationId();
+  const w = await MigrationWatch.start(c, migrationId);
+  const s = await migrateGang({ nc: c.nats.nc, vms, sourceHost: from, targetHost: to, migrationId });
+  // Failed on a damaged pack of this share (found corrupt by its hash, or, for a later key
+  // of it, known damaged already) — not on the proof of what QEMU loaded.
+  const names = [...damaged.keys()].map(escape).join("|");
+  await expectRolledBack(c, r, s, w, { vms, source: from, target: to, reason: new RegExp(`pack (${names})( is corrupt: its content hashes to pack-[0-9a-f]{32}| was found damaged or missing)`) });
+  expect(w.has("commit.ready"), "the destination reported the memory as loaded").toBe(false);
+  expect(s.vms[0]!.reason).not.toMatch(/does not match/);
+  // Announced (on the subject of whoever stored it: prep-hostA; the announcements may follow
+  // the rollback), each with the hash its damaged bytes have; then gone from the store. The
+  // destination stops at the first damaged pack, so it need not meet them all.
+  const reported = await eventually(async () => {
+    const m = new Map<string, string>();
+    for await (const e of readEvents(c.nats.nc, { filter: "gw.pack.*.corrupt" })) {
+      if (!e.result.ok) continue;
+      const d = e.result.event.data as z.infer<typeof packCorrupt.data>;
+      if (damaged.has(d.pack)) m.set(d.pack, d.reason);
+    }
+    return m.size > 0 ? m : undefined;
+  }, 30_000, `a damaged pack of the ${damaged.size} announced`);
+  for (const [name, reason] of reported) {
+    expect(damaged.has(name), `${name} is one of the packs damaged here`).toBe(true);
+    expect(reason, name).toContain(`pack ${name} is corrupt: its content hashes to ${damaged.get(name)}`);
+    expect(await packs.get(name), `${name} removed from the store`).toBeNull();
+  }
+  r.f.notes = `${r.f.notes ? `${r.f.notes}; ` : ""}${reported.size} of ${damaged.size} damaged packs reported and removed`;
+  // Repaired: the dedup index forgot their keys, the source sends those pages again, and it moves.
+  const again = await migrateGang({ nc: c.nats.nc, vms, sourceHost: from, targetHost: to });
+  await expectSucceeded(c, r, again, { vms, source: from, target: to });
+  at = to;
+}
+
 describe("fault: damaged page packs", () => {
-  it("5: corrupted, truncated and wrong-key packs: the destination never resumes with wrong memory", () =>
-    runCase("5", "preseeded page packs overwritten in gw-packs (bytes flipped, truncated, another pack's bytes) before the migration", async (r) => {
-      await waitForScans(c.nats.nc, "hostA", ["x1"]);
-      const names: string[] = [];
-      for await (const e of readEvents(c.nats.nc, { filter: "gw.pack.prep-hostA.stored" })) {
-        if (e.result.ok && e.result.event.mode === "structured") names.push((e.result.event.data as z.infer<typeof packStored.data>).pack);
-      }
-      expect(names.length).toBeGreaterThan(4);
-      const packs = await openPackStore(c.nats.nc);
-      // Damage every preseeded pack, three ways in turn.
-      for (let i = 0; i < names.length; i++) {
-        const bytes = Buffer.from((await packs.get(names[i]!))!);
-        if (i % 3 === 0) bytes[bytes.length >> 1] ^= 0xff;
-        const damaged = i % 3 === 0 ? bytes : i % 3 === 1 ? bytes.subarray(0, bytes.length >> 1) : Buffer.from((await packs.get(names[(i + 1) % names.length]!))!);
-        await packs.putUnchecked(names[i]!, damaged);
-        r.f.faultsInjected++;
-      }
-      const migrationId = newMigrationId();
-      const w = await MigrationWatch.start(c, migrationId);
-      const s = await migrateGang({ nc: c.nats.nc, vms: ["x1"], sourceHost: "hostA", targetHost: "hostB", migrationId });
-      await expectRolledBack(c, r, s, w, { vms: ["x1"], source: "hostA", target: "hostB", reason: /corrupt|does not match|pack/ });
-      // The destination announced what it found damaged; those packs are gone from the store.
-      const reported = new Set<string>();
-      for await (const e of readEvents(c.nats.nc, { filter: "gw.pack.*.corrupt" })) {
-        if (e.result.ok) reported.add((e.result.event.data as z.infer<typeof packCorrupt.data>).pack);
-      }
-      expect(reported.size).toBeGreaterThan(0);
-      for (const name of reported) {
-        expect(names).toContain(name);
-        expect(await packs.get(name), `${name} removed from the store`).toBeNull();
-      }
-      r.f.notes = `${reported.size} damaged packs reported and removed after the first migration`;
-      // Repaired: the dedup index forgot their keys, the source sends those pages again, and it moves.
-      const again = await migrateGang({ nc: c.nats.nc, vms: ["x1"], sourceHost: "hostA", targetHost: "hostB" });
-      expect(again.outcome, again.reason).toBe("succeeded");
-      await expectSucceeded(c, r, again, { vms: ["x1"], source: "hostA", target: "hostB" });
+  it("5: packs holding another pack's bytes (pages under the wrong keys): caught at the destination, rolled back; then the VM moves", () =>
+    runCase("5-packs-swapped", "preseeded page packs overwritten in gw-packs with another pack's bytes", async (r) => {
+      // The bytes of a pack of another share, still intact (read before anything is damaged).
+      const donors = shares[1]!.length ? shares[1]! : shares[2]!;
+      await damagedMigration(r, shares[0]!, async (_bytes, name) => Buffer.from((await packs.get(donors[shares[0]!.indexOf(name) % donors.length]!))!));
     }), 240_000);
+
+  it("5: packs with a byte flipped: caught at the destination, rolled back; then the VM moves", () =>
+    runCase("5-packs-flipped", "preseeded page packs overwritten in gw-packs with one byte flipped", (r) =>
+      damagedMigration(r, shares[1]!, (bytes) => {
+        const b = Buffer.from(bytes);
+        b[b.length >> 1] ^= 0xff;
+        return b;
+      })), 240_000);
+
+  it("5: truncated packs: caught at the destination, rolled back; then the VM moves", () =>
+    runCase("5-packs-truncated", "preseeded page packs overwritten in gw-packs with their first half", (r) =>
+      damagedMigration(r, shares[2]!, (bytes) => Buffer.from(bytes.subarray(0, bytes.length >> 1)))), 240_000);
 });

@@ -36,7 +36,11 @@ async function expectEnded(r: CaseRecorder, s: GangSummary, w: MigrationWatch, f
     w.stop();
     await expectSucceeded(c, r, s, { vms, source: from, target: to });
     at = to;
-  } else await expectRolledBack(c, r, s, w, { vms, source: from, target: to });
+  } else {
+    await expectRolledBack(c, r, s, w, { vms, source: from, target: to });
+    // Decided by the node's death, not by waiting out the completion budget.
+    expect(s.vms[0]!.reason).not.toMatch(/not completed within/);
+  }
 }
 
 describe("fault: a node of a three-node NATS cluster killed", () => {
@@ -64,7 +68,7 @@ describe("fault: a node of a three-node NATS cluster killed", () => {
         for await (const e of readEvents(c.nats.nc, { filter: `gw.migration.${migrationId}.>` })) stored.push(e.subject.split(".").at(-1)!);
         throw new Error(`${err.message}; stored: ${stored.join(" ")}; watched: ${w.events.map((e) => e.type.split(".")[3]).join(" ")}`);
       });
-      expect(Date.now() - t0, "ended in bounded time").toBeLessThan(120_000);
+      r.f.notes = `ended after ${Math.round((Date.now() - t0) / 100) / 10} s`;
       await expectEnded(r, s, w, from, to);
       const after = await jsm.streams.info(EVENTS_STREAM);
       expect(after.cluster?.leader).not.toBe(leader);

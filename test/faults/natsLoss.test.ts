@@ -31,15 +31,21 @@ afterAll(async () => {
   for (const r of relays.values()) await r.close();
 }, 60_000);
 
-/** Either end is fine, as long as it is clean and came in time. */
+/**
+ * Either end is fine, as long as it is clean and the outage decided it: a rollback says why,
+ * and not that it waited out the completion budget (150 s; the idle limit of 90 s bounds
+ * the wait for the outcome).
+ */
 async function expectEnded(r: CaseRecorder, s: GangSummary, w: MigrationWatch, from: string, to: string, tookMs: number): Promise<void> {
-  expect(tookMs, "the migration ended in bounded time").toBeLessThan(90_000);
   r.f.notes = `${r.f.notes ? `${r.f.notes}; ` : ""}${s.outcome} in ${Math.round(tookMs / 100) / 10} s${s.reason ? ` (${s.reason.slice(0, 160)})` : ""}`;
   if (s.outcome === "succeeded") {
     w.stop();
     await expectSucceeded(c, r, s, { vms, source: from, target: to });
     at = to;
-  } else await expectRolledBack(c, r, s, w, { vms, source: from, target: to });
+  } else {
+    await expectRolledBack(c, r, s, w, { vms, source: from, target: to });
+    expect(s.vms[0]!.reason).not.toMatch(/not completed within/);
+  }
 }
 
 /** Everything recovered: the next migration, with no fault, completes. */
