@@ -124,7 +124,7 @@ const PACE_WINDOW = 2;
 const PACE_MAX_WAIT_MS = 10_000;
 
 const bytesOnLink = meter().createCounter("gangway.migration.bytes_on_link", { unit: "By", description: "bytes a source host put on the link for migrations" });
-const pagesCounter = meter().createCounter("gangway.migration.pages", { description: "pages carried by migrations, by outcome (zero, deduplicated, sent, repaired from the source's RAM)" });
+const pagesCounter = meter().createCounter("gangway.migration.pages", { description: "pages carried by migrations, by outcome (zero, deduplicated, sent)" });
 
 export interface Agent {
   readonly host: string;
@@ -508,9 +508,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       const source = await pages();
       // What the preparation phase preseeded first (it is most of the memory), then what
       // this migration stores as it goes.
-      // A preparation pass's packs pile up while the source host's VMs run (every later pass
-      // preseeds what changed): only the newest, twice this VM's worth, come ahead of need.
-      source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyerFor(c.spec.tenant), { maxPacks: 2 * c.spec.memoryMiB }); // a pack holds a MiB of pages
+      source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyerFor(c.spec.tenant));
       source.prefetch(c.migrationId, c.spec.tenant, keyerFor(c.spec.tenant));
       const records = targetRecords({ nc: o.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, sourceHost: c.sourceHost, host: o.host, keyer: keyerFor(c.spec.tenant), pages: source, packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover, ended: ended.promise }, state);
       await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": o.host }, () =>

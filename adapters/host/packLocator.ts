@@ -34,10 +34,9 @@ export interface PageSource {
   /**
    * Fetches every pack a migration (or a preparation pass, "prep-<host>") stored or stores,
    * as soon as it is announced, so the destination keeps pace with the source instead of
-   * fetching when the manifest asks. Until stopPrefetch. Of what was stored before, the
-   * newest `maxPacks` (default all) are fetched first.
+   * fetching when the manifest asks. Until stopPrefetch.
    */
-  prefetch(migrationId: string, tenant: string, keyer: PageKeyer, opts?: { maxPacks?: number }): void;
+  prefetch(migrationId: string, tenant: string, keyer: PageKeyer): void;
   stopPrefetch(migrationId: string): void;
   /** Drops the cached pages (between migrations; the packs still hold them). */
   clearCache(): void;
@@ -114,7 +113,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
       // Announced again after it was found damaged (and removed): stored anew, usable again.
       damaged.delete(data.pack);
       const pre = prefetching.get(data.migrationId);
-      if (pre && pre.tenant === data.tenant) queuePrefetch(data.migrationId, data.tenant, data.pack, pre.keyer);
+      if (pre && pre.tenant === data.tenant) queuePrefetch(data.tenant, data.pack, pre.keyer);
       for (const k of data.keys) {
         const id = `${data.tenant}/${k}`;
         // A key whose pack was found damaged moves to the pack that stores it again.
@@ -128,11 +127,9 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
     }
   })();
 
-  function queuePrefetch(migrationId: string, tenant: string, pack: string, keyer: PageKeyer): void {
+  function queuePrefetch(tenant: string, pack: string, keyer: PageKeyer): void {
     const lane = nextLane++ % prefetchChain.length;
-    // Still wanted when its turn comes: a prefetch stopped (its migration ended, the cache
-    // cleared) must not go on filling the cache with packs nobody asks for.
-    prefetchChain[lane] = prefetchChain[lane]!.then(() => (prefetching.has(migrationId) ? fetchPack(tenant, pack, keyer).catch(() => undefined) : undefined));
+    prefetchChain[lane] = prefetchChain[lane]!.then(() => fetchPack(tenant, pack, keyer).catch(() => undefined));
   }
 
   // Its keys stay located on it, so that a page asked for fails at once (not after waiting for
@@ -183,11 +180,9 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
 
   return {
     stats,
-    prefetch(migrationId, tenant, keyer, opts = {}) {
+    prefetch(migrationId, tenant, keyer) {
       prefetching.set(migrationId, { tenant, keyer });
-      // Newest first: a preparation pass's older packs hold pages that later passes replaced.
-      const stored = (packsOf.get(migrationId) ?? []).filter((p) => p.tenant === tenant).reverse();
-      for (const p of stored.slice(0, opts.maxPacks ?? stored.length)) queuePrefetch(migrationId, p.tenant, p.pack, keyer);
+      for (const p of packsOf.get(migrationId) ?? []) if (p.tenant === tenant) queuePrefetch(p.tenant, p.pack, keyer);
     },
     stopPrefetch(migrationId) {
       prefetching.delete(migrationId);
