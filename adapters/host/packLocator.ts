@@ -8,7 +8,7 @@
 import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
-import { packStored } from "../../schemas/index.ts";
+import { packCorrupt, packStored } from "../../schemas/index.ts";
 import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts";
 import { deadLetterSink, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
@@ -93,13 +93,20 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
   let nextLane = 0;
 
   // Picks up where it was when its consumer is lost (a server restarted, a cluster node died).
-  const messages = await StreamFollower.start(nc, { filter: "gw.pack.*.stored" });
+  // Announcements of packs stored, and of packs found damaged (and removed) by any destination:
+  // a locator that starts later must not send its keys to a pack that is gone.
+  const messages = await StreamFollower.start(nc, { filter: "gw.pack.*.*" });
   const deadLetters = o.deadLetters ?? deadLetterSink(jetstream(nc), `gangway/host/${o.host ?? "destination"}`, "pack-locator");
   // What was stored before this reader began was refused (or taken) by the readers of then.
   const liveSinceNs = BigInt(Date.now() - 5_000) * 1_000_000n;
   const follow = (async () => {
     for await (const m of messages) {
       const d = decodeMessage(m.subject, m.data, m.headers);
+      if (d.ok && d.definition === packCorrupt && d.event.mode === "structured") {
+        const c = d.event.data as z.infer<typeof packCorrupt.data>;
+        if (d.event.source === `gangway/host/${c.reportedBy}` && !damaged.has(c.pack)) damaged.set(c.pack, Number(BigInt(m.info.timestampNanos) / 1_000_000n));
+        continue;
+      }
       const refused = refusedAnnouncement(d);
       if (refused) {
         if (BigInt(m.info.timestampNanos) >= liveSinceNs) deadLetters(m, refused);
