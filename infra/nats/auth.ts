@@ -108,6 +108,8 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         "gw.pack.*.stored",
         "gw.pack.*.corrupt",
         "gw.hash.*.lookup.*",
+        // Dead letters of what its readers refused (a migration's malformed or foreign messages).
+        "gw.dlq.*",
         // Liveness of the peer host during a migration, and how far its rebuild got.
         "gwsvc.agent.*.status",
         "gwsvc.agent.*.manifest",
@@ -120,10 +122,10 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         `${API}.CONSUMER.INFO.${EVENTS_STREAM}.${own}`,
         `${API}.CONSUMER.MSG.NEXT.${EVENTS_STREAM}.${own}`,
         `$JS.ACK.${EVENTS_STREAM}.${own}.>`,
-        // Ordered (ephemeral, random-named) readers of manifests and pack announcements; the
-        // filter is part of the create subject, so only these two kinds can be made.
+        // Ordered (ephemeral, random-named) readers of manifests and pack announcements (stored
+        // and corrupt); the filter is part of the create subject, so only these kinds can be made.
         `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.manifest.*.*.>`,
-        `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.pack.*.stored`,
+        `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.pack.*.*`,
         // A restarted agent asks whether a destination already runs a VM it adopted mid-migration.
         `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.commit.*.resumed`,
         `${API}.CONSUMER.MSG.NEXT.${EVENTS_STREAM}.*`,
@@ -192,6 +194,8 @@ export function operatorPermissions(publicKey: string, ctx: PermissionContext): 
         "gw.migration.*.requested",
         "gwsvc.agent.*.status",
         "gwsvc.agent.*.console",
+        // How far a paused VM's destination got (the progress view during a switch-over).
+        "gwsvc.agent.*.manifest",
         `${API}.INFO`,
         `${API}.STREAM.INFO.*`,
         `${API}.STREAM.NAMES`,
