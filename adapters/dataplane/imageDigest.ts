@@ -67,6 +67,10 @@ export class ImageDigest {
     arr.set(scratch.subarray(0, KEY_BYTES), at + 1);
     return true;
   }
+  /** Whether a page was recorded (sent) at all. */
+  has(block: number, offset: number): boolean {
+    return this.seen[block]?.[offset / PAGE_SIZE] === 1;
+  }
   /** Pages recorded at least once. */
   pages(): number {
     let n = 0;

@@ -30,7 +30,7 @@ import { scanMemory } from "./memoryScanner.ts";
 import { openPageSource, type CorruptPack, type PageSource } from "./packLocator.ts";
 import type { AdoptedVm, GoneVm, OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
 import { runSourceMigration, type SourceProgress } from "./sourceMigration.ts";
-import { proveSourceRam } from "./sourceRamProof.ts";
+import { proveSourceRam, stalePagesAtSwitchover } from "./sourceRamProof.ts";
 import { sourceRecordsFor } from "./testFaults.ts";
 import { paceToDestination } from "./destinationPace.ts";
 import { proveDestination } from "./destinationProof.ts";
@@ -397,6 +397,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
         onPostcopyFlushed: () => void publishServed().catch(() => undefined),
         onPublished: (seq) => (session.published = seq),
         lowLatency: () => session.switchover !== undefined || pacer.holding,
+        staleAtSwitchover: (image, blocks, discarded) => stalePagesAtSwitchover({ ramPath: v.vm.ramPath, image, blocks, discarded, keyer: keyerFor(v.spec.tenant) }),
       }));
       bytesOnLink.add(result.progress.bytes_on_link, { "gangway.host": o.host });
       pagesCounter.add(result.progress.memory_constant, { outcome: "zero" });

@@ -36,6 +36,8 @@ export interface SourceProgress {
   /** Raw bytes of the pages it packed, before compression. */
   packed_raw_bytes: number;
   packed_bytes: number;
+  /** Post-copy: pages sent again at the switch-over because the source's RAM differed. */
+  pages_repaired: number;
 }
 
 export interface SourceMigrationOptions {
@@ -67,6 +69,11 @@ export interface SourceMigrationOptions {
   onPublished?: (seq: number) => void;
   /** While true, every parsed batch goes out at once (a switch-over is draining the pipeline). */
   lowLatency?: () => boolean;
+  /**
+   * Post-copy, at the switch-over: pages to send again before the device state (the stopped
+   * source's RAM differs from what was sent and not discarded; see sourceRamProof.ts).
+   */
+  staleAtSwitchover?: (image: ImageDigest, blocks: { id: string; usedBytes: number }[], discarded: (block: number, offset: number) => boolean) => Promise<{ block: number; offset: number; page: Buffer }[]>;
 }
 
 /** One pre-copy pass as the source saw it. */
@@ -107,7 +114,7 @@ interface Prepared {
 export async function runSourceMigration(o: SourceMigrationOptions): Promise<SourceResult> {
   const p: SourceProgress = {
     vm: o.vm, round: 0, memory_total: 0, pages: 0, memory_constant: 0, pages_deduplicated: 0, pages_sent: 0,
-    native_bytes: 0, bytes_on_link: 0, packed_raw_bytes: 0, packed_bytes: 0,
+    native_bytes: 0, bytes_on_link: 0, packed_raw_bytes: 0, packed_bytes: 0, pages_repaired: 0,
   };
   const batchPages = o.batchPages ?? 4096;
   const ext = { migrationId: o.migrationId, vm: o.vm, tenant: o.tenant };
@@ -122,6 +129,8 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   let ramSection = { id: 0, instance: 0, version: 4 };
   let headerSent = false;
   const deviceState: Buffer[] = [];
+  /** Post-copy: pages discarded at the switch-over (they come again after it), per block. */
+  const discarded: Uint8Array[] = [];
   /** Post-copy: the device state travelled in PACKAGED. */
   let packagedDigest: string | undefined;
   let manifestSeq = 0;
@@ -264,6 +273,13 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
       return;
     }
     await drain();
+    if (c.cmd === "postcopyRamDiscard") {
+      const b = blockIndex.get(c.block);
+      if (b !== undefined) {
+        const d = (discarded[b] ??= new Uint8Array(blocks[b]!.usedBytes / PAGE_SIZE));
+        for (const r of c.ranges) d.fill(1, Math.floor(r.start / PAGE_SIZE), Math.ceil((r.start + r.length) / PAGE_SIZE));
+      }
+    }
     if (c.cmd === "postcopyRamDiscard" && discards && discards.block === c.block && discards.version === c.version && discards.ranges.length < 4096) {
       discards.ranges.push(...c.ranges);
       return;
@@ -276,6 +292,21 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
     let command: ManifestCommand;
     switch (c.cmd) {
       case "packaged": {
+        // Pages QEMU's stream left stale go first, as ordinary pages before LISTEN.
+        const stale = (await o.staleAtSwitchover?.(digest!, blocks, (b, off) => discarded[b]?.[off / PAGE_SIZE] === 1)) ?? [];
+        if (stale.length) {
+          const key = new Uint8Array(KEY_BYTES);
+          for (const r of stale) {
+            o.keyer.keyInto(r.page, key, 0);
+            packer.add(key, 0, r.page);
+            writer.addPage(r.offset, r.block, key, 0);
+            digest!.keyed(r.block, r.offset, key, 0);
+            if (writer.full) await flushManifest(p.round, false);
+          }
+          p.pages_repaired += stale.length;
+          await packer.drain();
+          await flushManifest(p.round, false);
+        }
         // Device state with LISTEN and RUN: too big for an event, so an object.
         const object = `packaged-${o.migrationId}-${o.vm}`;
         await o.packs.putObject(object, c.data);

@@ -12,6 +12,7 @@
 import { manifestVerified } from "../../schemas/index.ts";
 import type { EventPublisher } from "../../infra/events/publisher.ts";
 import { KEY_BYTES, type PageKeyer } from "../dataplane/contentKey.ts";
+import type { ImageDigest } from "../dataplane/imageDigest.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
 import { dumpRamForDiagnosis, readRamInto } from "../dataplane/ramProof.ts";
@@ -93,4 +94,23 @@ export async function proveSourceRam(o: {
     devicestatedigest: o.sent.deviceStateDigest, differing: read.differing, readms: read.durationMs, ...(firstDiffering ? { firstdiffering: firstDiffering } : {}),
   }, body, { id: `${o.migrationId}-${o.vm}-verified` });
   return proof;
+}
+
+/**
+ * Post-copy: at the switch-over (the guest stopped, the destination not yet resumed) the pages
+ * the destination already holds whose bytes differ from the stopped source's RAM — sent, not
+ * discarded since (a discarded page comes again after the resume), yet different: QEMU lost
+ * their dirty bits. They go to the destination before the device state, as ordinary pages.
+ */
+export async function stalePagesAtSwitchover(o: { ramPath: string; image: ImageDigest; blocks: { id: string; usedBytes: number }[]; discarded: (block: number, offset: number) => boolean; keyer: PageKeyer }): Promise<{ block: number; offset: number; page: Buffer }[]> {
+  const m0 = o.blocks.findIndex((b) => b.id === "m0");
+  if (m0 < 0) return [];
+  const out: { block: number; offset: number; page: Buffer }[] = [];
+  await readRamInto({
+    image: o.image.clone(), block: m0, ramPath: o.ramPath, sizeBytes: o.blocks[m0]!.usedBytes, keyer: o.keyer,
+    onDiffer: (offset, page) => {
+      if (out.length < MAX_REPAIR_PAGES && o.image.has(m0, offset) && !o.discarded(m0, offset)) out.push({ block: m0, offset, page: Buffer.from(page) });
+    },
+  });
+  return out;
 }
