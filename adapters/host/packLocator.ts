@@ -153,7 +153,12 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
     if (!f) {
       f = (async () => {
         const t0 = Date.now();
-        const bytes = await packs.get(name);
+        // The object store's own checksum may catch the damage first: that is a damaged pack
+        // too (reported and removed like one), not a passing read error.
+        const bytes = await packs.get(name).catch((err: Error) => {
+          if (/corrupt object|digests do not match/.test(err.message)) throw new PagePackError(`pack ${name} is corrupt: the object store's checksum does not match its bytes`);
+          throw err;
+        });
         const t1 = Date.now();
         if (!bytes) throw new PageUnavailableError(`page pack ${name} is announced but not in the store`);
         const pack = decodePack(bytes);
