@@ -154,11 +154,20 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
       f = (async () => {
         const t0 = Date.now();
         // The object store's own checksum may catch the damage first: that is a damaged pack
-        // too (reported and removed like one), not a passing read error.
-        const bytes = await packs.get(name).catch((err: Error) => {
-          if (/corrupt object|digests do not match/.test(err.message)) throw new PagePackError(`pack ${name} is corrupt: the object store's checksum does not match its bytes`);
-          throw err;
-        });
+        // too (reported and removed like one) — if it holds on two more reads, since a read
+        // served while a cluster node rejoins can be refused once (fault case 14).
+        const bytes = await (async () => {
+          for (let attempt = 1; ; attempt++) {
+            try {
+              return await packs.get(name);
+            } catch (err) {
+              if (!/corrupt object|digests do not match/.test((err as Error).message)) throw err;
+              if (attempt === 3) throw new PagePackError(`pack ${name} is corrupt: the object store's checksum does not match its bytes`);
+              dlog.warn("pack read refused by the object store's checksum; reading again", { pack: name, attempt });
+              await new Promise((r) => setTimeout(r, 1000));
+            }
+          }
+        })();
         const t1 = Date.now();
         if (!bytes) throw new PageUnavailableError(`page pack ${name} is announced but not in the store`);
         const pack = decodePack(bytes);
