@@ -423,7 +423,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
     deviceStateDigest: state.byteLength === 0 && packagedDigest ? packagedDigest : createHash("sha256").update(state).digest("hex"),
   };
   await o.publisher.publish(manifestCompleted, vmParams, {
-    migrationId: o.migrationId, vm: o.vm, deviceState: stateName, deviceStateBytes: state.byteLength, rounds: p.round, batches: manifestSeq, records: p.pages, digest: result.digest,
+    migrationId: o.migrationId, vm: o.vm, deviceState: stateName, deviceStateBytes: state.byteLength, rounds: p.round, batches: manifestSeq, records: p.pages + p.pages_repaired, digest: result.digest,
   }, { id: `${o.migrationId}-${o.vm}-completed` });
   o.onProgress?.(result.progress);
   return result;
