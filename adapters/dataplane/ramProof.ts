@@ -6,7 +6,7 @@
  * last state (QEMU 7.2's TCG loses dirty bits); at the destination, pages QEMU did not load
  * as they were delivered.
  */
-import { copyFile, mkdir, open } from "node:fs/promises";
+import { copyFile, mkdir, open, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { KEY_BYTES, PAGE_SIZE, type PageKeyer } from "./contentKey.ts";
 import type { ImageDigest } from "./imageDigest.ts";
@@ -86,6 +86,8 @@ export async function dumpRamForDiagnosis(ramPath: string, migrationId: string, 
   if (!dir) return undefined;
   await mkdir(dir, { recursive: true });
   const to = join(dir, `${migrationId}.${vm}.${side}.ram`);
-  await copyFile(ramPath, to);
+  // Whole or not at all: a reader never meets a copy still being written.
+  await copyFile(ramPath, `${to}.part`);
+  await rename(`${to}.part`, to);
   return to;
 }

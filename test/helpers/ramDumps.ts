@@ -9,11 +9,11 @@ import { join } from "node:path";
 const PAGE = 4096;
 
 /** Offsets of the pages at which two RAM dumps differ (and whether their sizes differ). */
-export async function ramDifferences(a: string, b: string): Promise<number[]> {
+export async function ramDifferences(a: string, b: string): Promise<number[] | { sizes: [number, number] }> {
   const [fa, fb] = await Promise.all([open(a, "r"), open(b, "r")]);
   try {
     const [sa, sb] = await Promise.all([fa.stat(), fb.stat()]);
-    if (sa.size !== sb.size) return [-1];
+    if (sa.size !== sb.size) return { sizes: [sa.size, sb.size] };
     const ba = Buffer.alloc(256 * PAGE);
     const bb = Buffer.alloc(256 * PAGE);
     const out: number[] = [];
@@ -38,7 +38,7 @@ export async function compareRamDumps(dir: string, migrationId: string, vms: str
       continue;
     }
     const diff = await ramDifferences(join(dir, src!), join(dir, dst!));
-    out[vm] = diff.length === 0 ? "identical" : diff[0] === -1 ? "sizes differ" : `${diff.length} pages differ, first at 0x${diff[0]!.toString(16)}`;
+    out[vm] = !Array.isArray(diff) ? `sizes differ: source ${diff.sizes[0]} bytes, destination ${diff.sizes[1]}` : diff.length === 0 ? "identical" : `${diff.length} pages differ, first at 0x${diff[0]!.toString(16)}`;
   }
   return out;
 }
