@@ -7,7 +7,7 @@ import { commitFunctions } from "./commit/index.ts";
 import { dirtyLogFunctions } from "./dirtyLog/index.ts";
 import pageRequest from "./pageRequest/index.ts";
 import { createHashFunctions, type DedupIndexView } from "./hash/index.ts";
-import type { FunctionDefinition } from "./types.ts";
+import type { FunctionDefinition } from "../kit/index.ts";
 
 /** The functions that need nothing but their context. */
 export const functions: readonly FunctionDefinition[] = [inventory, plan, scan, scanSampled, ...commitFunctions, ...dirtyLogFunctions, pageRequest, ...evacuateFunctions] as unknown as readonly FunctionDefinition[];

@@ -36,8 +36,7 @@ import {
   MigrationMode,
   MigrationPhase,
 } from "../../schemas/index.ts";
-import { defineFunction, type FunctionContext, type FunctionDefinition } from "../types.ts";
-import { NonRetriableError, RetryAfterError } from "../errors.ts";
+import { defineFunction, NonRetriableError, RetryAfterError, type FunctionContext, type FunctionDefinition } from "../../kit/index.ts";
 import { planKey, type Plan } from "../plan/index.ts";
 
 import { recordOnce, refuse, reportedBy, short, type Ready, type Sent, type Verified } from "./proof.ts";

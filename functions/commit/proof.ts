@@ -7,8 +7,7 @@
  */
 import type { z } from "zod";
 import type { commitReady, manifestCompleted, manifestVerified } from "../../schemas/index.ts";
-import type { FunctionContext } from "../types.ts";
-import { NonRetriableError } from "../errors.ts";
+import { NonRetriableError, type FunctionContext } from "../../kit/index.ts";
 import type { Plan } from "../plan/index.ts";
 
 export type Sent = z.infer<typeof manifestCompleted.data>;

@@ -7,8 +7,7 @@
  */
 import type { z } from "zod";
 import { agentSwitchover, commitAbort, dirtyRound, migrationForceComplete } from "../../schemas/index.ts";
-import { defineFunction, type FunctionContext, type FunctionDefinition } from "../types.ts";
-import { RetryAfterError } from "../errors.ts";
+import { defineFunction, RetryAfterError, type FunctionContext, type FunctionDefinition } from "../../kit/index.ts";
 import { planKey, type Plan } from "../plan/index.ts";
 import { decideSwitchover, type PassFigures } from "./policy.ts";
 

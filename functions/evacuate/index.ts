@@ -16,7 +16,7 @@ import {
   migrationRequested,
   migrationSucceeded,
 } from "../../schemas/index.ts";
-import { defineFunction, type FunctionContext, type FunctionDefinition } from "../types.ts";
+import { defineFunction, type FunctionContext, type FunctionDefinition } from "../../kit/index.ts";
 import { inventoryKey, type HostInventory } from "../inventory/index.ts";
 import { sampleKey } from "../scan/index.ts";
 

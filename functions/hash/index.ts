@@ -10,7 +10,7 @@
  * are its log, and any instance rebuilds the index from that log before it answers.
  */
 import { hashLookup, hashResolved, HASH_SHARDS, KeyStatus, KEY_BYTES, RESOLVED_RECORD_BYTES } from "../../schemas/index.ts";
-import { defineFunction, type FunctionDefinition } from "../types.ts";
+import { defineFunction, type FunctionDefinition } from "../../kit/index.ts";
 
 /** What the index knows of one key in one tenant's scope. */
 export interface IndexedKey {

@@ -3,7 +3,7 @@
  * plan and evacuate can place VMs without asking the hosts.
  */
 import { hostInventory } from "../../schemas/index.ts";
-import { defineFunction } from "../types.ts";
+import { defineFunction } from "../../kit/index.ts";
 import type { z } from "zod";
 
 export type HostInventory = z.infer<typeof hostInventory.data> & { reportedAt: string };

@@ -10,8 +10,7 @@
  */
 import type { z } from "zod";
 import { agentPageRequest, pageRequested, PAGE_SIZE } from "../../schemas/index.ts";
-import { defineFunction } from "../types.ts";
-import { RetryAfterError } from "../errors.ts";
+import { defineFunction, RetryAfterError } from "../../kit/index.ts";
 import { planKey, type Plan } from "../plan/index.ts";
 
 /** Pages fetched per fault: the faulting page's aligned window of 64 KiB. */

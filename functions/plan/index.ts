@@ -5,8 +5,7 @@
  * cross the link once (IRLM, gang migration). What cannot be planned fails with a reason.
  */
 import { agentPrepareTarget, agentStartSource, migrationFailed, migrationPlanned, migrationRequested, MigrationPhase, type VmSpec } from "../../schemas/index.ts";
-import { defineFunction } from "../types.ts";
-import { RetryAfterError } from "../errors.ts";
+import { defineFunction, RetryAfterError } from "../../kit/index.ts";
 
 /** Tries (0.5 s apart) to see the VMs in a fresh inventory before failing the request. */
 const WAIT_FOR_INVENTORY_ATTEMPTS = 6;

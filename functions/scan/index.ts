@@ -8,7 +8,7 @@
  * scan every running VM whose last scan is older than the interval. The host acts.
  */
 import { hostInventory, scanCompleted, scanRequested } from "../../schemas/index.ts";
-import { defineFunction } from "../types.ts";
+import { defineFunction } from "../../kit/index.ts";
 
 /** Operators tune scanning in state: `config.scan` = { intervalSec, enabled }. */
 export interface ScanConfig {

@@ -1,6 +1,6 @@
 /** The functions' StateStore over a JetStream KV bucket (JSON values). */
 import type { KV } from "@nats-io/kv";
-import type { StateStore } from "../../functions/types.ts";
+import type { StateStore } from "../../kit/index.ts";
 
 function checkKey(key: string): string {
   if (!/^[-/_=.a-zA-Z0-9]+$/.test(key) || key.startsWith(".") || key.endsWith(".")) throw new TypeError(`invalid state key "${key}"`);

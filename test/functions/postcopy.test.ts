@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import { decideSwitchover, type PassFigures } from "../../functions/dirtyLog/policy.ts";
 import pageRequest, { PREFETCH_PAGES, rangesOf, windowOf } from "../../functions/pageRequest/index.ts";
 import { dirtyLogFunctions } from "../../functions/dirtyLog/index.ts";
-import type { FunctionDefinition } from "../../functions/types.ts";
+import type { FunctionDefinition } from "../../kit/index.ts";
 import { functionHarness } from "../helpers/functions.ts";
 import { planKey } from "../../functions/plan/index.ts";
 

@@ -1,5 +1,5 @@
 /** Runs a function's handler against a small in-memory state, collecting what it emits (unit level). */
-import type { FunctionContext, FunctionDefinition, StateStore } from "../../functions/types.ts";
+import type { FunctionContext, FunctionDefinition, StateStore } from "../../kit/index.ts";
 
 export interface Emitted {
   type: string;

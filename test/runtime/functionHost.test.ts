@@ -18,8 +18,7 @@ import { encodeStructured } from "../../infra/events/binding.ts";
 import { readEvents } from "../../infra/events/reader.ts";
 import { plan, inventory } from "../../functions/index.ts";
 import { hostInventory, migrationRequested, migrationPlanned, deadLetter } from "../../schemas/index.ts";
-import type { FunctionDefinition } from "../../functions/types.ts";
-import { NonRetriableError } from "../../functions/errors.ts";
+import { NonRetriableError, type FunctionDefinition } from "../../kit/index.ts";
 
 const GiB = 1024 ** 3;
 

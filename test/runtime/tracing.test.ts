@@ -12,7 +12,7 @@ import { serveFunction } from "../../infra/runtime/functionHost.ts";
 import { createPublisher } from "../../infra/events/publisher.ts";
 import { plan, inventory } from "../../functions/index.ts";
 import { hostInventory, migrationRequested } from "../../schemas/index.ts";
-import type { FunctionDefinition } from "../../functions/types.ts";
+import type { FunctionDefinition } from "../../kit/index.ts";
 
 const exporter = new InMemorySpanExporter();
 const telemetry = startTelemetry({ serviceName: "gangway-test", spanProcessors: [new SimpleSpanProcessor(exporter)] });

@@ -1,6 +1,6 @@
 /**
  * What a gangway function is: one module, one trigger, one handler that decides. Effects
- * reach it only through the context the host builds (no NATS, no node:* in functions/).
+ * reach it only through the context the host builds (no NATS, no node:* in functions/ or here).
  */
 import type { z } from "zod";
 import type { BinaryEventDefinition, EventOf, StructuredEventDefinition } from "../schemas/index.ts";

@@ -1,0 +1,7 @@
+/**
+ * The function contract, shared by what declares functions (functions/) and what hosts them
+ * (infra/runtime): the definition and context types, and the two errors that steer retries.
+ * It holds no effects (no node:*, no NATS), so functions may import it.
+ */
+export * from "./function.ts";
+export * from "./errors.ts";
