@@ -5,6 +5,13 @@
 import { MANIFEST_RECORD_BYTES, ManifestKind } from "../../schemas/index.ts";
 import { KEY_BYTES } from "./contentKey.ts";
 
+const TWO32 = 2 ** 32;
+/** be64 without a BigInt per record (offsets stay far below 2^53). */
+const setOffset = (view: DataView, at: number, offset: number) => {
+  view.setUint32(at, Math.floor(offset / TWO32));
+  view.setUint32(at + 4, offset % TWO32);
+};
+
 export class ManifestWriter {
   private buf: Uint8Array;
   private view: DataView;
@@ -18,7 +25,7 @@ export class ManifestWriter {
   }
   addZero(offset: number, block: number, fill: number): void {
     const at = this.count++ * MANIFEST_RECORD_BYTES;
-    this.view.setBigUint64(at, BigInt(offset));
+    setOffset(this.view, at, offset);
     this.buf[at + 8] = block;
     this.buf[at + 9] = ManifestKind.zero;
     this.buf.fill(0, at + 10, at + 10 + KEY_BYTES);
@@ -26,7 +33,7 @@ export class ManifestWriter {
   }
   addPage(offset: number, block: number, key: Uint8Array, keyAt = 0): void {
     const at = this.count++ * MANIFEST_RECORD_BYTES;
-    this.view.setBigUint64(at, BigInt(offset));
+    setOffset(this.view, at, offset);
     this.buf[at + 8] = block;
     this.buf[at + 9] = ManifestKind.page;
     this.buf.set(key.subarray(keyAt, keyAt + KEY_BYTES), at + 10);
@@ -54,6 +61,6 @@ export function* readManifestRecords(body: Uint8Array, count: number): Generator
   for (let i = 0; i < count; i++) {
     const at = i * MANIFEST_RECORD_BYTES;
     const kind = body[at + 9] as ManifestKind;
-    yield { offset: Number(view.getBigUint64(at)), block: body[at + 8]!, kind, fill: kind === ManifestKind.zero ? body[at + 10]! : 0, keyAt: at + 10 };
+    yield { offset: view.getUint32(at) * TWO32 + view.getUint32(at + 4), block: body[at + 8]!, kind, fill: kind === ManifestKind.zero ? body[at + 10]! : 0, keyAt: at + 10 };
   }
 }

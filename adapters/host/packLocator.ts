@@ -12,7 +12,8 @@ import { packCorrupt, packStored } from "../../schemas/index.ts";
 import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts";
 import { deadLetterSink, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
-import { KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { KEY_BYTES, PAGE_SIZE, keyFromHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { KeyTable } from "../dataplane/keyTable.ts";
 import { decodePack, PagePackError } from "../dataplane/pagePack.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
 import { createLogger } from "../../infra/log.ts";
@@ -31,6 +32,11 @@ export interface PageSource {
    * it again) waits for its new pack too; one found damaged since fails at once.
    */
   page(tenant: string, keyHexStr: string, keyer: PageKeyer, timeoutMs: number, since?: number): Promise<Buffer>;
+  /**
+   * The page with the key at `key[at…at+16)` if a fetched pack holds it, else undefined: the
+   * common case of the destination's path, without a promise or a hex string per page.
+   */
+  cached(tenant: string, key: Uint8Array, at?: number): Buffer | undefined;
   /**
    * Fetches every pack a migration (or a preparation pass, "prep-<host>") stored or stores,
    * as soon as it is announced, so the destination keeps pace with the source instead of
@@ -76,7 +82,17 @@ export interface PageSourceOptions {
 
 export async function openPageSource(nc: NatsConnection, packs: PackStore, o: PageSourceOptions = {}): Promise<PageSource> {
   const dlog = createLogger({ component: "packLocator" });
-  const cache = new Map<string, Buffer>();
+  /** Pages of fetched packs, by tenant: key → slot (slab index × SLAB_PAGES + page in it). */
+  const cache = new Map<string, KeyTable>();
+  /** The page bytes of each fetched pack (nothing else writes them). */
+  const slabs: Buffer[] = [];
+  const SLAB_PAGES = 65536;
+  const cachedPage = (tenant: string, key: Uint8Array, at = 0): Buffer | undefined => {
+    const slot = cache.get(tenant)?.get(key, at);
+    if (slot === undefined) return undefined;
+    const page = slot % SLAB_PAGES;
+    return slabs[(slot - page) / SLAB_PAGES]!.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+  };
   const located = new Map<string, string>(); // tenant/key → pack
   const waiting = new Map<string, (() => void)[]>();
   const fetching = new Map<string, Promise<void>>();
@@ -173,18 +189,23 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
         const pack = decodePack(bytes);
         stats.packsFetched++;
         stats.bytesFetched += bytes.byteLength;
+        if (pack.count > SLAB_PAGES) throw new PagePackError(`page pack ${name} holds ${pack.count} pages, more than ${SLAB_PAGES}`);
         const check = new Uint8Array(KEY_BYTES);
         // The cached pages are views of the pack's own page bytes (a buffer of its own, nothing
         // else writes it): a copy per page was a 4 KiB allocation each, which made the
         // destination spend a fifth of its CPU allocating and collecting while it fell behind.
         const slab = Buffer.from(pack.pages.buffer, pack.pages.byteOffset, pack.count * PAGE_SIZE);
+        const keys = Buffer.from(pack.keys.buffer, pack.keys.byteOffset, pack.keys.byteLength);
         for (let i = 0; i < pack.count; i++) {
-          const page = slab.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
-          keyer.keyInto(page, check, 0);
-          const want = keyHex(pack.keys, i * KEY_BYTES);
-          if (keyHex(check) !== want) throw new PagePackError(`page pack ${name}: page ${i} does not match its key ${want}`);
-          cache.set(`${tenant}/${want}`, page);
+          keyer.keyInto(slab.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), check, 0);
+          if (keys.compare(check, 0, KEY_BYTES, i * KEY_BYTES, (i + 1) * KEY_BYTES) !== 0) {
+            throw new PagePackError(`page pack ${name}: page ${i} does not match its key ${keys.toString("hex", i * KEY_BYTES, (i + 1) * KEY_BYTES)}`);
+          }
         }
+        // Only a pack whose every page matched is used at all.
+        const table = cache.get(tenant) ?? cache.set(tenant, new KeyTable(4096)).get(tenant)!;
+        const base = slabs.push(slab) - 1;
+        for (let i = 0; i < pack.count; i++) table.set(keys, i * KEY_BYTES, base * SLAB_PAGES + i);
         dlog.debug("pack fetched and checked", { pack: name, getMs: t1 - t0, checkMs: Date.now() - t1, pages: pack.count, bytes: bytes.byteLength });
       })();
       fetching.set(name, f);
@@ -210,11 +231,18 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
     },
     clearCache() {
       cache.clear();
+      slabs.length = 0;
       fetching.clear();
+    },
+    cached(tenant, key, at = 0) {
+      const hit = cachedPage(tenant, key, at);
+      if (hit) stats.cacheHits++;
+      return hit;
     },
     async page(tenant, k, keyer, timeoutMs, since = 0) {
       const id = `${tenant}/${k}`;
-      const hit = cache.get(id);
+      const keyBytes = keyFromHex(k);
+      const hit = cachedPage(tenant, keyBytes);
       if (hit) {
         stats.cacheHits++;
         return hit;
@@ -232,7 +260,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
         });
       }
       await fetchPack(tenant, located.get(id)!, keyer);
-      const page = cache.get(id);
+      const page = cachedPage(tenant, keyBytes);
       if (!page) throw new PageUnavailableError(`page pack ${located.get(id)} does not hold key ${k}`);
       return page;
     },

@@ -169,18 +169,31 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       state.seqRead = Number((ev.ext as { seq: number }).seq);
       round = ext.round;
       const recs = [...readManifestRecords(ev.data, ext.count)];
-      // Fetch every page this batch needs at once; packs are fetched once for all their pages.
-      const needed = new Map<string, Promise<Buffer>>();
-      for (const r of recs) {
+      // Pages of packs fetched already are taken where they lie; the others are fetched at
+      // once, each pack once for all its pages.
+      const views: (Uint8Array | undefined)[] = new Array(recs.length);
+      const missing = new Map<string, Promise<Buffer>>();
+      const missingAt: number[] = [];
+      for (let n = 0; n < recs.length; n++) {
+        const r = recs[n]!;
         if (r.kind !== ManifestKind.page) continue;
+        const v = o.pages.cached(o.tenant, ev.data, r.keyAt);
+        if (v) {
+          views[n] = v;
+          continue;
+        }
+        missingAt.push(n);
         const k = keyHex(ev.data, r.keyAt);
-        if (!needed.has(k)) needed.set(k, o.pages.page(o.tenant, k, o.keyer, o.progressTimeoutMs ?? 150_000, startedAt));
+        if (!missing.has(k)) missing.set(k, o.pages.page(o.tenant, k, o.keyer, o.progressTimeoutMs ?? 150_000, startedAt));
       }
-      const got = new Map<string, Buffer>();
-      state.waitingFor = `the ${needed.size} pages of manifest seq ${state.seqRead}`;
-      const tw = Date.now();
-      await Promise.all([...needed].map(async ([k, p]) => got.set(k, await p)));
-      dlog.debug("manifest batch: its pages are at hand", { vm: o.vm, seq: state.seqRead, round, records: recs.length, needed: needed.size, waitMs: Date.now() - tw, final: ext.final });
+      if (missing.size) {
+        state.waitingFor = `the ${missing.size} pages of manifest seq ${state.seqRead}`;
+        const tw = Date.now();
+        const got = new Map<string, Buffer>();
+        await Promise.all([...missing].map(async ([k, p]) => got.set(k, await p)));
+        for (const n of missingAt) views[n] = got.get(keyHex(ev.data, recs[n]!.keyAt));
+        dlog.debug("manifest batch: its pages are at hand", { vm: o.vm, seq: state.seqRead, round, records: recs.length, fetched: missing.size, waitMs: Date.now() - tw, final: ext.final });
+      }
       state.waitingFor = `QEMU to take manifest seq ${state.seqRead}`;
       if (recs.length) yield { type: "ramSection", offset: 0, section: "part", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
       // One page batch per run of records in the same block.
@@ -188,15 +201,17 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       while (i < recs.length) {
         let j = i;
         while (j < recs.length && recs[j]!.block === recs[i]!.block) j++;
-        const run = recs.slice(i, j);
-        const block = blocks[run[0]!.block];
-        if (!block) throw new ManifestError(`manifest names RAM block ${run[0]!.block}, the header has ${blocks.length}`);
-        const held = state.held![run[0]!.block]!;
+        // Indices into recs (and views) of this run's records.
+        const run = Array.from({ length: j - i }, (_, n) => i + n);
+        const b = recs[i]!.block;
+        const block = blocks[b];
+        if (!block) throw new ManifestError(`manifest names RAM block ${b}, the header has ${blocks.length}`);
+        const held = state.held![b]!;
         if (state.postcopy) {
           // After LISTEN each page may reach QEMU once: a repeat (a replayed or forged
           // record) would make its UFFDIO_COPY fail and kill the destination VM.
-          const fresh = run.filter((r) => {
-            const page = r.offset / PAGE_SIZE;
+          const fresh = run.filter((x) => {
+            const page = recs[x]!.offset / PAGE_SIZE;
             if (held[page]) return false;
             held[page] = 1; // a repeat within this run is a repeat too
             return true;
@@ -211,34 +226,31 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
         }
         // A uniform non-zero page goes to QEMU as a normal page: QEMU's own source never sends
         // a ZERO record with another fill byte (7.2 loads one; later versions refuse it).
-        const normal = run.filter((r) => r.kind === ManifestKind.page || r.fill !== 0).length;
         const batch: PageBatch = {
           type: "pages", offset: 0, block: block.id, round: ext.round, count: run.length,
           offsets: new Float64Array(run.length), kinds: new Uint8Array(run.length), fills: new Uint8Array(run.length),
-          named: new Uint8Array(run.length), positions: new Float64Array(run.length), data: Buffer.allocUnsafe(normal * PAGE_SIZE),
+          named: new Uint8Array(run.length), positions: new Float64Array(run.length), data: EMPTY, views: [],
         };
-        let at = 0;
-        run.forEach((r, n) => {
+        for (let n = 0; n < run.length; n++) {
+          const r = recs[run[n]!]!;
           if (r.offset + PAGE_SIZE > block.usedBytes) throw new ManifestError(`manifest page at ${r.offset} is outside block ${block.id} (${block.usedBytes} bytes)`);
           batch.offsets[n] = r.offset;
           held[r.offset / PAGE_SIZE] = 1;
           batch.named[n] = n === 0 ? 1 : 0;
           if (r.kind === ManifestKind.page) {
             batch.kinds[n] = 1;
-            got.get(keyHex(ev.data, r.keyAt))!.copy(batch.data, at);
-            at += PAGE_SIZE;
-            state.delivered!.keyed(run[0]!.block, r.offset, ev.data, r.keyAt);
+            batch.views!.push(views[run[n]!]!);
+            state.delivered!.keyed(b, r.offset, ev.data, r.keyAt);
           } else if (r.fill !== 0) {
             batch.kinds[n] = 1;
-            batch.data.fill(r.fill, at, at + PAGE_SIZE);
-            at += PAGE_SIZE;
-            state.delivered!.fill(run[0]!.block, r.offset, r.fill);
+            batch.views!.push(fillPage(r.fill));
+            state.delivered!.fill(b, r.offset, r.fill);
           } else {
             batch.kinds[n] = 0;
             batch.fills[n] = 0;
-            state.delivered!.fill(run[0]!.block, r.offset, 0);
+            state.delivered!.fill(b, r.offset, 0);
           }
-        });
+        }
         state.pagesWritten += run.length;
         yield batch;
         i = j;
@@ -297,6 +309,11 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
     }
   }
 }
+
+const EMPTY = Buffer.alloc(0);
+const FILL_PAGES = new Map<number, Buffer>();
+/** A page of one byte value (read only: views of it go to the encoder). */
+const fillPage = (fill: number): Buffer => FILL_PAGES.get(fill) ?? FILL_PAGES.set(fill, Buffer.alloc(PAGE_SIZE, fill)).get(fill)!;
 
 /** A test fault: another VM's device state, once its source stored it. */
 async function otherDeviceState(packs: PackStore, name: string): Promise<Uint8Array | undefined> {

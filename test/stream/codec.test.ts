@@ -118,6 +118,21 @@ describe("codec on a captured QEMU 7.2 stream", () => {
     expect(encodeRecords(records).equals(stream)).toBe(true);
   });
 
+  it("pages given as views where they lie (not in `data`) encode to the same stream; a short view is refused", () => {
+    const records = parseBuffer(stream).map((r): StreamRecord => {
+      if (r.type !== "pages") return r;
+      const views: Uint8Array[] = [];
+      // Each page in a buffer of its own, as a pack's slab would hold it.
+      for (let at = 0; at < r.data.length; at += 4096) views.push(Uint8Array.from(r.data.subarray(at, at + 4096)));
+      return { ...r, data: Buffer.alloc(0), views };
+    });
+    expect(records.some((r) => r.type === "pages" && r.views!.length > 0)).toBe(true);
+    expect(encodeRecords(records).equals(stream)).toBe(true);
+    const first = records.findIndex((r) => r.type === "pages" && r.views!.length > 0);
+    const bad = records.map((r, i) => (i === first && r.type === "pages" ? { ...r, views: [r.views![0]!.subarray(0, 100), ...r.views!.slice(1)] } : r));
+    expect(() => encodeRecords(bad)).toThrow(/page view of 100 bytes/);
+  });
+
   it("any batch size gives the same stream back", () => {
     for (const maxBatchPages of [1, 3, 100, 5000]) {
       const records = parseBuffer(stream, { maxBatchPages });

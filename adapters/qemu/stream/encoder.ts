@@ -130,7 +130,7 @@ export class StreamEncoder {
   }
 
   private encodePages(batch: PageBatch): Buffer {
-    const { count, offsets, kinds, fills, data } = batch;
+    const { count, offsets, kinds, fills, data, views } = batch;
     const name = this.nameBytes(batch.block);
     const nameCost = 1 + name.length;
     // Which records name their block.
@@ -151,7 +151,7 @@ export class StreamEncoder {
       if (namedCol[i]) size += nameCost;
     }
     size += count * 9 + normals * (PAGE_SIZE - 1);
-    if (data.length < normals * PAGE_SIZE) throw new EncoderStateError(`pages batch has ${normals} normal pages but ${data.length} data bytes`);
+    if (views ? views.length < normals : data.length < normals * PAGE_SIZE) throw new EncoderStateError(`pages batch has ${normals} normal pages but ${views ? `${views.length} page views` : `${data.length} data bytes`}`);
     const heldLen = this.held?.length ?? 0;
     const out = Buffer.allocUnsafe(heldLen + size);
     if (this.held) {
@@ -179,8 +179,14 @@ export class StreamEncoder {
         p += nameCost;
       }
       if (normal) {
-        data.copy(out, p, d, d + PAGE_SIZE);
-        d += PAGE_SIZE;
+        if (views) {
+          const v = views[d++]!;
+          if (v.byteLength !== PAGE_SIZE) throw new EncoderStateError(`page view of ${v.byteLength} bytes, not ${PAGE_SIZE}`);
+          out.set(v, p);
+        } else {
+          data.copy(out, p, d, d + PAGE_SIZE);
+          d += PAGE_SIZE;
+        }
         p += PAGE_SIZE;
       } else {
         out[p++] = fills[i];

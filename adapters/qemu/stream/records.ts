@@ -107,6 +107,11 @@ export interface PageBatch extends At {
   positions: Float64Array;
   /** Contents of the normal pages in order, 4096 bytes each. */
   data: Buffer;
+  /**
+   * Instead of `data` (encoder input only): a view of each normal page where it already lies
+   * (a page pack's slab), so the page is copied once, into the encoded stream.
+   */
+  views?: Uint8Array[];
 }
 
 /** EOS (be64 0x10) closing a ram section, and the section footer. */
