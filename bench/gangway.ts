@@ -22,7 +22,8 @@ import { provision } from "../infra/nats/provision.ts";
 import { startEmbeddedServer } from "../infra/nats/server.ts";
 import { createPublisher } from "../infra/events/publisher.ts";
 import { readEvents } from "../infra/events/reader.ts";
-import { migrationCancel, type VmSpec } from "../schemas/index.ts";
+import { ask } from "../infra/nats/service.ts";
+import { agentConsole, migrationCancel, type VmSpec } from "../schemas/index.ts";
 import { sampleProcess, type ProcSample } from "./procstat.ts";
 import { createLink, diffCounters } from "./shaper.ts";
 import type { Workload } from "./workloads.ts";
@@ -127,9 +128,8 @@ const toSpec = (w: Workload): VmSpec[] =>
 async function verify(nc: NatsConnection, w: Workload, host: string, vm: string): Promise<{ ok: boolean; line: string }> {
   if (w.verify === "test-guest") return verifyGuest(nc, host, vm);
   const n = Math.floor(Math.random() * 1e9);
-  const reply = await nc.request(`gwsvc.agent.${host}.console`, JSON.stringify({ vm, send: `echo alive-${n}\n`, expect: `^alive-${n}$`, timeoutMs: 30_000 }), { timeout: 35_000 });
-  const r = JSON.parse(new TextDecoder().decode(reply.data)) as { ok: boolean; line?: string; error?: string };
-  return { ok: r.ok && r.line === `alive-${n}`, line: r.line ?? r.error ?? "" };
+  const r = await ask(nc, agentConsole, { host }, { vm, send: `echo alive-${n}\n`, expect: `^alive-${n}$`, timeoutMs: 30_000 }, { timeoutMs: 35_000 });
+  return r.ok ? { ok: r.line === `alive-${n}`, line: r.line } : { ok: false, line: r.error };
 }
 
 export async function runGangway(o: GangwayRunOptions): Promise<GangwayResult> {

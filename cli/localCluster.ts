@@ -8,9 +8,10 @@ import { readdir, readFile, rm } from "node:fs/promises";
 import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
-import { agentVmStart, hostInventory, scanCompleted, type VmSpec } from "../schemas/index.ts";
+import { agentConsole, agentVmStart, hostInventory, scanCompleted, type VmSpec } from "../schemas/index.ts";
 import { createPublisher } from "../infra/events/publisher.ts";
 import { readEvents } from "../infra/events/reader.ts";
+import { ask } from "../infra/nats/service.ts";
 
 const BIN = resolve(import.meta.dirname, "../bin/gangway.mjs");
 
@@ -135,9 +136,8 @@ export async function startVms(nc: NatsConnection, host: string, specs: VmSpec[]
 
 /** Runs the test guest's self-check on a VM through its host's agent. */
 export async function verifyGuest(nc: NatsConnection, host: string, vm: string): Promise<{ vm: string; ok: boolean; line: string }> {
-  const reply = await nc.request(`gwsvc.agent.${host}.console`, JSON.stringify({ vm, send: "v", expect: "VERIFY (OK pages=\\d+|FAIL \\d+ first=\\d+)", timeoutMs: 60_000 }), { timeout: 65_000 });
-  const r = JSON.parse(new TextDecoder().decode(reply.data)) as { ok: boolean; line?: string; error?: string };
-  const line = r.line ?? r.error ?? "";
+  const r = await ask(nc, agentConsole, { host }, { vm, send: "v", expect: "VERIFY (OK pages=\\d+|FAIL \\d+ first=\\d+)", timeoutMs: 60_000 }, { timeoutMs: 65_000 });
+  const line = r.ok ? r.line : r.error;
   return { vm, ok: r.ok && /VERIFY OK/.test(line), line };
 }
 

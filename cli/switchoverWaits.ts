@@ -6,6 +6,8 @@
  * numbers read and handed to QEMU, and what it waits for), once a second per paused VM.
  */
 import type { NatsConnection } from "@nats-io/transport-node";
+import { agentManifest } from "../schemas/index.ts";
+import { ask } from "../infra/nats/service.ts";
 
 export interface SwitchoverWait {
   /** Since when the guest is paused (the switch-over event's time). */
@@ -20,10 +22,9 @@ export interface SwitchoverWait {
 /** One question to the destination agent, bounded by `timeoutMs`. */
 export async function askDestination(nc: NatsConnection, targetHost: string, migrationId: string, vm: string, timeoutMs = 1000): Promise<Omit<SwitchoverWait, "pausedSince">> {
   try {
-    const reply = await nc.request(`gwsvc.agent.${targetHost}.manifest`, JSON.stringify({ migrationId, vm }), { timeout: timeoutMs });
-    const r = JSON.parse(new TextDecoder().decode(reply.data)) as { seqRead?: number; seqWritten?: number; waitingFor?: string; error?: string };
-    if (r.error) return { waitingFor: `the destination (${r.error})` };
-    return { waitingFor: `${targetHost}: ${r.waitingFor ?? "nothing"}`, ...(r.seqRead !== undefined ? { seqRead: r.seqRead } : {}), ...(r.seqWritten !== undefined ? { seqWritten: r.seqWritten } : {}) };
+    const r = await ask(nc, agentManifest, { host: targetHost }, { migrationId, vm }, { timeoutMs });
+    if ("error" in r) return { waitingFor: `the destination (${r.error})` };
+    return { waitingFor: `${targetHost}: ${r.waitingFor}`, seqRead: r.seqRead, seqWritten: r.seqWritten };
   } catch (err) {
     return { waitingFor: `${targetHost}, which did not answer within ${timeoutMs} ms (${(err as Error).message})` };
   }

@@ -85,8 +85,8 @@ export type EventOf<D> = D extends StructuredEventDefinition<string, z.ZodType, 
     ? BinaryEvent<D>
     : never;
 
-/** Builds the subject from a template like "gw.migration.{migrationId}.planned". */
-function subjectTemplate<Params extends Record<string, string>>(template: string) {
+/** Builds the subject from a template like "gw.migration.{migrationId}.planned" (events and services alike). */
+export function subjectTemplate<Params extends Record<string, string>>(template: string) {
   const names = [...template.matchAll(/\{([a-zA-Z]+)\}/g)].map((m) => m[1] as string);
   const filter = template.replace(/\{[a-zA-Z]+\}/g, "*");
   const subject = (params: Params) =>

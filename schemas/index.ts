@@ -22,6 +22,8 @@ export * from "./page.ts";
 export * from "./commit.ts";
 export * from "./host.ts";
 export * from "./agent.ts";
+export * from "./service.ts";
+export * from "./agentService.ts";
 export * from "./dlq.ts";
 
 function definitionsOf(mod: Record<string, unknown>): AnyEventDefinition[] {

@@ -4,6 +4,7 @@
  * play source or destination of a migration, resume, quit or roll back. It decides
  * nothing about a migration's outcome: it reports facts, and the functions decide.
  */
+import { KeyTable } from "../../kit/keyTable.ts";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { SpanKind, context, trace } from "@opentelemetry/api";
@@ -13,13 +14,14 @@ import {
   agentPageRequest, agentPrepareTarget, agentQuitSource, agentResumeTarget, agentRollback, agentStartSource, agentSwitchover, agentVmStart, agentVmStop,
   commitAbort, commitPostcopyReady, commitReady, commitResumed, dirtyRound, hostInventory, migrationProgress, packCorrupt, pageMissing, pageRequested, pageServed, scanRequested,
   migrationStarted, migrationSwitchover, MigrationPhase, MigrationMode,
-  type VmSpec,
+  agentConsole, agentManifest, type VmSpec,
 } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
 import { readEvents } from "../../infra/events/reader.ts";
 import { createPublisher, type EventPublisher } from "../../infra/events/publisher.ts";
 import { createLogger, type Logger } from "../../infra/log.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
+import { answer, ask } from "../../infra/nats/service.ts";
 import { extractTraceContext, meter, tracer } from "../../infra/telemetry.ts";
 import { inSpan } from "../../infra/spans.ts";
 import { createPageKeyer, PAGE_SIZE, type PageKeyer } from "../dataplane/contentKey.ts";
@@ -108,7 +110,7 @@ function latch(): { promise: Promise<void>; open(): void } {
 
 interface GangContext {
   resolver: KeyResolver;
-  gangKeys: Map<string, number>;
+  gangKeys: KeyTable;
   users: number;
   /** VMs of the gang whose guest stopped for the switch-over and that are not decided yet. */
   stopped: Set<string>;
@@ -213,37 +215,27 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     status: () => ({ uptimeSec: (Date.now() - started) / 1000, vms: owned.size, migrations: sources.size + targets.size }),
   });
   // The serial console of a VM, for operators and the demo's self-checks.
-  const consoleSub: Subscription = o.nc.subscribe(`gwsvc.agent.${o.host}.console`, {
-    callback: (_err, msg) => {
-      void (async () => {
-        try {
-          const req = JSON.parse(new TextDecoder().decode(msg.data)) as { vm: string; send: string; expect: string; timeoutMs?: number };
-          const v = owned.get(req.vm);
-          if (!v) throw new Error(`no VM ${req.vm} on ${o.host}`);
-          const line = await v.vm.console(req.send, new RegExp(req.expect), Math.min(req.timeoutMs ?? 30_000, 120_000));
-          msg.respond(JSON.stringify({ ok: true, line }));
-        } catch (err) {
-          msg.respond(JSON.stringify({ ok: false, error: (err as Error).message }));
-        }
-      })();
+  const consoleSub: Subscription = answer(o.nc, agentConsole, { host: o.host }, {
+    handle: async (req) => {
+      const v = owned.get(req.vm);
+      if (!v) throw new Error(`no VM ${req.vm} on ${o.host}`);
+      return { ok: true, line: await v.vm.console(req.send, new RegExp(req.expect), Math.min(req.timeoutMs ?? 30_000, 120_000)) };
     },
+    failed: (error) => ({ ok: false, error }),
   });
   // How far a destination's rebuild got: the source drains its pipeline before it switches over.
-  const manifestSub: Subscription = o.nc.subscribe(`gwsvc.agent.${o.host}.manifest`, {
-    callback: (_err, msg) => {
-      try {
-        const req = JSON.parse(new TextDecoder().decode(msg.data)) as { migrationId: string; vm: string };
-        const t = targets.get(`${req.migrationId}/${req.vm}`);
-        msg.respond(JSON.stringify(t ? { seqWritten: t.state.seqWritten ?? -1, seqRead: t.state.seqRead ?? -1, waitingFor: t.waitingFor ?? t.state.waitingFor ?? "nothing" } : { error: `no destination of ${req.vm} in ${req.migrationId} on ${o.host}` }));
-      } catch (err) {
-        msg.respond(JSON.stringify({ error: (err as Error).message }));
-      }
+  const manifestSub: Subscription = answer(o.nc, agentManifest, { host: o.host }, {
+    handle: (req) => {
+      const t = targets.get(`${req.migrationId}/${req.vm}`);
+      return t ? { seqWritten: t.state.seqWritten ?? -1, seqRead: t.state.seqRead ?? -1, waitingFor: t.waitingFor ?? t.state.waitingFor ?? "nothing" } : { error: `no destination of ${req.vm} in ${req.migrationId} on ${o.host}` };
     },
+    failed: (error) => ({ error }),
   });
   /** How far a destination got with its manifest (sequence numbers read and handed to QEMU), or undefined if it cannot say. */
   const destinationManifest = async (host: string, migrationId: string, vm: string): Promise<{ seqWritten?: number; seqRead?: number; waitingFor?: string } | undefined> => {
     try {
-      return JSON.parse(new TextDecoder().decode((await o.nc.request(`gwsvc.agent.${host}.manifest`, JSON.stringify({ migrationId, vm }), { timeout: 1000 })).data)) as { seqWritten?: number; seqRead?: number; waitingFor?: string };
+      const r = await ask(o.nc, agentManifest, { host }, { migrationId, vm }, { timeoutMs: 1000 });
+      return "error" in r ? {} : r;
     } catch {
       return undefined;
     }
@@ -305,7 +297,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     v.migrationId = c.migrationId;
     void publishInventory().catch(() => undefined); // others see at once that it is taken
     let gang = gangs.get(c.migrationId);
-    if (!gang) gangs.set(c.migrationId, (gang = { resolver: createKeyResolver(o.nc, pub, { migrationId: c.migrationId, targetHost: c.targetHost }), gangKeys: new Map(), users: 0, stopped: new Set() }));
+    if (!gang) gangs.set(c.migrationId, (gang = { resolver: createKeyResolver(o.nc, pub, { migrationId: c.migrationId, targetHost: c.targetHost }), gangKeys: new KeyTable(65536), users: 0, stopped: new Set() }));
     gang.users++;
     const t0 = Date.now();
     const params = { migrationId: c.migrationId };

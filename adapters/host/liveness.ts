@@ -13,6 +13,8 @@
  * the silence limit counts as silent.
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { agentStatus } from "../../schemas/agentService.ts";
+import type { ReplyOf } from "../../schemas/service.ts";
 
 export interface LivenessThresholds {
   /** Between pings. @default 1000 */
@@ -27,24 +29,19 @@ export interface LivenessThresholds {
 
 export const DEFAULT_LIVENESS: Required<LivenessThresholds> = { intervalMs: 1000, pingTimeoutMs: 2000, goneAfterMs: 5000, silentAfterMs: 60_000 };
 
-/** What an agent's status answer says. */
-export interface AgentStatus {
-  host: string;
-  uptimeSec: number;
-  vms: number;
-  migrations: number;
-  /** How long since the agent's main thread last showed it runs (ms). */
-  mainLoopLagMs?: number;
-}
+/** What an agent's status answer says (its service, schemas/agentService.ts). */
+export type AgentStatus = ReplyOf<typeof agentStatus>;
 
 export type PingResult = { kind: "ok"; status?: AgentStatus } | { kind: "gone" } | { kind: "silent"; why: string };
 
 /** One status ping of `peer`. */
 export async function pingAgent(nc: NatsConnection, peer: string, timeoutMs: number): Promise<PingResult> {
   try {
-    const reply = await nc.request(`gwsvc.agent.${peer}.status`, "", { timeout: timeoutMs });
+    const reply = await nc.request(agentStatus.subject({ host: peer }), "", { timeout: timeoutMs });
+    // An answer is the sign of life; what it says is only detail.
     try {
-      return { kind: "ok", status: JSON.parse(new TextDecoder().decode(reply.data)) as AgentStatus };
+      const status = agentStatus.reply.safeParse(JSON.parse(new TextDecoder().decode(reply.data)));
+      return status.success ? { kind: "ok", status: status.data } : { kind: "ok" };
     } catch {
       return { kind: "ok" };
     }
@@ -57,8 +54,9 @@ export async function pingAgent(nc: NatsConnection, peer: string, timeoutMs: num
 
 /** Answers status pings for `host` on `nc`. */
 export function answerStatus(nc: NatsConnection, host: string, status: () => AgentStatus): Subscription {
-  return nc.subscribe(`gwsvc.agent.${host}.status`, {
-    callback: (_err, msg) => void msg.respond(JSON.stringify({ ...status(), host })),
+  // Not through infra's `answer`: the answer goes out at once, whatever the request holds.
+  return nc.subscribe(agentStatus.subject({ host }), {
+    callback: (_err, msg) => void msg.respond(JSON.stringify({ ...status(), host } satisfies AgentStatus)),
   });
 }
 
