@@ -9,22 +9,36 @@
 import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
-import type { DedupIndexView, IndexedKey } from "../functions/hash/index.ts";
+import type { DedupIndexView } from "../functions/hash/index.ts";
 import { HASH_SHARDS, KeyStatus, KEY_BYTES, packCorrupt, packStored, RESOLVED_RECORD_BYTES, shardOfKey } from "../schemas/index.ts";
+import { KeyTable } from "../kit/keyTable.ts";
 import { decodeMessage } from "./events/binding.ts";
 import { EVENTS_STREAM } from "./nats/resources.ts";
 import { StreamFollower } from "./nats/follow.ts";
 
-const scoped = (tenant: string, key: Uint8Array | string) => `${tenant}/${typeof key === "string" ? key : Buffer.from(key).toString("hex")}`;
+/**
+ * One shard's keys of one tenant: key → entry. An entry is a number so that the table needs
+ * no object per key: stored in pack p is 2·p + 2, claimed by migration m (not stored yet) is
+ * 2·m + 1, with packs and migrations numbered in `names`.
+ */
+type Entries = KeyTable;
+const storedIn = (pack: number) => 2 * pack + 2;
+const claimedBy = (migration: number) => 2 * migration + 1;
 
 export interface DedupIndex extends DedupIndexView {
   close(): Promise<void>;
 }
 
 export function createDedupIndex(nc: NatsConnection): DedupIndex {
-  const keys = Array.from({ length: HASH_SHARDS }, () => new Map<string, IndexedKey>());
-  /** Each stored pack's keys (shard, tenant/key), to forget them if the pack is found damaged. */
-  const keysOfPack = new Map<string, [number, string][]>();
+  /** Per shard, per tenant. */
+  const keys = Array.from({ length: HASH_SHARDS }, () => new Map<string, Entries>());
+  const entries = (shard: number, tenant: string): Entries => keys[shard]!.get(tenant) ?? keys[shard]!.set(tenant, new KeyTable(4096)).get(tenant)!;
+  /** Pack and migration names, numbered (entries refer to them by number). */
+  const names: string[] = [];
+  const numbers = new Map<string, number>();
+  const numberOf = (name: string) => numbers.get(name) ?? (numbers.set(name, names.push(name) - 1), names.length - 1);
+  /** Each stored pack's keys (tenant, keys), to forget them if the pack is found damaged. */
+  const keysOfPack = new Map<string, { tenant: string; keys: Uint8Array }>();
   const applied = new Array<number>(HASH_SHARDS).fill(0);
   const waiters: (() => void)[][] = Array.from({ length: HASH_SHARDS }, () => []);
   const followers: StreamFollower[] = [];
@@ -51,10 +65,13 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
           if (d.ok && d.event.mode === "binary") {
             const ext = d.event.ext as { tenant: string; migrationId: string; count: number };
             const body = d.event.data;
+            const table = entries(shard, ext.tenant);
+            const claim = claimedBy(numberOf(ext.migrationId));
             for (let i = 0; i < ext.count; i++) {
               if (body[i * RESOLVED_RECORD_BYTES] !== KeyStatus.claimed) continue;
-              const id = scoped(ext.tenant, body.subarray(i * RESOLVED_RECORD_BYTES + 1, i * RESOLVED_RECORD_BYTES + 1 + KEY_BYTES));
-              if (!keys[shard]!.get(id)?.stored) keys[shard]!.set(id, { stored: false, claimedBy: ext.migrationId });
+              const at = i * RESOLVED_RECORD_BYTES + 1;
+              const e = table.get(body, at);
+              if (e === undefined || e % 2 === 1) table.set(body, at, claim);
             }
           }
           applied[shard] = seq;
@@ -68,20 +85,24 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
         if (!d.ok || d.event.mode !== "structured") return;
         if (d.definition === packCorrupt) {
           const { pack } = d.event.data as z.infer<typeof packCorrupt.data>;
-          for (const [shard, id] of keysOfPack.get(pack) ?? []) if (keys[shard]!.get(id)?.pack === pack) keys[shard]!.delete(id);
+          const held = keysOfPack.get(pack);
+          if (held && numbers.has(pack)) {
+            const stored = storedIn(numbers.get(pack)!);
+            for (let at = 0; at < held.keys.byteLength; at += KEY_BYTES) {
+              const table = entries(shardOfKey(held.keys[at]!), held.tenant);
+              if (table.get(held.keys, at) === stored) table.delete(held.keys, at);
+            }
+          }
           keysOfPack.delete(pack);
           return;
         }
         if (d.definition !== packStored) return;
         const data = d.event.data as z.infer<typeof packStored.data>;
-        const held: [number, string][] = [];
-        for (const k of data.keys) {
-          const shard = shardOfKey(parseInt(k.slice(0, 2), 16));
-          const id = scoped(data.tenant, k);
-          keys[shard]!.set(id, { stored: true, pack: data.pack });
-          held.push([shard, id]);
-        }
-        keysOfPack.set(data.pack, held);
+        const held = new Uint8Array(data.keys.length * KEY_BYTES);
+        data.keys.forEach((k, i) => held.set(Buffer.from(k, "hex"), i * KEY_BYTES));
+        const stored = storedIn(numberOf(data.pack));
+        for (let at = 0; at < held.byteLength; at += KEY_BYTES) entries(shardOfKey(held[at]!), data.tenant).set(held, at, stored);
+        keysOfPack.set(data.pack, { tenant: data.tenant, keys: held });
       });
     })());
 
@@ -120,8 +141,10 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
         });
       }
     },
-    get(tenant, key) {
-      return keys[shardOfKey(key[0]!)]!.get(scoped(tenant, key));
+    get(tenant, key, at = 0) {
+      const e = keys[shardOfKey(key[at]!)]!.get(tenant)?.get(key, at);
+      if (e === undefined) return undefined;
+      return e % 2 === 0 ? { stored: true, pack: names[(e - 2) / 2]! } : { stored: false, claimedBy: names[(e - 1) / 2]! };
     },
     async close() {
       for (const f of followers) await f.close();

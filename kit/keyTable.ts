@@ -7,7 +7,7 @@
  * outputs under a per-tenant secret, so their first bytes are already uniform and the slot
  * is taken from them directly; nobody outside the cluster can choose keys that collide.
  */
-import { KEY_BYTES } from "./contentKey.ts";
+import { KEY_BYTES } from "../schemas/index.ts";
 
 const EMPTY = 0;
 const USED = 1;

@@ -789,14 +789,14 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
 
   // --- preparation phase: scan a VM's memory and preseed what the destination side lacks ---
   let prepResolver: KeyResolver | undefined;
-  const knownByTenant = new Map<string, Set<string>>();
+  const knownByTenant = new Map<string, KeyTable>();
   const scan = async (c: Cmd<typeof scanRequested>) => {
     const v = owned.get(c.vm);
     if (!v || v.state !== "running" || v.scanning) return;
     v.scanning = true;
     try {
       const resolver = (prepResolver ??= createKeyResolver(o.nc, pub, { migrationId: `prep-${o.host}`, targetHost: o.host }));
-      const known = knownByTenant.get(v.spec.tenant) ?? knownByTenant.set(v.spec.tenant, new Set()).get(v.spec.tenant)!;
+      const known = knownByTenant.get(v.spec.tenant) ?? knownByTenant.set(v.spec.tenant, new KeyTable(65536)).get(v.spec.tenant)!;
       const pass = v.scan && !c.full ? v.scan.pass + 1 : 0;
       const r = await inSpan("scan memory", { "gangway.vm": c.vm, "gangway.host": o.host, "gangway.scan.pass": pass }, () => scanMemory({
         host: o.host, vm: c.vm, tenant: v.spec.tenant, ramPath: v.vm.ramPath, sizeBytes: v.spec.memoryMiB * 1024 * 1024, keyer: keyerFor(v.spec.tenant),

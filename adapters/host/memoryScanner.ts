@@ -12,6 +12,7 @@ import type { PackStore } from "../dataplane/packStore.ts";
 import type { KeyResolver } from "./keyResolver.ts";
 import { PackWriter } from "./packWriter.ts";
 import { ramPages } from "../dataplane/ramFile.ts";
+import type { KeyTable } from "../../kit/keyTable.ts";
 
 /** Per page: 1 marker byte (0 keyed, 1 fill) + key (or the fill byte). */
 const ENTRY = 1 + KEY_BYTES;
@@ -29,8 +30,8 @@ export interface MemoryScanOptions {
   /** The previous pass's page table, if any (then only changed pages are looked at). */
   previous?: Uint8Array;
   pass: number;
-  /** Keys this host knows are held already (hex); grows with what this pass learns. */
-  known: Set<string>;
+  /** Keys this host knows are held already; grows with what this pass learns. */
+  known: KeyTable;
   /** Checked between chunks: a pass stops early when the VM starts migrating (its stream is keyed then). */
   shouldStop?: () => boolean;
 }
@@ -69,9 +70,9 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
     const statuses = await o.resolver.resolve(o.vm, o.tenant, keys);
     bytesSent += keys.byteLength;
     for (let i = 0; i < asked; i++) {
-      const k = keyHex(keys, i * KEY_BYTES);
-      if (statuses[i] === KeyStatus.claimed && !o.known.has(k)) packer.add(keys, i * KEY_BYTES, askPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
-      o.known.add(k);
+      const at = i * KEY_BYTES;
+      if (statuses[i] === KeyStatus.claimed && !o.known.has(keys, at)) packer.add(keys, at, askPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+      o.known.set(keys, at, 1);
     }
     asked = 0;
     askKeys = new Uint8Array(LOOKUP_PAGES * KEY_BYTES);
@@ -102,7 +103,7 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
     rec.setBigUint64(0, BigInt(offset));
     if (fill === undefined) records.set(table.subarray(at + 1, at + ENTRY), recorded * SCAN_RECORD_BYTES + 8);
     if (++recorded === LOOKUP_PAGES) await announce();
-    if (fill !== undefined || o.known.has(keyHex(table, at + 1))) continue;
+    if (fill !== undefined || o.known.has(table, at + 1)) continue;
     askKeys.set(table.subarray(at + 1, at + ENTRY), asked * KEY_BYTES);
     askPages.set(page, asked * PAGE_SIZE);
     if (++asked === LOOKUP_PAGES) await lookUp();

@@ -13,7 +13,7 @@ import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts"
 import { deadLetterSink, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
 import { KEY_BYTES, PAGE_SIZE, keyFromHex, type PageKeyer } from "../dataplane/contentKey.ts";
-import { KeyTable } from "../dataplane/keyTable.ts";
+import { KeyTable } from "../../kit/keyTable.ts";
 import { decodePack, PagePackError } from "../dataplane/pagePack.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
 import { createLogger } from "../../infra/log.ts";

@@ -9,7 +9,8 @@ import { createHash } from "node:crypto";
 import { KeyStatus, manifestBatch, manifestCommand, manifestCompleted, manifestHeader, type ManifestCommand } from "../../schemas/index.ts";
 import type { EventPublisher } from "../../infra/events/publisher.ts";
 import type { MigrationCommand, StreamRecord, PageBatch } from "../qemu/stream/records.ts";
-import { KEY_BYTES, PAGE_SIZE, keyHex, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
+import { KEY_BYTES, PAGE_SIZE, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
+import { KeyTable } from "../../kit/keyTable.ts";
 import { ImageDigest } from "../dataplane/imageDigest.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
@@ -50,8 +51,8 @@ export interface SourceMigrationOptions {
   packs: PackStore;
   keyer: PageKeyer;
   resolver: KeyResolver;
-  /** Keys this gang already resolved (shared by the gang's VMs on this host): hex → status. */
-  gangKeys: Map<string, number>;
+  /** Keys this gang already resolved (shared by the gang's VMs on this host): key → KeyStatus. */
+  gangKeys: KeyTable;
   /** Raw bytes QEMU has sent so far (from the proxy), for progress. */
   nativeBytes: () => number;
   onProgress?: (p: SourceProgress) => void;
@@ -136,8 +137,8 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   let manifestSeq = 0;
   const writer = new ManifestWriter(batchPages);
   const packer = new PackWriter({ migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, publisher: o.publisher, packs: o.packs, ...(o.packPages ? { packPages: o.packPages } : {}) });
-  /** Keys this VM claimed and has packed (or is packing): hex set, to never pack one twice. */
-  const packedHere = new Set<string>();
+  /** Keys this VM claimed and has packed (or is packing), to never pack one twice. */
+  const packedHere = new KeyTable(4096);
   /** After PACKAGED: the destination runs (or is about to), pages are faulted in. */
   let postcopy = false;
   let roundStart = { at: Date.now(), pages: 0, native: 0, link: 0 };
@@ -180,7 +181,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
       }
       fills[i] = -1;
       o.keyer.keyInto(page, keys, i * KEY_BYTES);
-      if (!o.gangKeys.has(keyHex(keys, i * KEY_BYTES))) ask.push(i);
+      if (!o.gangKeys.has(keys, i * KEY_BYTES)) ask.push(i);
     }
     let statuses: Promise<Uint8Array>;
     if (ask.length === 0) statuses = Promise.resolve(new Uint8Array(batch.count).fill(255));
@@ -217,13 +218,13 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
         digest!.fill(pr.blockIndex, offset, fill);
         p.memory_constant++;
       } else {
-        const k = keyHex(pr.keys, i * KEY_BYTES);
+        const at = i * KEY_BYTES;
         // 255: the gang knew the key before this batch asked: someone else sends it.
         const status = statuses[i]!;
-        if (status !== 255) o.gangKeys.set(k, status);
-        const sendNow = status === KeyStatus.claimed && !packedHere.has(k);
+        if (status !== 255) o.gangKeys.set(pr.keys, at, status);
+        const sendNow = status === KeyStatus.claimed && !packedHere.has(pr.keys, at);
         if (sendNow) {
-          packedHere.add(k);
+          packedHere.set(pr.keys, at, 1);
           packer.add(pr.keys, i * KEY_BYTES, page!);
           p.pages_sent++;
         } else p.pages_deduplicated++;

@@ -10,6 +10,7 @@
  * are its log, and any instance rebuilds the index from that log before it answers.
  */
 import { hashLookup, hashResolved, HASH_SHARDS, KeyStatus, KEY_BYTES, RESOLVED_RECORD_BYTES } from "../../schemas/index.ts";
+import { KeyTable } from "../../kit/keyTable.ts";
 import { defineFunction, type FunctionDefinition } from "../../kit/index.ts";
 
 /** What the index knows of one key in one tenant's scope. */
@@ -26,10 +27,9 @@ export interface IndexedKey {
 export interface DedupIndexView {
   /** Reads every resolution (and stored pack) logged so far for this shard into the view. */
   sync(shard: number): Promise<void>;
-  get(tenant: string, key: Uint8Array): IndexedKey | undefined;
+  /** What is known of the key at `key[at…at+16)`. */
+  get(tenant: string, key: Uint8Array, at?: number): IndexedKey | undefined;
 }
-
-const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 
 export function createHashFunctions(index: DedupIndexView): FunctionDefinition<typeof hashLookup>[] {
   return Array.from({ length: HASH_SHARDS }, (_, shard) =>
@@ -45,23 +45,22 @@ export function createHashFunctions(index: DedupIndexView): FunctionDefinition<t
         const { ext, data } = event;
         await index.sync(shard);
         const out = new Uint8Array(ext.count * RESOLVED_RECORD_BYTES);
-        const inThisBatch = new Set<string>();
+        const inThisBatch = new KeyTable(ext.count);
         let claimed = 0;
         for (let i = 0; i < ext.count; i++) {
-          const key = data.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES);
-          const k = hex(key);
-          const known = index.get(ext.tenant, key);
+          const at = i * KEY_BYTES;
+          const known = index.get(ext.tenant, data, at);
           let status: KeyStatus;
           if (known?.stored) status = KeyStatus.present;
-          else if (inThisBatch.has(k) || known?.claimedBy === ext.migrationId) status = KeyStatus.inFlight;
+          else if (inThisBatch.has(data, at) || known?.claimedBy === ext.migrationId) status = KeyStatus.inFlight;
           else {
             // Unknown, or claimed by another migration that may never store it: claim it.
             status = KeyStatus.claimed;
             claimed++;
           }
-          inThisBatch.add(k);
+          inThisBatch.set(data, at, 1);
           out[i * RESOLVED_RECORD_BYTES] = status;
-          out.set(key, i * RESOLVED_RECORD_BYTES + 1);
+          out.set(data.subarray(at, at + KEY_BYTES), i * RESOLVED_RECORD_BYTES + 1);
         }
         ctx.log.debug("resolved", { shard, count: ext.count, claimed });
         ctx.emitBinary(hashResolved, { shard: String(shard) }, { ...ext, lookupId: event.id }, out);

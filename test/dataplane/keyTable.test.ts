@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { KeyTable } from "../../adapters/dataplane/keyTable.ts";
+import { KeyTable } from "../../kit/keyTable.ts";
 
 const hex = (b: Uint8Array, at: number) => Buffer.from(b.buffer, b.byteOffset + at, 16).toString("hex");
 
