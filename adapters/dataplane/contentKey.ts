@@ -18,6 +18,13 @@ export interface PageKeyer {
   /** Writes the 16-byte key of `page` into `out` at `at`. */
   keyInto(page: Uint8Array, out: Uint8Array, at: number): void;
   key(page: Uint8Array): Uint8Array;
+  /**
+   * Whether `page` still has the key at `key[at…at+16)`, from the key's first half only (one
+   * xxh64 instead of two): used where a page is expected to be unchanged (the proofs' reads of
+   * a whole RAM), where a mismatch is then keyed in full. Two different pages pass only if
+   * their seeded xxh64 collide: ~2^-64 per page, and the seed is secret to the hosts.
+   */
+  stillKeyed(page: Uint8Array, key: Uint8Array, at: number): boolean;
 }
 
 /**
@@ -43,6 +50,9 @@ export function createPageKeyer(tenant: string, secret: string = clusterSecret()
   return {
     tenant,
     keyInto,
+    stillKeyed(page, key, at) {
+      return api.h64Raw(page, seedA) === new DataView(key.buffer, key.byteOffset, key.byteLength).getBigUint64(at);
+    },
     key(page) {
       const out = new Uint8Array(KEY_BYTES);
       keyInto(page, out, 0);

@@ -61,6 +61,7 @@ export class ImageDigest {
       arr[at + 1] = fill;
       return true;
     }
+    if (arr[at] === 1 && keyer.stillKeyed(page, arr, at + 1)) return false;
     keyer.keyInto(page, scratch, 0);
     if (arr[at] === 1 && equalBytes(arr, at + 1, scratch)) return false;
     arr[at] = 1;

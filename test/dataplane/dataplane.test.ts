@@ -20,6 +20,28 @@ describe("content keys", () => {
     expect(keyHex(a.key(p))).not.toBe(keyHex(a.key(page())));
   });
 
+  it("stillKeyed: a page keeps its key until any byte of it changes; an image read of changed bytes sets the full key", () => {
+    const k = createPageKeyer("alpha", "secret");
+    const p = page();
+    const keys = new Uint8Array(3 + 16);
+    k.keyInto(p, keys, 3);
+    expect(k.stillKeyed(p, keys, 3)).toBe(true);
+    const image = new ImageDigest([4 * PAGE_SIZE]);
+    image.keyed(0, PAGE_SIZE, keys, 3);
+    const scratch = new Uint8Array(16);
+    expect(image.setFromBytes(0, PAGE_SIZE, p, k, scratch)).toBe(false);
+    for (const at of [0, 1, 2047, 4095]) {
+      const q = Buffer.from(p);
+      q[at] ^= 1;
+      expect(k.stillKeyed(q, keys, 3), `byte ${at}`).toBe(false);
+      const changed = image.clone();
+      expect(changed.setFromBytes(0, PAGE_SIZE, q, k, scratch)).toBe(true);
+      const want = image.clone();
+      want.keyed(0, PAGE_SIZE, k.key(q));
+      expect(changed.digest()).toBe(want.digest());
+    }
+  });
+
   it("classifies zero and uniform pages", () => {
     expect(isZeroPage(page(0))).toBe(true);
     expect(uniformByte(page(0))).toBe(0);
