@@ -42,4 +42,11 @@ describe("module boundaries", () => {
     const offenders = sources("infra").flatMap((file) => functionImports(file).filter((i) => !i.typeOnly).map((i) => `${file}: ${i.from}`));
     expect(offenders).toEqual([]);
   });
+
+  it("host actions import no other action: they share only the host's state (adapters/host/hostState.ts)", () => {
+    const offenders = sources("adapters/host/actions")
+      .filter((file) => !file.endsWith("index.ts"))
+      .flatMap((file) => [...readFileSync(file, "utf8").matchAll(/from\s+["'](\.\/[^"']+|\.\.\/agent\.ts)["']/g)].map((m) => `${file}: ${m[1]}`));
+    expect(offenders).toEqual([]);
+  });
 });
