@@ -12,7 +12,7 @@ import type { PackStore } from "../dataplane/packStore.ts";
 import type { KeyResolver } from "./keyResolver.ts";
 import { PackWriter } from "./packWriter.ts";
 import { ramPages } from "../dataplane/ramFile.ts";
-import type { KeyTable } from "../../kit/keyTable.ts";
+import { KeyTable } from "../../kit/keyTable.ts";
 
 /** Per page: 1 marker byte (0 keyed, 1 fill) + key (or the fill byte). */
 const ENTRY = 1 + KEY_BYTES;
@@ -30,7 +30,10 @@ export interface MemoryScanOptions {
   /** The previous pass's page table, if any (then only changed pages are looked at). */
   previous?: Uint8Array;
   pass: number;
-  /** Keys this host knows are held already; grows with what this pass learns. */
+  /**
+   * Keys this host knows are held already; grows with what this pass learns, once the packs
+   * of the pass are stored (a source migration references them without asking).
+   */
   known: KeyTable;
   /** Checked between chunks: a pass stops early when the VM starts migrating (its stream is keyed then). */
   shouldStop?: () => boolean;
@@ -63,6 +66,8 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
   let asked = 0;
   let records = new Uint8Array(LOOKUP_PAGES * SCAN_RECORD_BYTES);
   let recorded = 0;
+  /** Keys this pass met: known to the host once its packs are stored. */
+  const learned = new KeyTable(4096);
 
   const lookUp = async () => {
     if (asked === 0) return;
@@ -71,8 +76,8 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
     bytesSent += keys.byteLength;
     for (let i = 0; i < asked; i++) {
       const at = i * KEY_BYTES;
-      if (statuses[i] === KeyStatus.claimed && !o.known.has(keys, at)) packer.add(keys, at, askPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
-      o.known.set(keys, at, 1);
+      if (statuses[i] === KeyStatus.claimed && !o.known.has(keys, at) && !learned.has(keys, at)) packer.add(keys, at, askPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+      learned.set(keys, at, 1);
     }
     asked = 0;
     askKeys = new Uint8Array(LOOKUP_PAGES * KEY_BYTES);
@@ -103,7 +108,7 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
     rec.setBigUint64(0, BigInt(offset));
     if (fill === undefined) records.set(table.subarray(at + 1, at + ENTRY), recorded * SCAN_RECORD_BYTES + 8);
     if (++recorded === LOOKUP_PAGES) await announce();
-    if (fill !== undefined || o.known.has(table, at + 1)) continue;
+    if (fill !== undefined || o.known.has(table, at + 1) || learned.has(table, at + 1)) continue;
     askKeys.set(table.subarray(at + 1, at + ENTRY), asked * KEY_BYTES);
     askPages.set(page, asked * PAGE_SIZE);
     if (++asked === LOOKUP_PAGES) await lookUp();
@@ -111,6 +116,7 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
   await lookUp();
   await announce();
   await packer.drain();
+  learned.forEach((key) => o.known.set(key, 0, 1));
   bytesSent += packer.linkBytes;
   const sample: string[] = [];
   for (let at = 0; at < table.byteLength && sample.length < 8192; at += ENTRY) if (table[at] === 0 && table[at + 1] === 0) sample.push(keyHex(table, at + 1));

@@ -38,11 +38,12 @@ export interface PageSource {
    */
   cached(tenant: string, key: Uint8Array, at?: number): Buffer | undefined;
   /**
-   * Fetches every pack a migration (or a preparation pass, "prep-<host>") stored or stores,
-   * as soon as it is announced, so the destination keeps pace with the source instead of
-   * fetching when the manifest asks. Until stopPrefetch.
+   * Fetches every pack a migration (or a preparation pass, "prep-<host>") stored or stores
+   * for this tenant — of VM `vm` only if given — as soon as it is announced, so the
+   * destination keeps pace with the source instead of fetching when the manifest asks.
+   * Until stopPrefetch.
    */
-  prefetch(migrationId: string, tenant: string, keyer: PageKeyer): void;
+  prefetch(migrationId: string, tenant: string, keyer: PageKeyer, vm?: string): void;
   stopPrefetch(migrationId: string): void;
   /** Drops the cached pages (between migrations; the packs still hold them). */
   clearCache(): void;
@@ -97,9 +98,11 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
   const waiting = new Map<string, (() => void)[]>();
   const fetching = new Map<string, Promise<void>>();
   const stats = { packsFetched: 0, bytesFetched: 0, cacheHits: 0 };
-  const prefetching = new Map<string, { tenant: string; keyer: PageKeyer }>();
+  /** Per migration (or preparation pass): what to prefetch, by tenant and VM ("" = every VM). */
+  const prefetching = new Map<string, { tenant: string; vm: string; keyer: PageKeyer }[]>();
+  const wanted = (migrationId: string, tenant: string, vm: string) => prefetching.get(migrationId)?.find((w) => w.tenant === tenant && (w.vm === "" || w.vm === vm));
   /** Packs announced so far, by the migration (or preparation pass) that stored them. */
-  const packsOf = new Map<string, { tenant: string; pack: string }[]>();
+  const packsOf = new Map<string, { tenant: string; vm: string; pack: string }[]>();
   /** Who announced each pack (the first announcement). */
   const storedBy = new Map<string, string>();
   /** Packs found damaged (or announced but gone), and when: not fetched again until announced anew. */
@@ -131,12 +134,12 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
       if (!d.ok || d.event.mode !== "structured") continue;
       const data = d.event.data as z.infer<typeof packStored.data>;
       const list = packsOf.get(data.migrationId) ?? packsOf.set(data.migrationId, []).get(data.migrationId)!;
-      list.push({ tenant: data.tenant, pack: data.pack });
+      list.push({ tenant: data.tenant, vm: data.vm, pack: data.pack });
       if (!storedBy.has(data.pack)) storedBy.set(data.pack, data.migrationId);
       // Announced again after it was found damaged (and removed): stored anew, usable again.
       damaged.delete(data.pack);
-      const pre = prefetching.get(data.migrationId);
-      if (pre && pre.tenant === data.tenant) queuePrefetch(data.tenant, data.pack, pre.keyer);
+      const pre = wanted(data.migrationId, data.tenant, data.vm);
+      if (pre) queuePrefetch(data.tenant, data.pack, pre.keyer);
       for (const k of data.keys) {
         const id = `${data.tenant}/${k}`;
         // A key whose pack was found damaged moves to the pack that stores it again.
@@ -222,9 +225,12 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
 
   return {
     stats,
-    prefetch(migrationId, tenant, keyer) {
-      prefetching.set(migrationId, { tenant, keyer });
-      for (const p of packsOf.get(migrationId) ?? []) if (p.tenant === tenant) queuePrefetch(p.tenant, p.pack, keyer);
+    prefetch(migrationId, tenant, keyer, vm = "") {
+      // Already prefetched (this VM, or every VM of the tenant): nothing to add.
+      if (prefetching.get(migrationId)?.some((w) => w.tenant === tenant && (w.vm === "" || w.vm === vm))) return;
+      const list = prefetching.get(migrationId) ?? prefetching.set(migrationId, []).get(migrationId)!;
+      list.push({ tenant, vm, keyer });
+      for (const p of packsOf.get(migrationId) ?? []) if (p.tenant === tenant && (vm === "" || p.vm === vm)) queuePrefetch(p.tenant, p.pack, keyer);
     },
     stopPrefetch(migrationId) {
       prefetching.delete(migrationId);

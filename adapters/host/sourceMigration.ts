@@ -53,6 +53,12 @@ export interface SourceMigrationOptions {
   resolver: KeyResolver;
   /** Keys this gang already resolved (shared by the gang's VMs on this host): key → KeyStatus. */
   gangKeys: KeyTable;
+  /**
+   * Keys this host knows are stored in a page pack (its preparation scans stored or met them):
+   * referenced without asking the dedup index. Whoever finds such a pack damaged makes the
+   * host forget them (see the agent), as the index does.
+   */
+  storedKeys?: KeyTable;
   /** Raw bytes QEMU has sent so far (from the proxy), for progress. */
   nativeBytes: () => number;
   onProgress?: (p: SourceProgress) => void;
@@ -181,7 +187,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
       }
       fills[i] = -1;
       o.keyer.keyInto(page, keys, i * KEY_BYTES);
-      if (!o.gangKeys.has(keys, i * KEY_BYTES)) ask.push(i);
+      if (!o.gangKeys.has(keys, i * KEY_BYTES) && !o.storedKeys?.has(keys, i * KEY_BYTES)) ask.push(i);
     }
     let statuses: Promise<Uint8Array>;
     if (ask.length === 0) statuses = Promise.resolve(new Uint8Array(batch.count).fill(255));

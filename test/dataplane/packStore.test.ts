@@ -47,4 +47,44 @@ describe("pack store reads", () => {
       await source.close();
     }
   }, 60_000);
+
+  it("prefetches a preparation pass's packs of the VMs asked for only, and hands their pages out synchronously", async () => {
+    await using nats = await startTestNats();
+    const store = await openPackStore(nats.nc);
+    const keyer = createPageKeyer("t1");
+    const pub = createPublisher(jetstream(nats.nc), "gangway/host/hostA");
+    const stored = async (vm: string) => {
+      const writer = new PackWriter({ migrationId: "prep-hostA", sourceHost: "hostA", vm, tenant: "t1", publisher: pub, packs: store, packPages: 32 });
+      const keys = new Uint8Array(64 * KEY_BYTES);
+      const pages: Buffer[] = [];
+      for (let i = 0; i < 64; i++) {
+        const page = randomBytes(PAGE_SIZE);
+        keyer.keyInto(page, keys, i * KEY_BYTES);
+        writer.add(keys, i * KEY_BYTES, page);
+        pages.push(page);
+      }
+      await writer.drain();
+      return { keys, pages };
+    };
+    const a = await stored("vmA");
+    const b = await stored("vmB");
+    const source = await openPageSource(nats.nc, store);
+    try {
+      source.prefetch("prep-hostA", "t1", keyer, "vmA");
+      source.prefetch("prep-hostA", "t1", keyer, "vmA"); // asked twice: fetched once
+      const deadline = Date.now() + 20_000;
+      while (source.stats.packsFetched < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 300));
+      expect(source.stats.packsFetched).toBe(2);
+      a.pages.forEach((p, i) => expect(source.cached("t1", a.keys, i * KEY_BYTES)?.equals(p), `vmA page ${i}`).toBe(true));
+      expect(source.cached("t1", b.keys, 0)).toBeUndefined();
+      // Another tenant's table is another table.
+      expect(source.cached("t2", a.keys, 0)).toBeUndefined();
+      source.prefetch("prep-hostA", "t1", keyer);
+      while (source.stats.packsFetched < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(source.cached("t1", b.keys, 63 * KEY_BYTES)?.equals(b.pages[63]!)).toBe(true);
+    } finally {
+      await source.close();
+    }
+  }, 60_000);
 });
