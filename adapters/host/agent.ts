@@ -27,6 +27,7 @@ import { startHostLiveness, type HostLiveness } from "./hostLiveness.ts";
 import { createHostState, emptySessions } from "./hostState.ts";
 import { DEFAULT_LIVENESS, type LivenessThresholds } from "./liveness.ts";
 import { openPageSource, type CorruptPack } from "./packLocator.ts";
+import { forgetStoredKeysOnDamage } from "./storedKeys.ts";
 import type { AdoptedVm, GoneVm, QemuDriver } from "./qemuDriver.ts";
 
 export interface AgentOptions {
@@ -94,7 +95,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     openPages: () => openPageSource(o.nc, packs, { onCorrupt, host: o.host }),
   });
   const inventoryTimer = setInterval(() => void publishInventory(state).catch((e: Error) => log.warn("inventory not published", { error: e })), (o.inventoryIntervalSec ?? 10) * 1000);
-  const services = answerHostServices(state);
+  const services = [...answerHostServices(state), forgetStoredKeysOnDamage(o.nc, state.preparation.knownByTenant, log)];
 
   const durable = `agent-${o.host}`;
   try {

@@ -140,13 +140,19 @@ export function createHostState(o: {
   openPages(): Promise<PageSource>;
 }): HostState {
   const keyers = new Map<string, PageKeyer>();
+  // The promise is kept, not its result: prepare-target commands of a gang arriving together
+  // would otherwise each open a page source, and all but the last would never be closed.
+  let opening: Promise<PageSource> | undefined;
   let pageSource: PageSource | undefined;
   const { sessions, openPages, ...resources } = o;
   return {
     ...sessions,
     ...resources,
     keyerFor: (tenant) => keyers.get(tenant) ?? keyers.set(tenant, createPageKeyer(tenant)).get(tenant)!,
-    pages: async () => (pageSource ??= await openPages()),
+    pages: () => (opening ??= openPages().then((p) => (pageSource = p), (err: unknown) => {
+      opening = undefined; // the next command tries again
+      throw err;
+    })),
     openedPages: () => pageSource,
   };
 }

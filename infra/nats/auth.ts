@@ -157,6 +157,8 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         `gwsvc.agent.${host}.manifest`,
         // The dedup index's answers (all shards, all migrations: see the module comment).
         "gw.hash.resolved.*",
+        // Damaged packs anywhere: the host forgets the keys it knew stored (storedKeys.ts).
+        "gw.pack.*.corrupt",
       ],
     },
     allowResponses: true,

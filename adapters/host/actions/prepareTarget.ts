@@ -67,7 +67,8 @@ export default defineAction({
       const keyer = state.keyerFor(c.spec.tenant);
       // What the preparation phase preseeded first (it is most of the memory), then what
       // this migration stores as it goes.
-      source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyer);
+      // Of the source host's preparation packs, this VM's (not every pack its scans ever stored).
+      source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyer, c.spec.name);
       source.prefetch(c.migrationId, c.spec.tenant, keyer);
       const records = targetRecords({ nc: state.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, sourceHost: c.sourceHost, host, keyer, pages: source, packs: state.packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover, ended: ended.promise }, rebuild);
       await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": host }, () =>

@@ -18,7 +18,9 @@ export default defineAction({
       state.owned.delete(c.vm);
       await v.vm.quit();
     }
-    releaseGang(state, c.migrationId);
+    // Only a session of this host held the gang (a repeated command must not close it under
+    // the gang's other VMs).
+    if (s) releaseGang(state, c.migrationId);
     await publishInventory(state);
   },
 });

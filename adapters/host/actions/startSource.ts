@@ -119,7 +119,7 @@ export default defineAction({
       });
       const result = await inSpan("scan stream", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": host }, () => runSourceMigration({
         migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: host, records: pacer.records, publisher: pub, packs: state.packs,
-        vm: c.vm, keyer, resolver: gang.resolver, gangKeys: gang.gangKeys, nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
+        vm: c.vm, keyer, resolver: gang.resolver, gangKeys: gang.gangKeys, storedKeys: state.preparation.knownByTenant.get(v.spec.tenant), nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
         onRound: (r) => void publishRound(r).catch((e: Error) => log.warn("dirty log not published", { error: e })),
         onPostcopyPage: (block, offset, sent) => {
           const k = `${block}:${offset}`;
