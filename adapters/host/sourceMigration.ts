@@ -81,6 +81,21 @@ export interface SourceMigrationOptions {
    * source's RAM differs from what was sent and not discarded; see sourceRamProof.ts).
    */
   staleAtSwitchover?: (image: ImageDigest, blocks: { id: string; usedBytes: number }[], discarded: (block: number, offset: number) => boolean) => Promise<{ block: number; offset: number; page: Buffer }[]>;
+  /**
+   * QEMU's stream ended (the guest is stopped) and every page of it is in the image: what was
+   * sent is final, though packs and the device state are still being stored. The source's
+   * proof reads its RAM from here, while those finish.
+   */
+  onStreamEnd?: (sent: SentImage) => void;
+}
+
+/** What a source sent, page by page: final once QEMU's stream ended. */
+export interface SentImage {
+  /** The image the stream implies, with the RAM blocks as the header listed them. */
+  image: ImageDigest;
+  blocks: { id: string; usedBytes: number }[];
+  /** Where a page was last carried: its pass and manifest sequence number (undefined: never). */
+  origin(block: number, offset: number): { round: number; seq: number } | undefined;
 }
 
 /** One pre-copy pass as the source saw it. */
@@ -95,15 +110,10 @@ export interface RoundFigures {
   linkBytes: number;
 }
 
-export interface SourceResult {
+export interface SourceResult extends SentImage {
   progress: SourceProgress;
   digest: string;
   rounds: number;
-  /** The image the stream implies, with the RAM blocks as the header listed them. */
-  image: ImageDigest;
-  blocks: { id: string; usedBytes: number }[];
-  /** Where a page was last carried: its pass and manifest sequence number (undefined: never). */
-  origin(block: number, offset: number): { round: number; seq: number } | undefined;
   /** SHA-256 of the device state stored for the destination. */
   deviceStateDigest: string;
 }
@@ -410,6 +420,11 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   }
   while (inFlight.length) await finish(inFlight.shift()!);
   if (!digest) throw new Error("the stream ended before the RAM setup");
+  const origin = (block: number, offset: number) => {
+    const r = origins[block]?.round[offset / PAGE_SIZE];
+    return r ? { round: r - 1, seq: origins[block]!.seq[offset / PAGE_SIZE]! } : undefined;
+  };
+  o.onStreamEnd?.({ image: digest, blocks, origin });
   await packer.drain();
   await flushManifest(p.round, true);
 
@@ -421,10 +436,6 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   p.packed_raw_bytes = packer.rawBytes;
   p.packed_bytes = packer.storedBytes;
   p.bytes_on_link += packer.linkBytes;
-  const origin = (block: number, offset: number) => {
-    const r = origins[block]?.round[offset / PAGE_SIZE];
-    return r ? { round: r - 1, seq: origins[block]!.seq[offset / PAGE_SIZE]! } : undefined;
-  };
   const result: SourceResult = {
     progress: { ...p, native_bytes: o.nativeBytes() }, digest: digest.digest(), rounds: p.round, image: digest, blocks, origin,
     deviceStateDigest: state.byteLength === 0 && packagedDigest ? packagedDigest : createHash("sha256").update(state).digest("hex"),

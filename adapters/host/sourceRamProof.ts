@@ -15,8 +15,8 @@ import { KEY_BYTES, type PageKeyer } from "../dataplane/contentKey.ts";
 import type { ImageDigest } from "../dataplane/imageDigest.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
-import { dumpRamForDiagnosis, readRamInto } from "../dataplane/ramProof.ts";
-import type { SourceResult } from "./sourceMigration.ts";
+import { dumpRamForDiagnosis, readRamInto, type RamReadResult } from "../dataplane/ramProof.ts";
+import type { SentImage, SourceResult } from "./sourceMigration.ts";
 import { PackWriter } from "./packWriter.ts";
 import { testFault } from "./testFaults.ts";
 
@@ -34,6 +34,42 @@ export interface SourceRamProof {
   readMs: number;
 }
 
+/** The stopped source's RAM, read against what was sent (the heavy half of the proof). */
+export interface SourceRamRead {
+  m0: number;
+  /** The image of what the RAM holds. */
+  ram: ImageDigest;
+  repairs: { offset: number; page: Buffer }[];
+  listed: SourceRamProof["differing"];
+  read: RamReadResult;
+}
+
+/**
+ * Reads the stopped source's RAM against the image sent. It may start as soon as QEMU's
+ * stream ended (the image is final then), while the last packs and the device state are
+ * still being stored: the read is the longest part of the proof, and the guest is stopped.
+ */
+export async function readSourceRam(o: { migrationId: string; vm: string; ramPath: string; sent: SentImage; keyer: PageKeyer; repair: boolean }): Promise<SourceRamRead> {
+  const m0 = o.sent.blocks.findIndex((b) => b.id === "m0");
+  if (m0 < 0) throw new Error("the stream has no RAM block m0 (the VM's memory-backend file): its memory cannot be proved");
+  await dumpRamForDiagnosis(o.ramPath, o.migrationId, o.vm, "source");
+  const ram = o.sent.image.clone();
+  const repairs: { offset: number; page: Buffer }[] = [];
+  const listed: SourceRamProof["differing"] = [];
+  const read = await readRamInto({
+    image: ram, block: m0, ramPath: o.ramPath, sizeBytes: o.sent.blocks[m0]!.usedBytes, keyer: o.keyer,
+    onDiffer: (offset, page) => {
+      if (o.repair && repairs.length < MAX_REPAIR_PAGES) repairs.push({ offset, page: Buffer.from(page) });
+      if (listed.length < 64) {
+        const origin = o.sent.origin(m0, offset);
+        listed.push({ offset: `m0+0x${offset.toString(16)}`, ...(origin ? { pass: origin.round, seq: origin.seq } : {}) });
+      }
+    },
+  });
+  return { m0, ram, repairs, listed, read };
+}
+
+/** The proof: the RAM read (started early, or here), its repairs stored, then announced. */
 export async function proveSourceRam(o: {
   migrationId: string;
   vm: string;
@@ -47,24 +83,11 @@ export async function proveSourceRam(o: {
   packs: PackStore;
   /** Post-copy: the destination runs already; differences are reported, not repaired. */
   repair: boolean;
+  /** The RAM read, if it began when the stream ended. */
+  reading?: Promise<SourceRamRead>;
 }): Promise<SourceRamProof> {
-  const m0 = o.sent.blocks.findIndex((b) => b.id === "m0");
-  if (m0 < 0) throw new Error("the stream has no RAM block m0 (the VM's memory-backend file): its memory cannot be proved");
-  await dumpRamForDiagnosis(o.ramPath, o.migrationId, o.vm, "source");
-  const ram = o.sent.image.clone();
+  const { m0, ram, repairs, listed, read } = await (o.reading ?? readSourceRam(o));
   const sentAfterRepair = o.sent.image.clone();
-  const repairs: { offset: number; page: Buffer }[] = [];
-  const listed: SourceRamProof["differing"] = [];
-  const read = await readRamInto({
-    image: ram, block: m0, ramPath: o.ramPath, sizeBytes: o.sent.blocks[m0]!.usedBytes, keyer: o.keyer,
-    onDiffer: (offset, page) => {
-      if (o.repair && repairs.length < MAX_REPAIR_PAGES) repairs.push({ offset, page: Buffer.from(page) });
-      if (listed.length < 64) {
-        const origin = o.sent.origin(m0, offset);
-        listed.push({ offset: `m0+0x${offset.toString(16)}`, ...(origin ? { pass: origin.round, seq: origin.seq } : {}) });
-      }
-    },
-  });
   let firstDiffering: string | undefined;
   if (read.firstDiffering !== undefined) {
     const origin = o.sent.origin(m0, read.firstDiffering);

@@ -17,7 +17,7 @@ import { joinGang, latch, sessionKey, type SourceSession } from "../hostState.ts
 import { destinationManifest, peerAlive, watchPeer } from "../peers.ts";
 import type { OutgoingStream } from "../qemuDriver.ts";
 import { runSourceMigration, type SourceProgress } from "../sourceMigration.ts";
-import { proveSourceRam, stalePagesAtSwitchover } from "../sourceRamProof.ts";
+import { proveSourceRam, readSourceRam, stalePagesAtSwitchover, type SourceRamRead } from "../sourceRamProof.ts";
 import { sourceRecordsFor } from "../testFaults.ts";
 
 /** Manifest messages (4096 pages each) a source may run ahead of what its destination handed QEMU. */
@@ -117,6 +117,7 @@ export default defineAction({
         yieldTo: () => [...gang.stopped].find((vm) => vm !== c.vm),
         maxWaitMs: PACE_MAX_WAIT_MS,
       });
+      let reading: Promise<SourceRamRead> | undefined;
       const result = await inSpan("scan stream", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": host }, () => runSourceMigration({
         migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: host, records: pacer.records, publisher: pub, packs: state.packs,
         vm: c.vm, keyer, resolver: gang.resolver, gangKeys: gang.gangKeys, storedKeys: state.preparation.knownByTenant.get(v.spec.tenant), nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
@@ -132,6 +133,11 @@ export default defineAction({
         onPublished: (seq) => (session.published = seq),
         lowLatency: () => session.switchover !== undefined || pacer.holding,
         staleAtSwitchover: (image, blocks, discarded) => stalePagesAtSwitchover({ ramPath: v.vm.ramPath, image, blocks, discarded, keyer }),
+        // The guest is stopped and the image final: the proof's RAM read overlaps the last stores.
+        onStreamEnd: (sent) => {
+          reading = readSourceRam({ migrationId: c.migrationId, vm: c.vm, ramPath: v.vm.ramPath, sent, keyer, repair: session.switchover?.mode !== "post-copy" });
+          reading.catch(() => undefined); // awaited by the proof
+        },
       }));
       bytesOnLink.add(result.progress.bytes_on_link, { "gangway.host": host });
       pagesCounter.add(result.progress.memory_constant, { outcome: "zero" });
@@ -142,7 +148,7 @@ export default defineAction({
       // The guest is stopped now: its RAM file is the truth to prove (and repair) against.
       const proof = await inSpan("source proof", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": host }, () => proveSourceRam({
         migrationId: c.migrationId, vm: c.vm, tenant: v.spec.tenant, sourceHost: host, ramPath: v.vm.ramPath, sent: result, keyer,
-        publisher: pub, packs: state.packs, repair: session.switchover?.mode !== "post-copy",
+        publisher: pub, packs: state.packs, repair: session.switchover?.mode !== "post-copy", ...(reading ? { reading } : {}),
       }));
       pagesCounter.add(proof.pagesRepaired, { outcome: "repaired" });
       (proof.pagesRepaired > 0 || proof.firstDiffering ? log.warn : log.info)("source memory proved", { migrationId: c.migrationId, vm: c.vm, ...proof });
