@@ -30,6 +30,34 @@ export interface VmView {
   currentWait?: { for: string; since: number };
   /** The commit's three equal digests (pre-copy). */
   proof?: VmProof;
+  /** When the sides spoke (ms since the epoch), and when the commit was decided. */
+  spoken?: { sent: number; verified: number; ready: number };
+  committedAt?: number;
+}
+
+/**
+ * What a pre-copy downtime (source stopped → destination running) was spent on, in order:
+ * the source finishing its stream (last pages, packs, device state stored), proving its RAM,
+ * the destination loading the rest, reading back and repairing (until it held the proof), the
+ * commit's decision, and the resume.
+ */
+export interface DowntimePhases {
+  source_sent_ms: number;
+  source_proved_ms: number;
+  destination_ready_ms: number;
+  commit_ms: number;
+  resume_ms: number;
+}
+
+function downtimePhases(v: VmView): DowntimePhases | undefined {
+  const { switchoverAt: stop, spoken, committedAt, resumedAt } = v;
+  if (stop === undefined || !spoken || committedAt === undefined || resumedAt === undefined || v.mode === "PostCopy") return undefined;
+  // Each step from the later of its own start and the previous step's end (the sides overlap).
+  const sent = Math.max(stop, spoken.sent);
+  const verified = Math.max(sent, spoken.verified);
+  const ready = Math.max(verified, spoken.ready);
+  const committed = Math.max(ready, committedAt);
+  return { source_sent_ms: sent - stop, source_proved_ms: verified - sent, destination_ready_ms: ready - verified, commit_ms: committed - ready, resume_ms: Math.max(committed, resumedAt) - committed };
 }
 
 export interface VmProof {
@@ -64,6 +92,7 @@ export interface GangSummary {
     native_bytes: number; bytes_on_link: number; rounds: number; downtime_ms?: number; mode?: "PreCopy" | "PostCopy"; proof?: VmProof;
     /** The longest single wait of its switch-over, as its destination named it. */
     longest_wait?: { for: string; ms: number };
+    downtime_phases?: DowntimePhases;
   }[];
   native_bytes: number;
   bytes_on_link: number;
@@ -190,7 +219,10 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
         case "io.gangway.migration.committed.v1": {
           const v = vmView(data.vm!);
           v.outcome = "committed";
+          v.committedAt = at;
           if (data.proof) v.proof = data.proof as VmProof;
+          const spoken = data.spoken as { sent: string; verified: string; ready: string } | undefined;
+          if (spoken) v.spoken = { sent: Date.parse(spoken.sent), verified: Date.parse(spoken.verified), ready: Date.parse(spoken.ready) };
           break;
         }
         case "io.gangway.migration.rolledback.v1": {
@@ -244,6 +276,7 @@ export function summarize(view: GangView): GangSummary {
     ...(v.mode ? { mode: v.mode } : {}),
     ...(v.proof ? { proof: v.proof } : {}),
     ...(v.longestWait ? { longest_wait: v.longestWait } : {}),
+    ...((p) => (p ? { downtime_phases: p } : {}))(downtimePhases(v)),
   }));
   const sum = (f: (v: (typeof vms)[number]) => number) => vms.reduce((n, v) => n + f(v), 0);
   const stats = [...view.vms.values()].map((v) => v.stats);

@@ -95,7 +95,17 @@ export function summaryTable(s: GangSummary): string {
     `gang: QEMU's own stream ${fmtBytes(s.native_bytes)}; gangway moved ${fmtBytes(s.bytes_on_link)} (${pct(s.link_ratio)} of native)`,
     `      dedup left ${pct(s.dedup_ratio)} of non-zero pages to send (${s.pages_deduplicated.toLocaleString()} deduplicated); LZ4 packed them to ${pct(s.compression_ratio)}`,
     proofLine(s),
+    ...downtimeLines(s),
   ].join("\n");
+}
+
+/** Where each pre-copy downtime went (source stopped → destination running). */
+function downtimeLines(s: GangSummary): string[] {
+  return s.vms.flatMap((v) => {
+    const p = v.downtime_phases;
+    if (!p) return [];
+    return [`downtime ${v.vm}: source sent ${p.source_sent_ms} ms, proved its RAM ${p.source_proved_ms} ms, destination ready ${p.destination_ready_ms} ms, commit ${p.commit_ms} ms, resume ${p.resume_ms} ms`];
+  });
 }
 
 /** What the commit proved of the committed VMs: source RAM = what was sent = what the destination loaded. */

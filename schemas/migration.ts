@@ -123,6 +123,12 @@ export const migrationCommitted = defineEvent({
       source_read_ms: z.number().nonnegative().optional(),
       destination_read_ms: z.number().nonnegative().optional(),
     }).optional(),
+    /**
+     * When each side had spoken (its event's time): the source had sent everything (its
+     * manifest completed), the source had proved its RAM, the destination held it proven. With
+     * the switch-over's time and the commit's, they say what a downtime was spent on.
+     */
+    spoken: z.object({ sent: z.iso.datetime({ offset: true }), verified: z.iso.datetime({ offset: true }), ready: z.iso.datetime({ offset: true }) }).optional(),
     /** post-copy: the destination runs while the rest of the pages follow. @default pre-copy */
     mode: z.enum(MigrationMode).optional(),
     stats: jobStats,

@@ -46,6 +46,8 @@ type Decision = { outcome: "committed" | "rolledback" | "lost"; mode?: "post-cop
 const sentKey = (m: string, vm: string) => `commit.${m}.${vm}.sent`;
 const readyKey = (m: string, vm: string) => `commit.${m}.${vm}.ready`;
 const verifiedKey = (m: string, vm: string) => `commit.${m}.${vm}.verified`;
+/** When each side spoke (its event's time): the first account counts, as for the facts. */
+const spokenKey = (m: string, vm: string, side: "sent" | "verified" | "ready") => `commit.${m}.${vm}.spoken.${side}`;
 const decisionKey = (m: string, vm: string) => `commit.${m}.${vm}.decision`;
 const outcomeKey = (m: string) => `migration.${m}.outcome`;
 const resumedKey = (m: string, vm: string) => `commit.${m}.${vm}.resumed`;
@@ -115,6 +117,7 @@ async function decide(ctx: FunctionContext, migrationId: string, vm: string): Pr
     return settleGang(ctx, plan);
   }
   const p = { migrationId };
+  const [sentAt, verifiedAt, readyAt] = await Promise.all((["sent", "verified", "ready"] as const).map((side) => ctx.state.get<string>(spokenKey(migrationId, vm, side))));
   // Destination first; the source quits only once the destination says it runs (commit-resumed).
   ctx.emit(agentResumeTarget, { host: plan.targetHost }, { host: plan.targetHost, migrationId, vm });
   ctx.emit(migrationCommitted, p, {
@@ -128,6 +131,7 @@ async function decide(ctx: FunctionContext, migrationId: string, vm: string): Pr
       device_state_digest: verified.devicestatedigest, source_read_ms: Number(verified.readms),
       ...(ready.readMs !== undefined ? { destination_read_ms: ready.readMs } : {}),
     },
+    ...(sentAt && verifiedAt && readyAt ? { spoken: { sent: sentAt, verified: verifiedAt, ready: readyAt } } : {}),
     stats: { time_elapsed: 0, data_processed: 0, memory_iteration: sent.rounds, ...(ready.downtimeMs !== undefined ? { downtime: ready.downtimeMs } : {}) },
   });
   await settleGang(ctx, plan);
@@ -175,6 +179,7 @@ const commitSent = defineFunction({
     const d = event.data;
     reportedBy(await loadPlan(ctx, d.migrationId, true), d.vm, event.source, "source");
     await recordOnce(ctx, sentKey(d.migrationId, d.vm), d, "the source's account of what it sent");
+    await ctx.state.create(spokenKey(d.migrationId, d.vm, "sent"), event.time);
     await decide(ctx, d.migrationId, d.vm);
   },
 });
@@ -188,6 +193,7 @@ const commitVerified = defineFunction({
     const ext = event.ext;
     reportedBy(await loadPlan(ctx, ext.migrationId, true), ext.vm, event.source, "source");
     await recordOnce(ctx, verifiedKey(ext.migrationId, ext.vm), ext, "the source's proof against its RAM");
+    await ctx.state.create(spokenKey(ext.migrationId, ext.vm, "verified"), event.time);
     const decision = await ctx.state.get<Decision>(decisionKey(ext.migrationId, ext.vm));
     if (decision?.mode !== "post-copy") return decide(ctx, ext.migrationId, ext.vm);
     await checkPostcopy(ctx, ext.migrationId, ext.vm);
@@ -204,6 +210,7 @@ const commitOnReady = defineFunction({
     const d = event.data;
     reportedBy(await loadPlan(ctx, d.migrationId, true), d.vm, event.source, "target");
     await recordOnce(ctx, readyKey(d.migrationId, d.vm), d, "the destination's proof");
+    await ctx.state.create(spokenKey(d.migrationId, d.vm, "ready"), event.time);
     await decide(ctx, d.migrationId, d.vm);
   },
 });

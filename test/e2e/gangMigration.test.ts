@@ -75,6 +75,11 @@ describe("gang migration (real QEMU, real nats-server)", () => {
       expect(v.proof, v.vm).toBeDefined();
       expect(v.proof!.sent_digest).toBe(v.proof!.source_ram_digest);
       expect(v.proof!.destination_digest).toBe(v.proof!.source_ram_digest);
+      // The downtime is accounted for, phase by phase, from the events' own times.
+      const phases = v.downtime_phases;
+      expect(phases, `${v.vm} downtime phases`).toBeDefined();
+      for (const [phase, ms] of Object.entries(phases!)) expect(ms, `${v.vm} ${phase}`).toBeGreaterThanOrEqual(0);
+      expect(Object.values(phases!).reduce((n, ms) => n + ms, 0)).toBe(v.downtime_ms);
     }
     for (const v of gang1) expect(await verifyGuest(nats.nc, "hostB", v)).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
     const onA = await hostVms(nats.nc, "hostA");
