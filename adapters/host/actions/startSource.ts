@@ -118,6 +118,7 @@ export default defineAction({
         maxWaitMs: PACE_MAX_WAIT_MS,
       });
       let reading: Promise<SourceRamRead> | undefined;
+      let streamEndedAt: number | undefined;
       const result = await inSpan("scan stream", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": host }, () => runSourceMigration({
         migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: host, records: pacer.records, publisher: pub, packs: state.packs,
         vm: c.vm, keyer, resolver: gang.resolver, gangKeys: gang.gangKeys, storedKeys: state.preparation.knownByTenant.get(v.spec.tenant), nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
@@ -132,9 +133,11 @@ export default defineAction({
         onPostcopyFlushed: () => void publishServed().catch(() => undefined),
         onPublished: (seq) => (session.published = seq),
         lowLatency: () => session.switchover !== undefined || pacer.holding,
+        askIndex: () => !guestStopped,
         staleAtSwitchover: (image, blocks, discarded) => stalePagesAtSwitchover({ ramPath: v.vm.ramPath, image, blocks, discarded, keyer }),
         // The guest is stopped and the image final: the proof's RAM read overlaps the last stores.
         onStreamEnd: (sent) => {
+          streamEndedAt = Date.now();
           reading = readSourceRam({ migrationId: c.migrationId, vm: c.vm, ramPath: v.vm.ramPath, sent, keyer, repair: session.switchover?.mode !== "post-copy" });
           reading.catch(() => undefined); // awaited by the proof
         },
@@ -144,7 +147,12 @@ export default defineAction({
       pagesCounter.add(result.progress.pages_deduplicated, { outcome: "deduplicated" });
       pagesCounter.add(result.progress.pages_sent, { outcome: "sent" });
       emitProgress(result.progress);
-      log.info("source sent everything", { migrationId: c.migrationId, ...result.progress });
+      // Where the source's part of a downtime goes: QEMU's last pass, then packs and device state stored.
+      const stoppedAt = await out.stopped.catch(() => undefined);
+      log.info("source sent everything", {
+        migrationId: c.migrationId, ...result.progress,
+        ...(stoppedAt !== undefined && streamEndedAt !== undefined ? { streamEndMsAfterStop: streamEndedAt - stoppedAt, storedMsAfterStreamEnd: Date.now() - streamEndedAt } : {}),
+      });
       // The guest is stopped now: its RAM file is the truth to prove (and repair) against.
       const proof = await inSpan("source proof", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": host }, () => proveSourceRam({
         migrationId: c.migrationId, vm: c.vm, tenant: v.spec.tenant, sourceHost: host, ramPath: v.vm.ramPath, sent: result, keyer,
