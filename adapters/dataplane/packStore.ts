@@ -25,6 +25,14 @@ export interface PackStore {
   getObject(name: string): Promise<Uint8Array | null>;
 }
 
+/**
+ * A pack (~1 MiB) or a device state as one chunk where the server allows it (the client
+ * clamps this to the server's max_payload): the default 128 KiB made eight acknowledged
+ * publishes and eight consumer deliveries of every pack.
+ */
+const CHUNK_BYTES = 2 * 1024 * 1024;
+const meta = (name: string) => ({ name, options: { max_chunk_size: CHUNK_BYTES } });
+
 /** Errors of a server that is briefly unable to answer (a cluster electing leaders). */
 const TRANSIENT = new Set(["TimeoutError", "NoRespondersError", "JetStreamNotEnabled"]);
 
@@ -95,7 +103,7 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
       return retried(async () => {
         const info = await os.info(name);
         if (info && !info.deleted) return false;
-        await os.putBlob({ name }, bytes);
+        await os.putBlob(meta(name), bytes);
         return true;
       }, log, `put ${name}`);
     },
@@ -110,10 +118,10 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
       await retried(() => os.delete(name), log, `remove ${name}`);
     },
     async putUnchecked(name, bytes) {
-      await os.putBlob({ name }, bytes);
+      await os.putBlob(meta(name), bytes);
     },
     async putObject(name, bytes) {
-      await retried(() => os.putBlob({ name }, bytes), log, `put ${name}`);
+      await retried(() => os.putBlob(meta(name), bytes), log, `put ${name}`);
     },
     getObject: (name) => retried(() => readObject(os, name, readTimeoutMs, log), log, `get ${name}`),
   };
