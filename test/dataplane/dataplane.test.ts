@@ -1,6 +1,6 @@
 /** The data plane's pure pieces: keys per tenant, page packs, manifest records, image digests. */
 import { describe, expect, it } from "vitest";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createPageKeyer, isZeroPage, keyHex, uniformByte, PAGE_SIZE } from "../../adapters/dataplane/contentKey.ts";
 import { decodePack, encodePack, isPagePackError, packNameOf } from "../../adapters/dataplane/pagePack.ts";
 import { ManifestWriter, readManifestRecords } from "../../adapters/dataplane/manifestRecords.ts";
@@ -89,10 +89,21 @@ describe("page packs", () => {
     } catch (e) {
       expect(isPagePackError(e)).toBe(true);
     }
-    // A flipped payload byte keeps the structure but not the content address.
+    // The name is its keys': a flipped key byte names another pack; a flipped payload byte
+    // keeps the name, and its page no longer matches its key (what every reader checks).
+    const keyFlipped = Buffer.from(packed.bytes);
+    keyFlipped[12 + 5]! ^= 1;
+    expect(packNameOf(keyFlipped)).not.toBe(packed.name);
     const flipped = Buffer.from(packed.bytes);
     flipped[flipped.length - 1]! ^= 1;
-    expect(packNameOf(flipped)).not.toBe(packed.name);
+    expect(packNameOf(flipped)).toBe(packed.name);
+    const back = decodePack(flipped);
+    expect(keyHex(keyer.key(Buffer.from(back.pages.subarray(PAGE_SIZE))))).not.toBe(keyHex(back.keys, 16));
+    // A version 1 pack (retained from before) is named by all its bytes.
+    const v1 = Buffer.from(packed.bytes);
+    v1[4] = 1;
+    expect(packNameOf(v1)).toBe(`pack-${createHash("sha256").update(v1).digest("hex").slice(0, 32)}`);
+    expect(decodePack(v1).count).toBe(2);
   });
 });
 
