@@ -44,6 +44,7 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
   const followers: StreamFollower[] = [];
   const shardFollowers: StreamFollower[] = [];
   let started: Promise<void> | undefined;
+  let packFollower: StreamFollower | undefined;
   let jsmReady: Promise<JetStreamManager> | undefined;
 
   // A follower picks up after the last message it applied when its consumer is lost (a
@@ -81,7 +82,7 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
       // Stored packs only turn claims into "present"; no decision waits for them. A pack a
       // destination found damaged (and removed) takes its keys with it: they are absent
       // again, so the next migration that meets them sends them.
-      await follow("gw.pack.*.*", (_seq, d) => {
+      packFollower = await follow("gw.pack.*.*", (_seq, d) => {
         if (!d.ok || d.event.mode !== "structured") return;
         if (d.definition === packCorrupt) {
           const { pack } = d.event.data as z.infer<typeof packCorrupt.data>;
@@ -106,9 +107,23 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
       });
     })());
 
+  /**
+   * Damage reports change answers ("present" → claim it again), so a look-up waits until the
+   * pack follower has read every pack event stored before it (bounded: 3 s, then it answers
+   * with what it has). A destination reports damage before it fails the migration that met it.
+   */
+  const packsRead = async () => {
+    const until = Date.now() + 3000;
+    while (Date.now() < until) {
+      if ((await packFollower!.unread().catch(() => 0)) === 0) return;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+
   return {
     async sync(shard) {
       await start();
+      await packsRead();
       // Made once, without the account-info round trip a new manager makes: that request
       // needs the JetStream meta leader, so on a cluster that lost a node every look-up
       // timed out until a new one was elected, although the stream itself still answered.

@@ -67,9 +67,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
    * so the next migration needing those pages sends them again (before, every later
    * migration of them failed on the same pack). This migration fails on it regardless.
    */
-  const onCorrupt = (c: CorruptPack) => {
+  const onCorrupt = (c: CorruptPack): Promise<void> => {
     log.warn("page pack damaged; removing it", { pack: c.pack, storedBy: c.migrationId, reason: c.reason });
-    void (async () => {
+    return (async () => {
       await packs.remove(c.pack);
       await pub.publish(packCorrupt, { migrationId: c.migrationId }, { migrationId: c.migrationId, tenant: c.tenant, pack: c.pack, reportedBy: o.host, reason: c.reason.slice(0, 2000) }, { id: `corrupt-${c.pack}-${o.host}` });
     })().catch((e: Error) => log.error("damaged pack not removed or not announced", { pack: c.pack, error: e }));

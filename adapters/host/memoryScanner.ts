@@ -31,8 +31,8 @@ export interface MemoryScanOptions {
   previous?: Uint8Array;
   pass: number;
   /**
-   * Keys this host knows are held already; grows with what this pass learns, once the packs
-   * of the pass are stored (a source migration references them without asking).
+   * Keys this host knows are held already; grows with the keys this pass stores, once its
+   * packs are stored (a source migration references them without asking).
    */
   known: KeyTable;
   /** Checked between chunks: a pass stops early when the VM starts migrating (its stream is keyed then). */
@@ -76,7 +76,11 @@ export async function scanMemory(o: MemoryScanOptions): Promise<MemoryScanResult
     bytesSent += keys.byteLength;
     for (let i = 0; i < asked; i++) {
       const at = i * KEY_BYTES;
-      if (statuses[i] === KeyStatus.claimed && !o.known.has(keys, at) && !learned.has(keys, at)) packer.add(keys, at, askPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+      if (statuses[i] !== KeyStatus.claimed || o.known.has(keys, at) || learned.has(keys, at)) continue;
+      packer.add(keys, at, askPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+      // Only what this pass stores itself becomes known: an answer "present" may predate the
+      // index hearing that the pack holding it was found damaged (its follower lags), and a
+      // known key is never asked about again.
       learned.set(keys, at, 1);
     }
     asked = 0;

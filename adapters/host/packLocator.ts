@@ -74,7 +74,8 @@ export function refusedAnnouncement(d: DecodeResult): string | undefined {
 }
 
 export interface PageSourceOptions {
-  onCorrupt?: (c: CorruptPack) => void;
+  /** A damaged pack to report (remove, announce): the fetch that found it fails once this settles. */
+  onCorrupt?: (c: CorruptPack) => void | Promise<void>;
   /** Where refused announcements go. @default gw.dlq.pack, published on `nc` as "gangway/host/<host>" */
   deadLetters?: DeadLetterSink;
   /** This host (the source of its dead letters). */
@@ -160,14 +161,23 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
 
   // Its keys stay located on it, so that a page asked for fails at once (not after waiting for
   // an announcement that may never come); a later announcement of a key moves it.
-  const reportDamage = (tenant: string, name: string, err: Error) => {
-    if (damaged.has(name)) return;
+  // The migration that met the damage fails only once the damage is reported (at most 5 s):
+  // a rollback announced before the report let the next migration's look-ups be answered by
+  // an index that had not heard of it yet ("present"), and the pages were never sent again.
+  const reports = new Map<string, Promise<void>>();
+  const reportDamage = (tenant: string, name: string, err: Error): Promise<void> => {
+    if (damaged.has(name)) return reports.get(name) ?? Promise.resolve();
     damaged.set(name, Date.now());
-    o.onCorrupt?.({ migrationId: storedBy.get(name) ?? "unknown", tenant, pack: name, reason: err.message });
+    const report = Promise.race([
+      Promise.resolve(o.onCorrupt?.({ migrationId: storedBy.get(name) ?? "unknown", tenant, pack: name, reason: err.message })).catch(() => undefined),
+      new Promise<void>((r) => setTimeout(r, 5000).unref()),
+    ]);
+    reports.set(name, report);
+    return report;
   };
 
   function fetchPack(tenant: string, name: string, keyer: PageKeyer): Promise<void> {
-    if (damaged.has(name)) return Promise.reject(new PagePackError(`page pack ${name} was found damaged or missing`));
+    if (damaged.has(name)) return (reports.get(name) ?? Promise.resolve()).then(() => Promise.reject(new PagePackError(`page pack ${name} was found damaged or missing`)));
     let f = fetching.get(name);
     if (!f) {
       f = (async () => {
@@ -189,10 +199,18 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
         })();
         const t1 = Date.now();
         if (!bytes) throw new PageUnavailableError(`page pack ${name} is announced but not in the store`);
-        const pack = decodePack(bytes);
+        // Damage found here (a payload that does not decode, a page that does not match its
+        // key) names the pack as the store's checks do.
+        const corrupt = (reason: string) => new PagePackError(`pack ${name} is corrupt: ${reason}`);
+        let pack: ReturnType<typeof decodePack>;
+        try {
+          pack = decodePack(bytes);
+        } catch (err) {
+          throw err instanceof PagePackError ? corrupt(err.message) : err;
+        }
         stats.packsFetched++;
         stats.bytesFetched += bytes.byteLength;
-        if (pack.count > SLAB_PAGES) throw new PagePackError(`page pack ${name} holds ${pack.count} pages, more than ${SLAB_PAGES}`);
+        if (pack.count > SLAB_PAGES) throw corrupt(`it holds ${pack.count} pages, more than ${SLAB_PAGES}`);
         const check = new Uint8Array(KEY_BYTES);
         // The cached pages are views of the pack's own page bytes (a buffer of its own, nothing
         // else writes it): a copy per page was a 4 KiB allocation each, which made the
@@ -202,7 +220,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
         for (let i = 0; i < pack.count; i++) {
           keyer.keyInto(slab.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), check, 0);
           if (keys.compare(check, 0, KEY_BYTES, i * KEY_BYTES, (i + 1) * KEY_BYTES) !== 0) {
-            throw new PagePackError(`page pack ${name}: page ${i} does not match its key ${keys.toString("hex", i * KEY_BYTES, (i + 1) * KEY_BYTES)}`);
+            throw corrupt(`page ${i} does not match its key ${keys.toString("hex", i * KEY_BYTES, (i + 1) * KEY_BYTES)}`);
           }
         }
         // Only a pack whose every page matched is used at all.
@@ -211,14 +229,15 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
         for (let i = 0; i < pack.count; i++) table.set(keys, i * KEY_BYTES, base * SLAB_PAGES + i);
         dlog.debug("pack fetched and checked", { pack: name, getMs: t1 - t0, checkMs: Date.now() - t1, pages: pack.count, bytes: bytes.byteLength });
       })();
-      fetching.set(name, f);
       // A failed fetch may be retried by a later request; a damaged pack is reported once.
-      f.catch((err: Error) => {
+      f = f.catch(async (err: Error) => {
         fetching.delete(name);
-        if (err instanceof PagePackError) reportDamage(tenant, name, err);
+        if (err instanceof PagePackError) await reportDamage(tenant, name, err);
         // Announced but gone (removed as damaged): treated alike, without a report.
         else if (err instanceof PageUnavailableError && !damaged.has(name)) damaged.set(name, Date.now());
+        throw err;
       });
+      fetching.set(name, f);
     }
     return f;
   }

@@ -59,13 +59,6 @@ export interface SourceMigrationOptions {
    * host forget them (see the agent), as the index does.
    */
   storedKeys?: KeyTable;
-  /**
-   * While false (the guest is stopped: every millisecond is downtime), keys nobody here knows
-   * are not asked about: this VM claims them itself and sends their pages. A page another host
-   * also sends costs its bytes once more; a look-up in the downtime cost a round trip through
-   * the dedup index per batch. @default always ask
-   */
-  askIndex?: () => boolean;
   /** Raw bytes QEMU has sent so far (from the proxy), for progress. */
   nativeBytes: () => number;
   onProgress?: (p: SourceProgress) => void;
@@ -208,11 +201,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
     }
     let statuses: Promise<Uint8Array>;
     if (ask.length === 0) statuses = Promise.resolve(new Uint8Array(batch.count).fill(255));
-    else if (o.askIndex && !o.askIndex()) {
-      const all = new Uint8Array(batch.count).fill(255);
-      for (const i of ask) all[i] = KeyStatus.claimed;
-      statuses = Promise.resolve(all);
-    } else {
+    else {
       const askKeys = new Uint8Array(ask.length * KEY_BYTES);
       ask.forEach((i, j) => askKeys.set(keys.subarray(i * KEY_BYTES, (i + 1) * KEY_BYTES), j * KEY_BYTES));
       statuses = o.resolver.resolve(o.vm, o.tenant, askKeys).then((s) => {

@@ -21,9 +21,12 @@ export function forgetStoredKeysOnDamage(nc: NatsConnection, knownByTenant: Map<
       if (!d.ok || d.definition !== packCorrupt || d.event.mode !== "structured") return;
       const c = d.event.data as z.infer<typeof packCorrupt.data>;
       const known = knownByTenant.get(c.tenant);
-      if (!known || known.size === 0) return;
+      if (!known) return;
       log.info("a page pack was found damaged: this host's known-stored keys of the tenant are forgotten", { tenant: c.tenant, pack: c.pack, keys: known.size });
-      known.clear();
+      // A new table, not a cleared one: a scan under way merges what it learned (perhaps from
+      // answers given before the index heard of the damage) into the old table, which no
+      // later migration or scan is handed.
+      knownByTenant.delete(c.tenant);
     },
   });
 }

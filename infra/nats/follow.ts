@@ -34,7 +34,7 @@ export interface FollowOptions {
 export class StreamFollower implements AsyncIterable<JsMsg> {
   private last = 0;
   private generation = 0;
-  private current?: { messages: ConsumerMessages; consumer: { delete(): Promise<boolean> } };
+  private current?: { messages: ConsumerMessages; consumer: { delete(): Promise<boolean>; info(cached?: boolean): Promise<{ num_pending: number }> } };
   private queue: JsMsg[] = [];
   private wake?: () => void;
   private done = false;
@@ -167,6 +167,16 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
       this.restarts++;
       this.open().catch(() => this.reopen());
     }, 1000).unref();
+  }
+
+  /**
+   * Messages the stream holds for this follower that its reader has not taken yet (those
+   * queued here and those the server has not delivered): 0 means the reader has seen every
+   * message stored before this call. One request to the server.
+   */
+  async unread(): Promise<number> {
+    const pending = this.current ? (await this.current.consumer.info(false)).num_pending : Infinity;
+    return this.queue.length + pending;
   }
 
   /** Ends delivery: the iteration ends, or throws `err` when given. */

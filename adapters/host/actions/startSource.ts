@@ -133,7 +133,6 @@ export default defineAction({
         onPostcopyFlushed: () => void publishServed().catch(() => undefined),
         onPublished: (seq) => (session.published = seq),
         lowLatency: () => session.switchover !== undefined || pacer.holding,
-        askIndex: () => !guestStopped,
         staleAtSwitchover: (image, blocks, discarded) => stalePagesAtSwitchover({ ramPath: v.vm.ramPath, image, blocks, discarded, keyer }),
         // The guest is stopped and the image final: the proof's RAM read overlaps the last stores.
         onStreamEnd: (sent) => {
