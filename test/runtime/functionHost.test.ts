@@ -40,6 +40,18 @@ async function countPlanned(nc: Parameters<typeof readEvents>[0]) {
   return perMigration;
 }
 
+/** Serves `fn`, publishes host bad's inventory, and waits for its dead letter. */
+async function badHostDeadLettered(fn: FunctionDefinition, nc: Parameters<typeof serveFunction>[1]) {
+  const served = await serveFunction(fn, nc);
+  const pub = createPublisher(jetstream(nc), "test");
+  await pub.publish(hostInventory, { host: "bad" }, { host: "bad", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
+  const [letter] = await eventually(async () => {
+    const l = await deadLetters(nc, "gw.dlq.host");
+    return l.length > 0 ? l : undefined;
+  }, 20_000, "the dead letter of host bad");
+  return { served, pub, letter };
+}
+
 describe("function runtime (real nats-server)", () => {
   it("two instances handle each event exactly once in effect, even when it is published twice", async () => {
     await using nats = await startTestNats();
@@ -134,13 +146,7 @@ describe("function runtime (real nats-server)", () => {
         if (host === "bad") throw new Error(`boom on attempt ${ctx.attempt}`);
       },
     };
-    const served = await serveFunction(fn, nats.nc);
-    const pub = createPublisher(jetstream(nats.nc), "test");
-    await pub.publish(hostInventory, { host: "bad" }, { host: "bad", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
-    const [letter] = await eventually(async () => {
-      const l = await deadLetters(nats.nc, "gw.dlq.host");
-      return l.length > 0 ? l : undefined;
-    }, 20_000, "the dead letter of host bad");
+    const { served, pub, letter } = await badHostDeadLettered(fn, nats.nc);
     expect(letter!.function).toBe("fails-on-bad");
     expect(letter!.family).toBe("host");
     expect(letter!.originalSubject).toBe("gw.host.bad.inventory");
@@ -167,13 +173,7 @@ describe("function runtime (real nats-server)", () => {
         throw new NonRetriableError("host bad asks for the impossible");
       },
     };
-    const served = await serveFunction(fn, nats.nc);
-    const pub = createPublisher(jetstream(nats.nc), "test");
-    await pub.publish(hostInventory, { host: "bad" }, { host: "bad", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
-    const [letter] = await eventually(async () => {
-      const l = await deadLetters(nats.nc, "gw.dlq.host");
-      return l.length > 0 ? l : undefined;
-    }, 20_000, "the dead letter of host bad");
+    const { served, pub, letter } = await badHostDeadLettered(fn, nats.nc);
     expect(letter).toMatchObject({ function: "refuses", family: "host", originalSubject: "gw.host.bad.inventory", reason: "refuses: host bad asks for the impossible", deliveryCount: 1 });
     await pub.publish(hostInventory, { host: "good" }, { host: "good", memoryTotalBytes: GiB, memoryFreeBytes: GiB, vms: [] });
     await eventually(() => good === 1 || undefined, 10_000, "the next event handled");
