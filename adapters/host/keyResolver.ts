@@ -7,6 +7,7 @@
  * look-ups, is dead-lettered and the look-up waits on (answers of other migrations are
  * other resolvers' and pass by).
  */
+import { randomBytes } from "node:crypto";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { HASH_SHARDS, hashLookup, KEY_BYTES, RESOLVED_RECORD_BYTES, shardOfKey } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
@@ -44,6 +45,11 @@ export function createKeyResolver(nc: NatsConnection, publisher: EventPublisher,
   const waiters = new Map<string, { asked: Asked; resolve: (body: Uint8Array) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   const deadLetters = deadLetterSink(publisher, publisher.source, "key-resolver");
   const idPrefix = `lk-${opts.migrationId}-`;
+  // Look-up ids are event ids, which JetStream deduplicates for minutes: a restarted agent
+  // asking again under the same preparation id ("prep-<host>") reused "…-0" and its look-up
+  // was dropped as a duplicate (never answered). The instance makes each resolver's ids its own.
+  const instance = randomBytes(4).toString("hex");
+  const ours = (lookupId: string) => lookupId.startsWith(idPrefix) && lookupId.includes(`-${instance}-`);
   /** Why an answer does not answer the look-up it names (or undefined). */
   const misfit = (a: Asked, ext: { vm: string; tenant: string; shard: number; count: number }, body: Uint8Array): string | undefined => {
     if (ext.vm !== a.vm || ext.tenant !== a.tenant || ext.shard !== a.shard) return `answers ${ext.vm}/${ext.tenant}/shard ${ext.shard}, the look-up asked for ${a.vm}/${a.tenant}/shard ${a.shard}`;
@@ -66,7 +72,7 @@ export function createKeyResolver(nc: NatsConnection, publisher: EventPublisher,
       if (!w) {
         // A late or repeated answer to one of this resolver's look-ups (the hash function
         // retried, or the look-up timed out) is not foreign: it is just not needed.
-        const n = ext.lookupId.startsWith(idPrefix) ? Number(ext.lookupId.slice(ext.lookupId.lastIndexOf("-") + 1)) : NaN;
+        const n = ours(ext.lookupId) ? Number(ext.lookupId.slice(ext.lookupId.lastIndexOf("-") + 1)) : NaN;
         if (!(Number.isInteger(n) && n < seq)) deadLetters(m, `dedup answer ${ext.lookupId} of ${opts.migrationId} answers no look-up this resolver sent`);
         return;
       }
@@ -81,7 +87,7 @@ export function createKeyResolver(nc: NatsConnection, publisher: EventPublisher,
   let bytesSent = 0;
 
   const lookupShard = (vm: string, tenant: string, shard: number, keys: Uint8Array): Promise<Uint8Array> => {
-    const id = `lk-${opts.migrationId}-${vm}-${seq++}`;
+    const id = `lk-${opts.migrationId}-${vm}-${instance}-${seq++}`;
     const answer = new Promise<Uint8Array>((resolve, reject) => {
       const timer = setTimeout(() => {
         waiters.delete(id);
