@@ -60,17 +60,22 @@ describe("fault: control — cancel, refusals, repeats", () => {
         cancel(migrationId);
         r.f.faultsInjected += 2;
         const s = await done;
-        if (phase !== "migration.switchover") {
-          // At setup and while pages flow nothing can be committed yet: the cancel decides.
+        // Where c1 runs is known before the checks, so a failed check does not mislead the next cases.
+        if (s.outcome === "succeeded") at = to;
+        if (phase === "migration.planned") {
+          // At setup nothing can be committed yet: the cancel decides.
           expect(s.outcome, `cancelled at ${phase}: ${s.reason}`).toBe("failed");
           await expectRolledBack(c, r, s, w, { vms: ["c1"], source: from, target: to, reason: /^cancelled by .+: fault suite$/ });
           r.f.cancelled++;
           expect(await cancelledEvents(migrationId)).toBe(1);
         } else if (s.outcome === "succeeded") {
-          // At switch-over the commit may be decided first: then the cancel changes nothing.
+          // While pages flow or at switch-over the commit may be decided first (a small VM
+          // moves in a second or two; under load the cancel can reach the commit function
+          // after its decision): then the cancel changes nothing.
           w.stop();
-          at = to;
           await expectSucceeded(c, r, s, { vms: ["c1"], source: from, target: to });
+          // The cancels were read and acted on, after the decision: not lost.
+          await handledBy(c, "commit-cancel", `gw.cmd.migration.${migrationId}.cancel`);
           expect(await cancelledEvents(migrationId)).toBe(0);
         } else {
           await expectRolledBack(c, r, s, w, { vms: ["c1"], source: from, target: to, reason: /^cancelled by .+: fault suite$/ });
