@@ -54,7 +54,7 @@ export interface SourceMigrationOptions {
   /** Keys this gang already resolved (shared by the gang's VMs on this host): key → KeyStatus. */
   gangKeys: KeyTable;
   /**
-   * Keys this host knows are stored in a page pack (its preparation scans stored or met them):
+   * Keys this host knows are stored in a page pack (its preparation scans stored them):
    * referenced without asking the dedup index. Whoever finds such a pack damaged makes the
    * host forget them (see the agent), as the index does.
    */
