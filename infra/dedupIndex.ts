@@ -17,11 +17,10 @@ import { EVENTS_STREAM } from "./nats/resources.ts";
 import { StreamFollower } from "./nats/follow.ts";
 
 /**
- * One shard's keys of one tenant: key → entry. An entry is a number so that the table needs
+ * Each shard keeps a key table per tenant: key → entry. An entry is a number so that the table needs
  * no object per key: stored in pack p is 2·p + 2, claimed by migration m (not stored yet) is
  * 2·m + 1, with packs and migrations numbered in `names`.
  */
-type Entries = KeyTable;
 const storedIn = (pack: number) => 2 * pack + 2;
 const claimedBy = (migration: number) => 2 * migration + 1;
 
@@ -31,8 +30,8 @@ export interface DedupIndex extends DedupIndexView {
 
 export function createDedupIndex(nc: NatsConnection): DedupIndex {
   /** Per shard, per tenant. */
-  const keys = Array.from({ length: HASH_SHARDS }, () => new Map<string, Entries>());
-  const entries = (shard: number, tenant: string): Entries => keys[shard]!.get(tenant) ?? keys[shard]!.set(tenant, new KeyTable(4096)).get(tenant)!;
+  const keys = Array.from({ length: HASH_SHARDS }, () => new Map<string, KeyTable>());
+  const entries = (shard: number, tenant: string): KeyTable => keys[shard]!.get(tenant) ?? keys[shard]!.set(tenant, new KeyTable(4096)).get(tenant)!;
   /** Pack and migration names, numbered (entries refer to them by number). */
   const names: string[] = [];
   const numbers = new Map<string, number>();
@@ -87,8 +86,8 @@ export function createDedupIndex(nc: NatsConnection): DedupIndex {
         if (d.definition === packCorrupt) {
           const { pack } = d.event.data as z.infer<typeof packCorrupt.data>;
           const held = keysOfPack.get(pack);
-          if (held && numbers.has(pack)) {
-            const stored = storedIn(numbers.get(pack)!);
+          if (held) {
+            const stored = storedIn(numberOf(pack));
             for (let at = 0; at < held.keys.byteLength; at += KEY_BYTES) {
               const table = entries(shardOfKey(held.keys[at]!), held.tenant);
               if (table.get(held.keys, at) === stored) table.delete(held.keys, at);

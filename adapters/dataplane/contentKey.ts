@@ -67,6 +67,9 @@ export function isZeroPage(page: Uint8Array): boolean {
 }
 
 const FILL_PAGES = new Map<number, Buffer>();
+/** A page of one byte value, shared: read it, never write it (views of it go into streams). */
+export const fillPage = (fill: number): Buffer => FILL_PAGES.get(fill) ?? FILL_PAGES.set(fill, Buffer.alloc(PAGE_SIZE, fill)).get(fill)!;
+
 /**
  * The byte a page is filled with, or undefined if its bytes differ. Such a page travels as
  * one fill record, never as data; both ends classify pages with this same function.
@@ -74,9 +77,7 @@ const FILL_PAGES = new Map<number, Buffer>();
 export function uniformByte(page: Uint8Array): number | undefined {
   const b = page[0]!;
   if (page[PAGE_SIZE - 1] !== b || page[PAGE_SIZE >> 1] !== b) return undefined;
-  let ref = FILL_PAGES.get(b);
-  if (!ref) FILL_PAGES.set(b, (ref = Buffer.alloc(PAGE_SIZE, b)));
-  return Buffer.from(page.buffer, page.byteOffset, PAGE_SIZE).equals(ref) ? b : undefined;
+  return Buffer.from(page.buffer, page.byteOffset, PAGE_SIZE).equals(fillPage(b)) ? b : undefined;
 }
 
 export const keyHex = (key: Uint8Array, at = 0): string => Buffer.from(key.buffer, key.byteOffset + at, KEY_BYTES).toString("hex");

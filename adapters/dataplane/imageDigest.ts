@@ -61,9 +61,10 @@ export class ImageDigest {
       arr[at + 1] = fill;
       return true;
     }
+    // A keyed entry whose first half still matches holds; one that does not differs for sure
+    // (the first half is part of the key), so the full key is only ever computed to record it.
     if (arr[at] === 1 && keyer.stillKeyed(page, arr, at + 1)) return false;
     keyer.keyInto(page, scratch, 0);
-    if (arr[at] === 1 && equalBytes(arr, at + 1, scratch)) return false;
     arr[at] = 1;
     arr.set(scratch.subarray(0, KEY_BYTES), at + 1);
     return true;
@@ -91,10 +92,5 @@ export class ImageDigest {
 
 function isZeroFrom(a: Uint8Array, from: number, to: number): boolean {
   for (let i = from; i < to; i++) if (a[i] !== 0) return false;
-  return true;
-}
-
-function equalBytes(a: Uint8Array, at: number, key: Uint8Array): boolean {
-  for (let i = 0; i < KEY_BYTES; i++) if (a[at + i] !== key[i]) return false;
   return true;
 }

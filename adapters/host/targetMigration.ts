@@ -13,7 +13,7 @@ import { ManifestKind, manifestBatch, manifestCommand, manifestCompleted, manife
 import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts";
 import { deadLetterSink, type DeadLetterSink, type ReceivedMessage } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
-import { PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { PAGE_SIZE, fillPage, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { ImageDigest } from "../dataplane/imageDigest.ts";
 import { readManifestRecords } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
@@ -311,9 +311,6 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
 }
 
 const EMPTY = Buffer.alloc(0);
-const FILL_PAGES = new Map<number, Buffer>();
-/** A page of one byte value (read only: views of it go to the encoder). */
-const fillPage = (fill: number): Buffer => FILL_PAGES.get(fill) ?? FILL_PAGES.set(fill, Buffer.alloc(PAGE_SIZE, fill)).get(fill)!;
 
 /** A test fault: another VM's device state, once its source stored it. */
 async function otherDeviceState(packs: PackStore, name: string): Promise<Uint8Array | undefined> {
