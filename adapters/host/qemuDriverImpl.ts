@@ -3,6 +3,7 @@
  * source proxy takes a VM's outgoing stream, and the destination proxy writes a rebuilt
  * stream into a VM started with -incoming defer -S.
  */
+import { createHash } from "node:crypto";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "../../infra/log.ts";
@@ -77,6 +78,10 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
   const handles = new WeakMap<RunningVm, VmHandle>();
   /** RAM files of adopted QEMUs: reclaim never touches them. */
   const adoptedRam = new Set<string>();
+  // RAM files live in one /dev/shm for the whole machine: two agents of the same host name
+  // (two clusters or test runs side by side) must not share a VM's file, or one's start
+  // removes the other's guest memory. Their run directories differ.
+  const agentTag = createHash("sha256").update(o.runDir).digest("hex").slice(0, 8);
   const wrap = (h: VmHandle, spec: VmSpec, role: VmRole, record?: VmRecordFile): RunningVm => {
     let writes: Promise<void> = Promise.resolve();
     const vm: RunningVm = {
@@ -129,7 +134,7 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
     },
     async startVm(spec, role, tag) {
       const runDir = join(o.runDir, `${spec.name}-${role === "source" ? "src" : "dst"}-${tag}`.slice(0, 60));
-      const runId = `${o.host}-${tag}`.slice(0, 40);
+      const runId = `${`${o.host}-${tag}`.slice(0, 60)}-${agentTag}`;
       await mkdir(o.runDir, { recursive: true });
       const config = { name: spec.name, tenant: spec.tenant, memoryMiB: spec.memoryMiB, ...(spec.kernel ? { kernel: spec.kernel } : {}), ...(spec.append ? { append: spec.append } : {}), ...(spec.initrd ? { initrd: spec.initrd } : {}), ...(spec.uuid ? { uuid: spec.uuid } : {}) };
       const survive = o.vmsOutliveAgent === true;
