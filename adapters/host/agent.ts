@@ -55,6 +55,8 @@ export interface Agent {
 }
 
 const actionsByType: ReadonlyMap<string, AnyHostAction> = new Map(hostActions.map((a) => [a.trigger.type, a]));
+/** Command ids remembered against redelivery (each one acts once). */
+const SEEN_COMMANDS = 10_000;
 
 export async function startAgent(o: AgentOptions): Promise<Agent> {
   const log = (o.log ?? createLogger()).child({ component: "agent", host: o.host });
@@ -108,7 +110,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
   // is noticed after 2 s, not after two missed 15 s heartbeats (a rollback waited 30 s).
   const messages: ConsumerMessages = await consumer.consume({ max_messages: 64, idle_heartbeat: 1000 });
   const inFlight = new Set<Promise<void>>();
-  const seen = new Set<string>();
+  const seen = new Set<string>(); // insertion-ordered: the oldest id goes first
   const loop = (async () => {
     for await (const m of messages) {
       const d = decodeMessage(m.subject, m.data, m.headers);
@@ -121,6 +123,9 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       }
       if (seen.has(d.event.id)) continue;
       seen.add(d.event.id);
+      // A redelivery comes soon after its first delivery: the newest ids are enough, and a
+      // long-lived agent does not keep every command it ever obeyed.
+      if (seen.size > SEEN_COMMANDS) seen.delete(seen.values().next().value!);
       const action = actionsByType.get(d.event.type);
       if (!action || d.event.mode !== "structured") continue;
       const span = tracer().startSpan(`process ${m.subject}`, { kind: SpanKind.CONSUMER, attributes: { "messaging.system": "nats", "messaging.operation.type": "process", "messaging.destination.name": m.subject, "messaging.message.id": d.event.id, "gangway.host": o.host } }, extractTraceContext(m.headers));

@@ -26,13 +26,12 @@ export const watchPeer = (state: HostState, peer: string, until: Promise<unknown
 
 /**
  * How far a destination got with its manifest (sequence numbers read and handed to QEMU), or
- * undefined if it did not answer. A destination that answers it has no such VM says nothing
- * (every field undefined).
+ * undefined if it did not answer or has no such session.
  */
 export async function destinationManifest(state: HostState, host: string, migrationId: string, vm: string): Promise<{ seqWritten?: number; seqRead?: number; waitingFor?: string } | undefined> {
   try {
     const r = await ask(state.nc, agentManifest, { host }, { migrationId, vm }, { timeoutMs: 1000 });
-    return "error" in r ? {} : r;
+    return "error" in r ? undefined : r;
   } catch {
     return undefined;
   }

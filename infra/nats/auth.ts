@@ -19,6 +19,7 @@
  *   or accounts per tenant), which 2.9.10 cannot do. What keeps tenants apart there is the
  *   keyed content addressing (adapters/dataplane/contentKey.ts), not the bus.
  */
+import { agentConsole, agentManifest, agentStatus } from "../../schemas/agentService.ts";
 import { EVENTS_STREAM, PACK_STORE, RUNS_BUCKET, STATE_BUCKET, DEDUP_BUCKET } from "./resources.ts";
 
 export const IdentityRole = {
@@ -111,8 +112,8 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         // Dead letters of what its readers refused (a migration's malformed or foreign messages).
         "gw.dlq.*",
         // Liveness of the peer host during a migration, and how far its rebuild got.
-        "gwsvc.agent.*.status",
-        "gwsvc.agent.*.manifest",
+        agentStatus.filter,
+        agentManifest.filter,
         // JetStream: account info, the two streams' info.
         `${API}.INFO`,
         `${API}.STREAM.INFO.${EVENTS_STREAM}`,
@@ -152,9 +153,9 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
     subscribe: {
       allow: [
         `${inboxPrefixFor(publicKey)}.>`,
-        `gwsvc.agent.${host}.status`,
-        `gwsvc.agent.${host}.console`,
-        `gwsvc.agent.${host}.manifest`,
+        agentStatus.subject({ host }),
+        agentConsole.subject({ host }),
+        agentManifest.subject({ host }),
         // The dedup index's answers (all shards, all migrations: see the module comment).
         "gw.hash.resolved.*",
         // Damaged packs anywhere: the host forgets the keys it knew stored (storedKeys.ts).
@@ -194,10 +195,10 @@ export function operatorPermissions(publicKey: string, ctx: PermissionContext): 
       allow: [
         "gw.cmd.>",
         "gw.migration.*.requested",
-        "gwsvc.agent.*.status",
-        "gwsvc.agent.*.console",
+        agentStatus.filter,
+        agentConsole.filter,
         // How far a paused VM's destination got (the progress view during a switch-over).
-        "gwsvc.agent.*.manifest",
+        agentManifest.filter,
         `${API}.INFO`,
         `${API}.STREAM.INFO.*`,
         `${API}.STREAM.NAMES`,

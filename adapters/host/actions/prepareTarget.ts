@@ -121,11 +121,14 @@ async function watchSource(state: HostState, t: TargetSession, sourceHost: strin
         .catch(() => undefined);
     void report("postcopy-paused");
     const until = Date.now() + patienceMs;
+    const current = () => state.targets.get(sessionKey(t.migrationId, t.spec.name)) === t;
     let back = false;
-    while (!back && Date.now() < until && state.targets.get(sessionKey(t.migrationId, t.spec.name)) === t) {
+    while (!back && Date.now() < until && current()) {
       await new Promise((r) => setTimeout(r, 1000));
       back = await peerAlive(state, sourceHost);
     }
+    // Every page came meanwhile (or the session was rolled back): nothing left to give up on.
+    if (!back && !current()) return;
     if (!back) return failTarget(state, t, `${reason}; not back within ${Math.round(patienceMs / 1000)} s`);
     state.log.info("post-copy: source answers again", { migrationId: t.migrationId, vm: t.spec.name });
     void report("postcopy-active");
