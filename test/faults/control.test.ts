@@ -54,7 +54,10 @@ describe("fault: control — cancel, refusals, repeats", () => {
         const w = await MigrationWatch.start(c, migrationId);
         const from = at;
         const to = other();
-        const done = migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: from, targetHost: to, migrationId });
+        // While pages flow, they must still be flowing when the cancel lands (the CLI takes a
+        // second or two to start under load): a capped link keeps this small VM in pre-copy.
+        const options = phase === "migration.progress" ? { bandwidthMBps: 2 } : {};
+        const done = migrateGang({ nc: c.nats.nc, vms: ["c1"], sourceHost: from, targetHost: to, migrationId, options });
         await w.waitFor(phase);
         cancel(migrationId);
         cancel(migrationId);
@@ -62,15 +65,16 @@ describe("fault: control — cancel, refusals, repeats", () => {
         const s = await done;
         // Where c1 runs is known before the checks, so a failed check does not mislead the next cases.
         if (s.outcome === "succeeded") at = to;
-        if (phase === "migration.planned") {
-          // At setup nothing can be committed yet: the cancel decides.
+        if (phase !== "migration.switchover") {
+          // At setup, and while pages flow, nothing can be committed yet: the cancel decides.
+          expect(w.has("migration.switchover"), `the switch-over began before the cancel at ${phase}`).toBe(false);
           expect(s.outcome, `cancelled at ${phase}: ${s.reason}`).toBe("failed");
           await expectRolledBack(c, r, s, w, { vms: ["c1"], source: from, target: to, reason: /^cancelled by .+: fault suite$/ });
           r.f.cancelled++;
           expect(await cancelledEvents(migrationId)).toBe(1);
         } else if (s.outcome === "succeeded") {
-          // While pages flow or at switch-over the commit may be decided first (a small VM
-          // moves in a second or two; under load the cancel can reach the commit function
+          // At switch-over the commit may be decided first (the guest is stopped and the
+          // last pages go in a second; under load the cancel can reach the commit function
           // after its decision): then the cancel changes nothing.
           w.stop();
           await expectSucceeded(c, r, s, { vms: ["c1"], source: from, target: to });
