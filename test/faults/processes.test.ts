@@ -10,7 +10,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrateGang, newMigrationId, type GangSummary } from "../../cli/gangMigration.ts";
 import {
-  expectRolledBack, expectSucceeded, guest, MigrationWatch, qemus, runCase, startCluster, startVms,
+  eventually, expectRolledBack, expectSucceeded, guest, MigrationWatch, qemus, runCase, startCluster, startVms,
   type CaseRecorder, type Cluster,
 } from "./harness.ts";
 
@@ -113,7 +113,11 @@ describe("fault: gangway processes killed", () => {
       expect((await qemus(c)).filter((q) => q.host === m.from && q.vm === "p1").map((q) => q.pid)).toEqual([before]);
       await c.startAgent(m.from); // adopts p1 (mid-migration), which the rollback resumes
       await expectRolledBack(c, r, m.s, m.w, { vms, source: m.from, target: m.to, reason: new RegExp(`${m.from} stopped answering|agent of ${m.from} restarted`) });
-      // The same QEMU, never restarted: the VM never went away.
+      // The same QEMU, never restarted: the VM never went away. The destination's QEMU is
+      // quit by the rollback; under load its exit can come after the rollback was reported.
+      const others = async () => (await qemus(c)).filter((q) => q.vm === "p1" && q.pid !== before);
+      const left = await eventually(async () => ((await others()).length === 0 ? [] : undefined), 30_000, "the destination's QEMU of p1 gone").catch(others);
+      expect(left.map((q) => `${q.role} QEMU ${q.pid} on ${q.host}`), "other QEMUs of p1").toEqual([]);
       expect((await qemus(c)).filter((q) => q.vm === "p1").map((q) => q.pid)).toEqual([before]);
       r.f.notes = "the source QEMU survives its agent (no pdeathsig); the restarted agent adopts it and the rollback resumes it";
     }), 180_000);
