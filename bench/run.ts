@@ -216,25 +216,30 @@ export async function runBench(o: BenchOptions): Promise<BenchReport> {
           await rm(gw, { recursive: true, force: true });
         }
       }
-      const native = { plain: summarizeNative(raw.native.plain), "multifd-zstd": summarizeNative(raw.native["multifd-zstd"]), postcopy: summarizeNative(raw.native.postcopy) };
-      const g = summarizeGangway(raw.gangway.filter((r): r is GangwayResult => !("error" in r)));
-      const ratios = Object.fromEntries(
-        NATIVE_MODES.map((m) => [
-          m,
-          {
-            ...opt("bytes", ratio(g.bytes_on_link, native[m].bytes_on_link)),
-            ...opt("migration_bytes", ratio(g.migration_bytes_on_link, native[m].bytes_on_link)),
-            ...opt("time", ratio(g.time_ms, native[m].time_ms)),
-            ...opt("downtime_max", ratio(g.downtime_max_ms, native[m].downtime_max_ms)),
-          },
-        ]),
-      ) as WorkloadReport["ratios"];
-      report.workloads.push({ id, title: w.title, native, gangway: g, ...(ratios ? { ratios } : {}), targets: targets(id, native, g), raw });
+      report.workloads.push(summarizeWorkload(id, w.title, raw));
     }
   } finally {
     await rm(work, { recursive: true, force: true });
   }
   return report;
+}
+
+/** A workload's figures from its runs (also for runs gathered from several reports, as the link sweep does). */
+export function summarizeWorkload(id: WorkloadId, title: string, raw: WorkloadReport["raw"]): WorkloadReport {
+  const native = { plain: summarizeNative(raw.native.plain), "multifd-zstd": summarizeNative(raw.native["multifd-zstd"]), postcopy: summarizeNative(raw.native.postcopy) };
+  const g = summarizeGangway(raw.gangway.filter((r): r is GangwayResult => !("error" in r)));
+  const ratios = Object.fromEntries(
+    NATIVE_MODES.map((m) => [
+      m,
+      {
+        ...opt("bytes", ratio(g.bytes_on_link, native[m].bytes_on_link)),
+        ...opt("migration_bytes", ratio(g.migration_bytes_on_link, native[m].bytes_on_link)),
+        ...opt("time", ratio(g.time_ms, native[m].time_ms)),
+        ...opt("downtime_max", ratio(g.downtime_max_ms, native[m].downtime_max_ms)),
+      },
+    ]),
+  ) as WorkloadReport["ratios"];
+  return { id, title, native, gangway: g, ...(ratios ? { ratios } : {}), targets: targets(id, native, g), raw };
 }
 
 // ---- the table -------------------------------------------------------------------------

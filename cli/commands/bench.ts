@@ -4,10 +4,11 @@ import { numberFlag, parseCommandArgs, printJson } from "../args.ts";
 import { CheckFailedError, UsageError } from "../errors.ts";
 import { expectPositionals } from "../positionals.ts";
 import { formatReport, runBench } from "../../bench/run.ts";
+import { formatSweep, runSweep } from "../../bench/sweep.ts";
 import { ALL_WORKLOADS, parseWorkloads, type WorkloadId } from "../../bench/workloads.ts";
 import type { MixId } from "../../bench/pipelineMix.ts";
 
-const help = `usage: gangway bench [--quick] [--json] [--reps N] [--link-mbps N] [--workloads W1,W2,W3,W4] [--out FILE] [--cpu-prof DIR]
+const help = `usage: gangway bench [--quick] [--json] [--reps N] [--link-mbps N[,N…]] [--workloads W1,W2,W3,W4] [--out FILE] [--cpu-prof DIR]
        gangway bench --pipeline [--quick] [--json] [--size-mib N] [--vms 1,4] [--mix present,new,w2] [--out FILE] [--cpu-prof DIR]
 
 Migrates the same workloads with native QEMU (plain pre-copy; multifd with zstd) and with
@@ -20,6 +21,10 @@ gangway's CPU seconds and peak memory, with gangway/native ratios and the target
   W2  4 VMs booting a Debian kernel with a busybox initramfs
   W3  1 VM of all-unique random pages
   W4  1 VM dirtying 60,000 pages/s (twice what a 1 Gbit/s link carries)
+
+--link-mbps 100,1000,10000 sweeps the link: every rate in one run, interleaved (each
+repetition runs every rate), each rate's table, then the rates side by side; --json prints
+{"type":"bench-sweep","links":[…one report per rate]}.
 
 --json prints one JSON object; --out FILE also writes it to FILE. Progress goes to stderr.
 --cpu-prof DIR runs gangway's processes under node --cpu-prof (summarize with
@@ -52,7 +57,8 @@ export async function run(argv: string[]): Promise<void> {
   for (const flag of ["size-mib", "vms", "mix"] as const) if (values[flag] !== undefined) throw new UsageError(`--${flag} is for the pipeline benchmark: add --pipeline`);
   const reps = numberFlag("reps", values.reps, quick ? 1 : 3);
   if (!Number.isInteger(reps)) throw new UsageError(`--reps must be a whole number, got "${values.reps}"`);
-  const linkMbps = numberFlag("link-mbps", values["link-mbps"], 1000);
+  const links = (values["link-mbps"] ?? "1000").split(",").map((x) => numberFlag("link-mbps", x.trim(), 1000));
+  if (new Set(links).size !== links.length) throw new UsageError(`--link-mbps names a rate twice: "${values["link-mbps"]}"`);
   let workloads: WorkloadId[];
   try {
     workloads = values.workloads ? parseWorkloads(values.workloads) : quick ? ["W1", "W3", "W4"] : ALL_WORKLOADS;
@@ -61,10 +67,11 @@ export async function run(argv: string[]): Promise<void> {
   }
   if (workloads.length === 0) throw new UsageError("--workloads names no workload");
 
-  const report = await runBench({ quick, reps, linkMbps, workloads, ...(values["cpu-prof"] ? { cpuProfileDir: values["cpu-prof"] } : {}), log: (s) => process.stderr.write(`bench: ${s}\n`) });
+  const common = { quick, reps, workloads, ...(values["cpu-prof"] ? { cpuProfileDir: values["cpu-prof"] } : {}), log: (s: string) => process.stderr.write(`bench: ${s}\n`) };
+  const report = links.length > 1 ? await runSweep({ ...common, links }) : await runBench({ ...common, linkMbps: links[0]! });
   if (values.out) await writeFile(values.out, JSON.stringify(report, null, 1) + "\n");
   if (values.json) printJson(report);
-  else process.stdout.write(formatReport(report) + "\n");
+  else process.stdout.write((report.type === "bench-sweep" ? formatSweep(report) : formatReport(report)) + "\n");
 }
 
 /** Gang sizes: whole numbers 1–16, each once. */

@@ -5,6 +5,8 @@ import { UsageError } from "../../cli/errors.ts";
 import { renderChart } from "../../bench/chart.ts";
 import { formatReport, stat, type BenchReport } from "../../bench/run.ts";
 import { parseWorkloads } from "../../bench/workloads.ts";
+import { formatSweep, mergeRepetitions } from "../../bench/sweep.ts";
+import type { NativeResult } from "../../bench/native.ts";
 
 const report: BenchReport = {
   type: "bench",
@@ -59,5 +61,25 @@ describe("bench report", () => {
     await expect(run(["--reps", "0"])).rejects.toBeInstanceOf(UsageError);
     await expect(run(["--link-mbps", "fast"])).rejects.toBeInstanceOf(UsageError);
     await expect(run(["extra"])).rejects.toBeInstanceOf(UsageError);
+    await expect(run(["--link-mbps", "100,1000,100"])).rejects.toThrow(/names a rate twice/);
+    await expect(run(["--link-mbps", "100,,1000"])).rejects.toBeInstanceOf(UsageError);
+  });
+
+  it("sweep: one link's repetitions merge into one summary, and the rates stand side by side", () => {
+    const plain = (time_ms: number, bytes: number): NativeResult => ({ mode: "plain", completed: true, time_ms, bytes_on_link: bytes, bytes_up: bytes, bytes_down: 0, connections: 1, vms: [{ vm: "v1", status: "completed", verified: true, check: "VERIFY OK", downtime_ms: 100 }] });
+    const rep = (mbps: number, r: NativeResult): BenchReport => ({
+      ...report, link: { mbps, bytes_per_second: (mbps * 1e6) / 8 },
+      workloads: [{ ...report.workloads[0]!, raw: { native: { plain: [r], "multifd-zstd": [], postcopy: [] }, gangway: [], errors: [], load: [] } }],
+    });
+    const merged = mergeRepetitions([rep(100, plain(10_000, 100e6)), rep(100, plain(30_000, 120e6)), rep(100, plain(20_000, 110e6))]);
+    expect(merged.reps).toBe(3);
+    expect(merged.workloads[0]!.native.plain.time_ms).toEqual({ min: 10_000, median: 20_000, n: 3 });
+    expect(merged.workloads[0]!.native.plain.bytes_on_link).toEqual({ min: 100e6, median: 110e6, n: 3 });
+    const t = formatSweep({ type: "bench-sweep", startedAt: "2026-01-01T00:00:00Z", reps: 3, links: [merged, mergeRepetitions([rep(1000, plain(2000, 110e6))])] });
+    expect(t).toContain("## 100 Mbit/s");
+    expect(t).toContain("## 1000 Mbit/s");
+    // 110 MB in 20 s: what the link really carried for native plain.
+    expect(t).toMatch(/\| 100 Mbit\/s \| W3 \| 5\.5 \|/);
+    expect(t).toMatch(/\| 1000 Mbit\/s \| W3 \| 55\.0 \|/);
   });
 });
