@@ -51,6 +51,11 @@ export const migrationOptions = z.object({
   progressTimeoutSec: z.number().int().positive().default(150),
   /** KubeVirt completionTimeoutPerGiB. */
   completionTimeoutPerGiB: z.number().int().positive().default(150),
+  /**
+   * How many of a gang's VMs may be in their stop-and-copy at once. Their downtimes share the
+   * hosts' CPU: one at a time, each VM's pause is its own work, not the gang's.
+   */
+  parallelSwitchovers: z.number().int().positive().default(1),
 });
 export type MigrationOptions = z.infer<typeof migrationOptions>;
 

@@ -4,9 +4,15 @@
  * policy.ts. A decision is made once per VM and goes to the source host as a command; its
  * agent executes it on QEMU. Giving up is an abort, which the commit function rolls back.
  * force-complete (Nova's live-migration-force-complete) switches every VM over now.
+ *
+ * A gang's VMs stop for their last pass a few at a time (parallelSwitchovers, default one):
+ * their downtimes share the hosts' CPU, so four VMs stopped at once each wait for all four
+ * proofs and loads. A VM ready to stop while the slots are held goes on with pre-copy (it
+ * stays converged) and is decided at its next pass; a slot is freed when its VM's outcome is
+ * known, or after a lease, so that a lost outcome cannot hold the gang.
  */
 import type { z } from "zod";
-import { agentSwitchover, commitAbort, dirtyRound, migrationForceComplete } from "../../schemas/index.ts";
+import { agentSwitchover, commitAbort, dirtyRound, migrationCommitted, migrationForceComplete, migrationRolledBack } from "../../schemas/index.ts";
 import { defineFunction, RetryAfterError, type FunctionContext, type FunctionDefinition } from "../../kit/index.ts";
 import { planKey, type Plan } from "../plan/index.ts";
 import { decideSwitchover, type PassFigures } from "./policy.ts";
@@ -20,7 +26,40 @@ interface DirtyLog {
 
 const logKey = (m: string, vm: string) => `dirty.${m}.${vm}.log`;
 const decisionKey = (m: string, vm: string) => `dirty.${m}.${vm}.decision`;
+const slotKey = (m: string, i: number) => `dirty.${m}.slot.${i}`;
 const GIB = 1024 ** 3;
+/** A slot not freed by its VM's outcome within this long is taken over (the outcome was lost). */
+export const SLOT_LEASE_MS = 60_000;
+
+interface Slot {
+  vm: string;
+  /** When it was taken (ms since epoch). */
+  since: number;
+}
+
+/**
+ * Takes a switch-over slot for `vm` (or finds it holds one already): undefined when it may
+ * stop now, else the VMs holding the slots.
+ */
+async function takeSlot(ctx: FunctionContext, plan: Plan, vm: string): Promise<string[] | undefined> {
+  const slots = plan.options.parallelSwitchovers ?? 1;
+  const now = ctx.now().getTime();
+  const held: (Slot | undefined)[] = [];
+  for (let i = 0; i < slots; i++) held.push(await ctx.state.get<Slot>(slotKey(plan.migrationId, i)));
+  if (held.some((h) => h?.vm === vm)) return undefined;
+  for (let i = 0; i < slots; i++) {
+    const key = slotKey(plan.migrationId, i);
+    if (!held[i] && (await ctx.state.create(key, { vm, since: now }))) return undefined;
+    const h = held[i] ?? (await ctx.state.get<Slot>(key));
+    if (h && now - h.since > SLOT_LEASE_MS) {
+      ctx.log.warn("switch-over slot taken over: its VM's outcome never came", { migrationId: plan.migrationId, vm, from: h.vm, heldMs: now - h.since });
+      await ctx.state.put(key, { vm, since: now });
+      return undefined;
+    }
+    if (h) held[i] = h;
+  }
+  return held.flatMap((h) => (h ? [h.vm] : []));
+}
 
 async function loadPlan(ctx: FunctionContext, migrationId: string): Promise<Plan> {
   const plan = await ctx.state.get<Plan>(planKey(migrationId));
@@ -70,8 +109,40 @@ const dirtyLog = defineFunction({
       timeBudgetMs: o.completionTimeoutPerGiB * 1000 * Math.max(1, (vm?.memoryBytes ?? GIB) / GIB),
     }, new Date(event.time).getTime() - log.startedAt);
     if (decision.action === "continue") return;
+    if (decision.action === "stop-and-copy") {
+      const holders = await takeSlot(ctx, plan, r.vm);
+      if (holders) {
+        ctx.log.info("switch-over waits for a slot", { migrationId: r.migrationId, vm: r.vm, round: r.round, switching: holders });
+        return;
+      }
+    }
     await execute(ctx, plan, r.vm, decision.action, decision.reason, event.id);
   },
+});
+
+/** A VM's outcome frees the switch-over slot it held. */
+async function freeSlot(ctx: FunctionContext, migrationId: string, vm: string): Promise<void> {
+  const plan = await ctx.state.get<Plan>(planKey(migrationId));
+  for (let i = 0; i < (plan?.options.parallelSwitchovers ?? 1); i++) {
+    const key = slotKey(migrationId, i);
+    if ((await ctx.state.get<Slot>(key))?.vm === vm) await ctx.state.delete(key);
+  }
+}
+
+const slotOnCommit = defineFunction({
+  id: "dirty-log-slot-committed",
+  description: "free the switch-over slot of a VM that was committed",
+  trigger: migrationCommitted,
+  retry: { maxAttempts: 6, backoffMs: 250 },
+  handler: (event, ctx) => freeSlot(ctx, event.data.migrationId, event.data.vm),
+});
+
+const slotOnRollback = defineFunction({
+  id: "dirty-log-slot-rolledback",
+  description: "free the switch-over slot of a VM that was rolled back",
+  trigger: migrationRolledBack,
+  retry: { maxAttempts: 6, backoffMs: 250 },
+  handler: (event, ctx) => freeSlot(ctx, event.data.migrationId, event.data.vm),
 });
 
 const forceComplete = defineFunction({
@@ -88,4 +159,4 @@ const forceComplete = defineFunction({
   },
 });
 
-export const dirtyLogFunctions = [dirtyLog, forceComplete] as unknown as FunctionDefinition[];
+export const dirtyLogFunctions = [dirtyLog, forceComplete, slotOnCommit, slotOnRollback] as unknown as FunctionDefinition[];

@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { decideSwitchover, type PassFigures } from "../../functions/dirtyLog/policy.ts";
 import pageRequest, { PREFETCH_PAGES, rangesOf, windowOf } from "../../functions/pageRequest/index.ts";
-import { dirtyLogFunctions } from "../../functions/dirtyLog/index.ts";
+import { dirtyLogFunctions, SLOT_LEASE_MS } from "../../functions/dirtyLog/index.ts";
 import type { FunctionDefinition } from "../../kit/index.ts";
 import { functionHarness } from "../helpers/functions.ts";
 import { planKey } from "../../functions/plan/index.ts";
@@ -91,5 +91,55 @@ describe("dirty-log", () => {
     const out = await h.run(round(2, 19000, 5000));
     expect(out.map((e) => e.type)).toEqual(["io.gangway.commit.abort.v1"]);
     expect(out[0]!.data).toMatchObject({ reportedBy: "dirty-log", reason: expect.stringMatching(/did not converge/) });
+  });
+
+  describe("switch-over slots: a gang's VMs stop for their last pass one at a time", () => {
+    const gang = { ...plan, vms: [{ vm: "v", tenant: "t", memoryBytes: 1 << 30 }, { vm: "w", tenant: "t", memoryBytes: 1 << 30 }], options: { ...plan.options, postcopy: false } };
+    const ready = (vm: string, r: number) => ({ ...round(r, 100, 10), vm });
+    const fnNamed = (id: string) => dirtyLogFunctions.find((f) => f.id === id)!;
+    const h = () => {
+      const x = functionHarness();
+      return { state: x.state, run: (f: FunctionDefinition, data: Record<string, unknown>) => x.run(f, data) };
+    };
+
+    it("the second VM ready to stop waits for the first one's outcome, then stops at its next pass", async () => {
+      const x = h();
+      await x.state.put(planKey("m"), gang);
+      expect((await x.run(fn, ready("v", 1))).map((e) => e.data.vm)).toEqual(["v"]);
+      expect(await x.run(fn, ready("w", 1))).toEqual([]);
+      expect(await x.run(fn, ready("w", 2))).toEqual([]);
+      // Another VM's outcome frees only its own slot.
+      expect(await x.run(fnNamed("dirty-log-slot-rolledback"), { migrationId: "m", vm: "z", reason: "x", phase: "Running", sourceRunning: true })).toEqual([]);
+      expect(await x.run(fn, ready("w", 3))).toEqual([]);
+      await x.run(fnNamed("dirty-log-slot-committed"), { migrationId: "m", vm: "v", targetHost: "B", stats: { time_elapsed: 1, data_processed: 1 } });
+      const out = await x.run(fn, ready("w", 4));
+      expect(out.map((e) => [e.type, e.data.vm, e.data.mode])).toEqual([["io.gangway.agent.switchover.v1", "w", "stop-and-copy"]]);
+    });
+
+    it("a rollback frees the slot too; a slot held past its lease is taken over", async () => {
+      const x = h();
+      await x.state.put(planKey("m"), gang);
+      await x.run(fn, ready("v", 1));
+      await x.run(fnNamed("dirty-log-slot-rolledback"), { migrationId: "m", vm: "v", reason: "x", phase: "Running", sourceRunning: true });
+      expect((await x.run(fn, ready("w", 1))).map((e) => e.data.vm)).toEqual(["w"]);
+      const y = h();
+      await y.state.put(planKey("m"), gang);
+      await y.state.put("dirty.m.slot.0", { vm: "lost", since: Date.now() - SLOT_LEASE_MS - 1 });
+      expect((await y.run(fn, ready("v", 1))).map((e) => e.data.vm)).toEqual(["v"]);
+    });
+
+    it("parallelSwitchovers lets that many stop at once; post-copy and aborts never wait", async () => {
+      const x = h();
+      await x.state.put(planKey("m"), { ...gang, options: { ...gang.options, parallelSwitchovers: 2 } });
+      expect((await x.run(fn, ready("v", 1))).map((e) => e.data.vm)).toEqual(["v"]);
+      expect((await x.run(fn, ready("w", 1))).map((e) => e.data.vm)).toEqual(["w"]);
+      const y = h();
+      await y.state.put(planKey("m"), { ...gang, options: { ...gang.options, postcopy: true } });
+      expect((await y.run(fn, ready("v", 1))).map((e) => e.data.mode)).toEqual(["stop-and-copy"]);
+      // w's passes stop shrinking while v holds the only slot: its post-copy goes at once.
+      await y.run(fn, { ...round(1, 20000, 5000), vm: "w" });
+      const out = await y.run(fn, { ...round(2, 19000, 5000), vm: "w" });
+      expect(out.map((e) => [e.data.vm, e.data.mode])).toEqual([["w", "post-copy"]]);
+    });
   });
 });
