@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { hostVms, startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../cli/localCluster.ts";
-import { migrateGang } from "../cli/gangMigration.ts";
+import { migrateGang, type DowntimePhases } from "../cli/gangMigration.ts";
 import { connectNats } from "../infra/nats/connect.ts";
 import { provision } from "../infra/nats/provision.ts";
 import { startEmbeddedServer } from "../infra/nats/server.ts";
@@ -29,7 +29,7 @@ export interface SoakRun {
   outcome: string;
   reason?: string;
   time_ms: number;
-  vms: { vm: string; outcome: string; downtime_ms?: number; longest_wait?: { for: string; ms: number }; pages_repaired?: number; digests_equal?: boolean; ram?: string; check?: string }[];
+  vms: { vm: string; outcome: string; downtime_ms?: number; downtime_phases?: DowntimePhases; longest_wait?: { for: string; ms: number }; pages_repaired?: number; digests_equal?: boolean; ram?: string; check?: string }[];
 }
 
 export interface SoakReport {
@@ -61,6 +61,9 @@ async function waitRunning(nc: Parameters<typeof hostVms>[0], at: Map<string, st
     await new Promise((r) => setTimeout(r, 1000));
   }
 }
+
+/** sent/proved/ready/commit/resume in ms, as the CLI's summary names them. */
+const phasesText = (p: DowntimePhases) => `sent ${p.source_sent_ms} proved ${p.source_proved_ms} ready ${p.destination_ready_ms} commit ${p.commit_ms} resume ${p.resume_ms}`;
 
 const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]! : 0);
 
@@ -96,7 +99,7 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
       const r: SoakRun = { run, from, to, outcome: s.outcome, ...(s.reason ? { reason: s.reason } : {}), time_ms: Date.now() - t0, vms: [] };
       for (const v of s.vms) {
         const committed = v.outcome === "committed";
-        const row: SoakRun["vms"][number] = { vm: v.vm, outcome: v.outcome, ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}), ...(v.longest_wait ? { longest_wait: v.longest_wait } : {}) };
+        const row: SoakRun["vms"][number] = { vm: v.vm, outcome: v.outcome, ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}), ...(v.downtime_phases ? { downtime_phases: v.downtime_phases } : {}), ...(v.longest_wait ? { longest_wait: v.longest_wait } : {}) };
         if (committed) {
           report.committed++;
           at.set(v.vm, to);
@@ -124,7 +127,7 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
       // A rolled-back VM is resumed at its source shortly after the outcome: wait for it.
       await waitRunning(nc, at, 120_000);
       await rm(dumps, { recursive: true, force: true });
-      o.log(`run ${run + 1}/${o.runs} ${from}→${to}: ${s.outcome}${s.reason ? ` (${s.reason})` : ""}; ${r.vms.map((v) => `${v.vm} ${v.outcome}${v.downtime_ms !== undefined ? ` ${v.downtime_ms} ms` : ""}${v.pages_repaired ? ` repaired ${v.pages_repaired}` : ""}${v.ram && v.ram !== "identical" ? ` RAM ${v.ram}` : ""}${v.check && !/VERIFY OK/.test(v.check) ? ` CHECK ${v.check}` : ""}`).join(", ")}`);
+      o.log(`run ${run + 1}/${o.runs} ${from}→${to}: ${s.outcome}${s.reason ? ` (${s.reason})` : ""}; ${r.vms.map((v) => `${v.vm} ${v.outcome}${v.downtime_ms !== undefined ? ` ${v.downtime_ms} ms` : ""}${v.downtime_phases ? ` (${phasesText(v.downtime_phases)})` : ""}${v.pages_repaired ? ` repaired ${v.pages_repaired}` : ""}${v.ram && v.ram !== "identical" ? ` RAM ${v.ram}` : ""}${v.check && !/VERIFY OK/.test(v.check) ? ` CHECK ${v.check}` : ""}`).join(", ")}`);
     }
   } finally {
     hog?.kill();
