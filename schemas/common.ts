@@ -52,10 +52,11 @@ export const migrationOptions = z.object({
   /** KubeVirt completionTimeoutPerGiB. */
   completionTimeoutPerGiB: z.number().int().positive().default(150),
   /**
-   * How many of a gang's VMs may be in their stop-and-copy at once. Their downtimes share the
-   * hosts' CPU: one at a time, each VM's pause is its own work, not the gang's.
+   * How many of a gang's VMs may be in their stop-and-copy at once (absent: no limit). Their
+   * downtimes share the hosts' CPU: one at a time, each VM's pause is its own work, not the
+   * gang's, but one VM slow to finish holds the others in pre-copy (up to a 60 s lease).
    */
-  parallelSwitchovers: z.number().int().positive().default(1),
+  parallelSwitchovers: z.number().int().positive().optional(),
 });
 export type MigrationOptions = z.infer<typeof migrationOptions>;
 

@@ -24,8 +24,9 @@ Live-migrates the VMs as one gang: each distinct page crosses the link once.
   --bandwidth MBPS       cap the migration stream at MBPS megabytes/s (virsh --bandwidth)
   --auto-converge        throttle the guest's vCPUs while pre-copy lags (libvirt --auto-converge)
   --auto-converge-max P  at most P percent of vCPU time (default 99)
-  --parallel-switchovers N  how many VMs of the gang may be stopped for their last pass at
-                         once (default 1: their downtimes would share the CPU)
+  --parallel-switchovers N  at most N VMs of the gang stopped for their last pass at once
+                         (default: no limit); each VM's pause is then its own work, not the
+                         gang's, but a VM slow to finish holds the others (60 s at most)
   --reason TEXT          recorded in the audit trail
   --cancel ID            cancel a migration in whatever phase it is: VMs not yet committed roll back
   --force-complete ID    switch over now: post-copy where allowed, else stop-and-copy (Nova's force-complete)
@@ -69,8 +70,8 @@ export async function run(argv: string[]): Promise<void> {
   const bandwidthMBps = values.bandwidth === undefined ? undefined : numberFlag("bandwidth", values.bandwidth, 0);
   const autoConvergeMaxPercent = numberFlag("auto-converge-max", values["auto-converge-max"], 99);
   if (!Number.isInteger(autoConvergeMaxPercent) || autoConvergeMaxPercent > 99) throw new UsageError(`--auto-converge-max must be a whole percent from 1 to 99, got "${values["auto-converge-max"]}"`);
-  const parallelSwitchovers = numberFlag("parallel-switchovers", values["parallel-switchovers"], 1);
-  if (!Number.isInteger(parallelSwitchovers)) throw new UsageError(`--parallel-switchovers must be a whole number, got "${values["parallel-switchovers"]}"`);
+  const parallelSwitchovers = values["parallel-switchovers"] === undefined ? undefined : numberFlag("parallel-switchovers", values["parallel-switchovers"], 1);
+  if (parallelSwitchovers !== undefined && !Number.isInteger(parallelSwitchovers)) throw new UsageError(`--parallel-switchovers must be a whole number, got "${values["parallel-switchovers"]}"`);
   const nc = await connectFromFlags(values, "gangway-migrate");
   try {
     const from = values.from ?? (await hostOf(nc, positionals));
@@ -78,7 +79,7 @@ export async function run(argv: string[]): Promise<void> {
     const printer = progressPrinter({ json: Boolean(values.json), tty: Boolean(process.stderr.isTTY) });
     const summary = await migrateGang({
       nc, vms: positionals, sourceHost: from, ...(values.to ? { targetHost: values.to } : {}), ...(values.reason ? { reason: values.reason } : {}),
-      options: { maxDowntimeMs, progressTimeoutSec, maxRounds, postcopy: Boolean(values.postcopy), autoConverge: Boolean(values["auto-converge"]), autoConvergeMaxPercent, parallelSwitchovers, ...(bandwidthMBps ? { bandwidthMBps } : {}) }, onUpdate: (v) => printer.update(v), idleTimeoutMs: progressTimeoutSec * 1000 + 30_000,
+      options: { maxDowntimeMs, progressTimeoutSec, maxRounds, postcopy: Boolean(values.postcopy), autoConverge: Boolean(values["auto-converge"]), autoConvergeMaxPercent, ...(parallelSwitchovers ? { parallelSwitchovers } : {}), ...(bandwidthMBps ? { bandwidthMBps } : {}) }, onUpdate: (v) => printer.update(v), idleTimeoutMs: progressTimeoutSec * 1000 + 30_000,
     });
     printer.done();
     if (values.json) printJson({ type: "summary", ...summary });

@@ -5,11 +5,11 @@
  * agent executes it on QEMU. Giving up is an abort, which the commit function rolls back.
  * force-complete (Nova's live-migration-force-complete) switches every VM over now.
  *
- * A gang's VMs stop for their last pass a few at a time (parallelSwitchovers, default one):
- * their downtimes share the hosts' CPU, so four VMs stopped at once each wait for all four
- * proofs and loads. A VM ready to stop while the slots are held goes on with pre-copy (it
- * stays converged) and is decided at its next pass; a slot is freed when its VM's outcome is
- * known, or after a lease, so that a lost outcome cannot hold the gang.
+ * With parallelSwitchovers N, a gang's VMs stop for their last pass N at a time: their
+ * downtimes share the hosts' CPU, so four VMs stopped at once each wait for all four proofs
+ * and loads. A VM ready to stop while the slots are held goes on with pre-copy (it stays
+ * converged) and is decided at its next pass; a slot is freed when its VM's outcome is known,
+ * or after a lease, so that a lost outcome cannot hold the gang. Without it, no limit.
  */
 import type { z } from "zod";
 import { agentSwitchover, commitAbort, dirtyRound, migrationCommitted, migrationForceComplete, migrationRolledBack } from "../../schemas/index.ts";
@@ -42,7 +42,8 @@ interface Slot {
  * stop now, else the VMs holding the slots.
  */
 async function takeSlot(ctx: FunctionContext, plan: Plan, vm: string): Promise<string[] | undefined> {
-  const slots = plan.options.parallelSwitchovers ?? 1;
+  const slots = plan.options.parallelSwitchovers;
+  if (slots === undefined) return undefined;
   const now = ctx.now().getTime();
   const held: (Slot | undefined)[] = [];
   for (let i = 0; i < slots; i++) held.push(await ctx.state.get<Slot>(slotKey(plan.migrationId, i)));
@@ -123,7 +124,7 @@ const dirtyLog = defineFunction({
 /** A VM's outcome frees the switch-over slot it held. */
 async function freeSlot(ctx: FunctionContext, migrationId: string, vm: string): Promise<void> {
   const plan = await ctx.state.get<Plan>(planKey(migrationId));
-  for (let i = 0; i < (plan?.options.parallelSwitchovers ?? 1); i++) {
+  for (let i = 0; i < (plan?.options.parallelSwitchovers ?? 0); i++) {
     const key = slotKey(migrationId, i);
     if ((await ctx.state.get<Slot>(key))?.vm === vm) await ctx.state.delete(key);
   }

@@ -93,8 +93,8 @@ describe("dirty-log", () => {
     expect(out[0]!.data).toMatchObject({ reportedBy: "dirty-log", reason: expect.stringMatching(/did not converge/) });
   });
 
-  describe("switch-over slots: a gang's VMs stop for their last pass one at a time", () => {
-    const gang = { ...plan, vms: [{ vm: "v", tenant: "t", memoryBytes: 1 << 30 }, { vm: "w", tenant: "t", memoryBytes: 1 << 30 }], options: { ...plan.options, postcopy: false } };
+  describe("switch-over slots (parallelSwitchovers): a gang's VMs stop for their last pass N at a time", () => {
+    const gang = { ...plan, vms: [{ vm: "v", tenant: "t", memoryBytes: 1 << 30 }, { vm: "w", tenant: "t", memoryBytes: 1 << 30 }], options: { ...plan.options, postcopy: false, parallelSwitchovers: 1 } };
     const ready = (vm: string, r: number) => ({ ...round(r, 100, 10), vm });
     const fnNamed = (id: string) => dirtyLogFunctions.find((f) => f.id === id)!;
     const h = () => {
@@ -126,6 +126,13 @@ describe("dirty-log", () => {
       await y.state.put(planKey("m"), gang);
       await y.state.put("dirty.m.slot.0", { vm: "lost", since: Date.now() - SLOT_LEASE_MS - 1 });
       expect((await y.run(fn, ready("v", 1))).map((e) => e.data.vm)).toEqual(["v"]);
+    });
+
+    it("without parallelSwitchovers every VM stops when it is ready", async () => {
+      const x = h();
+      await x.state.put(planKey("m"), { ...gang, options: { ...gang.options, parallelSwitchovers: undefined } });
+      expect((await x.run(fn, ready("v", 1))).map((e) => e.data.vm)).toEqual(["v"]);
+      expect((await x.run(fn, ready("w", 1))).map((e) => e.data.vm)).toEqual(["w"]);
     });
 
     it("parallelSwitchovers lets that many stop at once; post-copy and aborts never wait", async () => {
