@@ -54,20 +54,27 @@ export class ImageDigest {
   setFromBytes(block: number, offset: number, page: Uint8Array, keyer: PageKeyer, scratch: Uint8Array): boolean {
     const at = this.slot(block, offset);
     const arr = this.blocks[block]!;
+    if (entryHolds(arr, at, page, keyer)) return false;
     const fill = uniformByte(page);
     if (fill !== undefined) {
-      if (arr[at] === 0 && arr[at + 1] === fill && isZeroFrom(arr, at + 2, at + ENTRY)) return false;
       arr.fill(0, at, at + ENTRY);
       arr[at + 1] = fill;
       return true;
     }
-    // A keyed entry whose first half still matches holds; one that does not differs for sure
-    // (the first half is part of the key), so the full key is only ever computed to record it.
-    if (arr[at] === 1 && keyer.stillKeyed(page, arr, at + 1)) return false;
     keyer.keyInto(page, scratch, 0);
     arr[at] = 1;
     arr.set(scratch.subarray(0, KEY_BYTES), at + 1);
     return true;
+  }
+  /** A copy of a block's entries, for checking its pages elsewhere (entryHolds, a worker). */
+  entriesOf(block: number): Uint8Array {
+    const arr = this.blocks[block];
+    if (!arr) throw new RangeError(`no RAM block ${block}`);
+    return arr.slice();
+  }
+  /** Every page of a block was read (their entries checked elsewhere, and held). */
+  markRead(block: number): void {
+    this.seen[block]?.fill(1);
   }
   /** Whether a page was recorded (sent) at all. */
   has(block: number, offset: number): boolean {
@@ -88,6 +95,20 @@ export class ImageDigest {
     for (const b of this.blocks) h.update(b);
     return h.digest("hex");
   }
+}
+
+/** Bytes of one page's entry in a block's entries. */
+export const ENTRY_BYTES = ENTRY;
+
+/**
+ * Whether `page` holds what the entry at `at` says: its fill byte, or its key. A keyed entry
+ * whose first half still matches holds; one that does not differs for sure (the first half
+ * is part of the key), so the full key is only ever computed to record a change.
+ */
+export function entryHolds(entries: Uint8Array, at: number, page: Uint8Array, keyer: PageKeyer): boolean {
+  if (entries[at] === 1) return keyer.stillKeyed(page, entries, at + 1);
+  const fill = uniformByte(page);
+  return fill !== undefined && entries[at] === 0 && entries[at + 1] === fill && isZeroFrom(entries, at + 2, at + ENTRY);
 }
 
 function isZeroFrom(a: Uint8Array, from: number, to: number): boolean {

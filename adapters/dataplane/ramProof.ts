@@ -9,7 +9,8 @@
 import { copyFile, mkdir, open, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { KEY_BYTES, PAGE_SIZE, type PageKeyer } from "./contentKey.ts";
-import type { ImageDigest } from "./imageDigest.ts";
+import { ENTRY_BYTES, type ImageDigest } from "./imageDigest.ts";
+import type { RamChecker } from "./ramCheck.ts";
 
 const CHUNK = 256 * PAGE_SIZE;
 
@@ -34,8 +35,15 @@ export async function readRamInto(o: {
   sizeBytes: number;
   keyer: PageKeyer;
   onDiffer?: (offset: number, page: Buffer) => void;
+  /** Workers to check the pages on (the few that differ are then read here again). */
+  checker?: RamChecker;
 }): Promise<RamReadResult> {
   const started = performance.now();
+  if (o.checker) {
+    const differing = await o.checker.differing({ ramPath: o.ramPath, tenant: o.keyer.tenant, sizeBytes: o.sizeBytes, entries: o.image.entriesOf(o.block), entryBytes: ENTRY_BYTES })
+      .catch(() => undefined); // no worker to do it: read it all here
+    if (differing) return recordDiffering(o, differing, started);
+  }
   const fh = await open(o.ramPath, "r");
   const scratch = new Uint8Array(KEY_BYTES);
   const result: RamReadResult = { pages: 0, differing: 0, durationMs: 0 };
@@ -54,6 +62,28 @@ export async function readRamInto(o: {
         if (result.differing++ === 0) result.firstDiffering = off + p;
         o.onDiffer?.(off + p, page);
       }
+    }
+  } finally {
+    await fh.close();
+  }
+  result.durationMs = Math.round(performance.now() - started);
+  return result;
+}
+
+/** The pages the workers found differing, read again and recorded (the rest held). */
+async function recordDiffering(o: Parameters<typeof readRamInto>[0], offsets: number[], started: number): Promise<RamReadResult> {
+  const result: RamReadResult = { pages: Math.floor(o.sizeBytes / PAGE_SIZE), differing: 0, durationMs: 0 };
+  o.image.markRead(o.block);
+  const scratch = new Uint8Array(KEY_BYTES);
+  const page = Buffer.allocUnsafe(PAGE_SIZE);
+  const fh = await open(o.ramPath, "r");
+  try {
+    for (const offset of offsets) {
+      const { bytesRead } = await fh.read(page, 0, PAGE_SIZE, offset);
+      if (bytesRead < PAGE_SIZE) throw new Error(`RAM file ${o.ramPath} ends before the page at ${offset}`);
+      if (!o.image.setFromBytes(o.block, offset, page, o.keyer, scratch)) continue;
+      if (result.differing++ === 0) result.firstDiffering = offset;
+      o.onDiffer?.(offset, page);
     }
   } finally {
     await fh.close();

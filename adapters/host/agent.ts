@@ -25,6 +25,7 @@ import { publishInventory, syncRecords } from "./hostFacts.ts";
 import { answerHostServices } from "./hostServices.ts";
 import { startHostLiveness, type HostLiveness } from "./hostLiveness.ts";
 import { createHostState, emptySessions } from "./hostState.ts";
+import { availableParallelism } from "node:os";
 import { DEFAULT_LIVENESS, type LivenessThresholds } from "./liveness.ts";
 import { openPageSource, type CorruptPack } from "./packLocator.ts";
 import { forgetStoredKeysOnDamage } from "./storedKeys.ts";
@@ -42,6 +43,16 @@ export interface AgentOptions {
    * worker thread connects to answer and watch beside the data path (without: on `nc`).
    */
   liveness?: LivenessThresholds & { connect?: ConnectOptions };
+  /**
+   * Worker threads for the proofs' RAM reads (the guest is stopped while they run); 0 reads
+   * on the main thread. @default GANGWAY_PROOF_THREADS, else min(4, the host's cores)
+   */
+  proofThreads?: number;
+}
+
+function defaultProofThreads(): number {
+  const env = Number(process.env.GANGWAY_PROOF_THREADS);
+  return Number.isInteger(env) && env >= 0 ? env : Math.min(4, availableParallelism());
 }
 
 export interface Agent {
@@ -95,6 +106,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     sessions, host: o.host, nc: o.nc, driver: o.driver, log, publisher: pub, packs, liveness,
     pingTimeoutMs: thresholds.pingTimeoutMs ?? DEFAULT_LIVENESS.pingTimeoutMs,
     openPages: () => openPageSource(o.nc, packs, { onCorrupt, host: o.host }),
+    proofThreads: o.proofThreads ?? defaultProofThreads(),
   });
   const inventoryTimer = setInterval(() => void publishInventory(state).catch((e: Error) => log.warn("inventory not published", { error: e })), (o.inventoryIntervalSec ?? 10) * 1000);
   const services = [...answerHostServices(state), forgetStoredKeysOnDamage(o.nc, state.preparation.knownByTenant, log)];
@@ -171,6 +183,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       for (const g of state.gangs.values()) g.resolver.close();
       state.preparation.resolver?.close();
       await state.openedPages()?.close();
+      await state.closeRamChecker();
       await Promise.allSettled([...targets.values()].map((t) => t.vm.quit()));
       await Promise.allSettled([...owned.values()].filter((v) => ![...targets.values()].some((t) => t.vm === v.vm)).map((v) => (opts.keepVms && v.vm.detach ? v.vm.detach() : v.vm.quit())));
     },

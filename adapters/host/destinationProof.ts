@@ -17,6 +17,7 @@ import { jetstream } from "@nats-io/jetstream";
 import { hostSource } from "./manifestOrder.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { readManifestRecords } from "../dataplane/manifestRecords.ts";
+import type { RamChecker } from "../dataplane/ramCheck.ts";
 import { dumpRamForDiagnosis, readRamInto, writeRamPages } from "../dataplane/ramProof.ts";
 import type { PageSource } from "./packLocator.ts";
 import type { TargetState } from "./targetMigration.ts";
@@ -85,6 +86,8 @@ export async function proveDestination(o: {
   host?: string;
   /** Waits are said here (what the destination waits for). */
   onWait?: (what: string) => void;
+  /** Workers for the RAM read. */
+  checker?: RamChecker;
 }): Promise<DestinationProof> {
   const img = o.state.delivered;
   const header = o.state.header;
@@ -96,7 +99,7 @@ export async function proveDestination(o: {
   o.onWait?.("the read-back of the image");
   if (testFault("alter-loaded-page", o.vm) !== undefined) await alterPage(o.ramPath, 0x300000);
   // The other blocks (ROMs) are not files: they count as delivered.
-  const read = await readRamInto({ image: img, block: m0, ramPath: o.ramPath, sizeBytes: header.blocks[m0]!.usedBytes, keyer: o.keyer });
+  const read = await readRamInto({ image: img, block: m0, ramPath: o.ramPath, sizeBytes: header.blocks[m0]!.usedBytes, keyer: o.keyer, ...(o.checker ? { checker: o.checker } : {}) });
   o.onWait?.("the source's proof of its memory");
   const { ext, body } = await fromSource;
   const repairs: { offset: number; page: Uint8Array }[] = [];

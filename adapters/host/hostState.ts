@@ -16,6 +16,7 @@ import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
 import type { PageSource } from "./packLocator.ts";
 import type { OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
 import type { TargetState } from "./targetMigration.ts";
+import { startRamChecker, type RamChecker } from "../dataplane/ramCheck.ts";
 
 export interface OwnedVm {
   spec: VmSpec;
@@ -119,6 +120,13 @@ export interface HostState extends HostSessions {
   pages(): Promise<PageSource>;
   /** The page source, if it was opened. */
   openedPages(): PageSource | undefined;
+  /**
+   * Workers for the proofs' RAM reads, started on first use (a migration's start: not in a
+   * downtime); undefined where proofs read on the main thread (proofThreads 0).
+   */
+  ramChecker(): RamChecker | undefined;
+  /** Stops the workers, if they were started. */
+  closeRamChecker(): Promise<void>;
 }
 
 export const sessionKey = (migrationId: string, vm: string) => `${migrationId}/${vm}`;
@@ -138,13 +146,16 @@ export function createHostState(o: {
   liveness: HostLiveness;
   pingTimeoutMs: number;
   openPages(): Promise<PageSource>;
+  /** Worker threads for the proofs' RAM reads; 0: on the main thread. */
+  proofThreads: number;
 }): HostState {
   const keyers = new Map<string, PageKeyer>();
   // The promise is kept, not its result: prepare-target commands of a gang arriving together
   // would otherwise each open a page source, and all but the last would never be closed.
   let opening: Promise<PageSource> | undefined;
   let pageSource: PageSource | undefined;
-  const { sessions, openPages, ...resources } = o;
+  let checker: RamChecker | undefined;
+  const { sessions, openPages, proofThreads, ...resources } = o;
   return {
     ...sessions,
     ...resources,
@@ -154,6 +165,8 @@ export function createHostState(o: {
       throw err;
     })),
     openedPages: () => pageSource,
+    ramChecker: () => (proofThreads > 0 ? (checker ??= startRamChecker(proofThreads)) : undefined),
+    closeRamChecker: async () => checker?.close(),
   };
 }
 

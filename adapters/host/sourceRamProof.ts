@@ -15,6 +15,7 @@ import { KEY_BYTES, type PageKeyer } from "../dataplane/contentKey.ts";
 import type { ImageDigest } from "../dataplane/imageDigest.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
+import type { RamChecker } from "../dataplane/ramCheck.ts";
 import { dumpRamForDiagnosis, readRamInto, type RamReadResult } from "../dataplane/ramProof.ts";
 import type { SentImage, SourceResult } from "./sourceMigration.ts";
 import { PackWriter } from "./packWriter.ts";
@@ -49,7 +50,7 @@ export interface SourceRamRead {
  * stream ended (the image is final then), while the last packs and the device state are
  * still being stored: the read is the longest part of the proof, and the guest is stopped.
  */
-export async function readSourceRam(o: { migrationId: string; vm: string; ramPath: string; sent: SentImage; keyer: PageKeyer; repair: boolean }): Promise<SourceRamRead> {
+export async function readSourceRam(o: { migrationId: string; vm: string; ramPath: string; sent: SentImage; keyer: PageKeyer; repair: boolean; checker?: RamChecker }): Promise<SourceRamRead> {
   const m0 = o.sent.blocks.findIndex((b) => b.id === "m0");
   if (m0 < 0) throw new Error("the stream has no RAM block m0 (the VM's memory-backend file): its memory cannot be proved");
   await dumpRamForDiagnosis(o.ramPath, o.migrationId, o.vm, "source");
@@ -57,7 +58,7 @@ export async function readSourceRam(o: { migrationId: string; vm: string; ramPat
   const repairs: { offset: number; page: Buffer }[] = [];
   const listed: SourceRamProof["differing"] = [];
   const read = await readRamInto({
-    image: ram, block: m0, ramPath: o.ramPath, sizeBytes: o.sent.blocks[m0]!.usedBytes, keyer: o.keyer,
+    image: ram, block: m0, ramPath: o.ramPath, sizeBytes: o.sent.blocks[m0]!.usedBytes, keyer: o.keyer, ...(o.checker ? { checker: o.checker } : {}),
     onDiffer: (offset, page) => {
       if (o.repair && repairs.length < MAX_REPAIR_PAGES) repairs.push({ offset, page: Buffer.from(page) });
       if (listed.length < 64) {
@@ -125,12 +126,12 @@ export async function proveSourceRam(o: {
  * discarded since (a discarded page comes again after the resume), yet different: QEMU lost
  * their dirty bits. They go to the destination before the device state, as ordinary pages.
  */
-export async function stalePagesAtSwitchover(o: { ramPath: string; image: ImageDigest; blocks: { id: string; usedBytes: number }[]; discarded: (block: number, offset: number) => boolean; keyer: PageKeyer }): Promise<{ block: number; offset: number; page: Buffer }[]> {
+export async function stalePagesAtSwitchover(o: { ramPath: string; image: ImageDigest; blocks: { id: string; usedBytes: number }[]; discarded: (block: number, offset: number) => boolean; keyer: PageKeyer; checker?: RamChecker }): Promise<{ block: number; offset: number; page: Buffer }[]> {
   const m0 = o.blocks.findIndex((b) => b.id === "m0");
   if (m0 < 0) return [];
   const out: { block: number; offset: number; page: Buffer }[] = [];
   await readRamInto({
-    image: o.image.clone(), block: m0, ramPath: o.ramPath, sizeBytes: o.blocks[m0]!.usedBytes, keyer: o.keyer,
+    image: o.image.clone(), block: m0, ramPath: o.ramPath, sizeBytes: o.blocks[m0]!.usedBytes, keyer: o.keyer, ...(o.checker ? { checker: o.checker } : {}),
     onDiffer: (offset, page) => {
       if (out.length < MAX_REPAIR_PAGES && o.image.has(m0, offset) && !o.discarded(m0, offset)) out.push({ block: m0, offset, page: Buffer.from(page) });
     },

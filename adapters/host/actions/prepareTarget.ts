@@ -65,6 +65,8 @@ export default defineAction({
     const run = (async () => {
       const source = await state.pages();
       const keyer = state.keyerFor(c.spec.tenant);
+      // Started now, so that the proof after the load finds its workers up.
+      const ramChecker = state.ramChecker();
       // What the preparation phase preseeded first (it is most of the memory), then what
       // this migration stores as it goes.
       // Of the source host's preparation packs, this VM's (not every pack its scans ever stored).
@@ -81,7 +83,7 @@ export default defineAction({
       // repairs of pages its stream missed, and digest it.
       const proof = await inSpan("destination proof", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name }, () => proveDestination({
         nc: state.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, state: rebuild, ramPath: vm.ramPath, keyer, pages: source,
-        timeoutMs: c.options.progressTimeoutSec * 1000, ended: ended.promise, onWait: (what) => (session.waitingFor = what), sourceHost: c.sourceHost, host,
+        timeoutMs: c.options.progressTimeoutSec * 1000, ended: ended.promise, onWait: (what) => (session.waitingFor = what), sourceHost: c.sourceHost, host, ...(ramChecker ? { checker: ramChecker } : {}),
       }));
       await pub.publish(commitReady, { migrationId: c.migrationId }, {
         migrationId: c.migrationId, vm: c.spec.name, targetHost: host, pagesExpected: proof.expected, pagesDelivered: proof.delivered, digest: proof.digest,

@@ -100,6 +100,9 @@ export default defineAction({
       };
       const outgoing = out;
       const keyer = state.keyerFor(v.spec.tenant);
+      // Started now, so that the proof at the switch-over finds its workers up.
+      const ramChecker = state.ramChecker();
+      const checker = ramChecker ? { checker: ramChecker } : {};
       // The source goes at its destination's pace: what the destination has not handed its
       // QEMU when the guest stops is downtime (24–61 s on the demo without this).
       // And while another VM of the gang is in its downtime (its guest stopped), this one waits:
@@ -133,11 +136,11 @@ export default defineAction({
         onPostcopyFlushed: () => void publishServed().catch(() => undefined),
         onPublished: (seq) => (session.published = seq),
         lowLatency: () => session.switchover !== undefined || pacer.holding,
-        staleAtSwitchover: (image, blocks, discarded) => stalePagesAtSwitchover({ ramPath: v.vm.ramPath, image, blocks, discarded, keyer }),
+        staleAtSwitchover: (image, blocks, discarded) => stalePagesAtSwitchover({ ramPath: v.vm.ramPath, image, blocks, discarded, keyer, ...checker }),
         // The guest is stopped and the image final: the proof's RAM read overlaps the last stores.
         onStreamEnd: (sent) => {
           streamEndedAt = Date.now();
-          reading = readSourceRam({ migrationId: c.migrationId, vm: c.vm, ramPath: v.vm.ramPath, sent, keyer, repair: session.switchover?.mode !== "post-copy" });
+          reading = readSourceRam({ migrationId: c.migrationId, vm: c.vm, ramPath: v.vm.ramPath, sent, keyer, repair: session.switchover?.mode !== "post-copy", ...checker });
           reading.catch(() => undefined); // awaited by the proof
         },
       }));
