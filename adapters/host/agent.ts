@@ -7,6 +7,7 @@
  * builds the host's state, takes back what an earlier agent left, serves, dispatches each
  * command to its action, and closes.
  */
+import { availableParallelism } from "node:os";
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { SpanKind, context, trace } from "@opentelemetry/api";
@@ -25,7 +26,6 @@ import { publishInventory, syncRecords } from "./hostFacts.ts";
 import { answerHostServices } from "./hostServices.ts";
 import { startHostLiveness, type HostLiveness } from "./hostLiveness.ts";
 import { createHostState, emptySessions } from "./hostState.ts";
-import { availableParallelism } from "node:os";
 import { DEFAULT_LIVENESS, type LivenessThresholds } from "./liveness.ts";
 import { openPageSource, type CorruptPack } from "./packLocator.ts";
 import { forgetStoredKeysOnDamage } from "./storedKeys.ts";

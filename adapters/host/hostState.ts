@@ -11,12 +11,12 @@ import type { EventPublisher } from "../../infra/events/publisher.ts";
 import type { Logger } from "../../infra/log.ts";
 import { createPageKeyer, type PageKeyer } from "../dataplane/contentKey.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
+import { startRamChecker, type RamChecker } from "../dataplane/ramCheck.ts";
 import type { HostLiveness } from "./hostLiveness.ts";
 import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
 import type { PageSource } from "./packLocator.ts";
 import type { OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
 import type { TargetState } from "./targetMigration.ts";
-import { startRamChecker, type RamChecker } from "../dataplane/ramCheck.ts";
 
 export interface OwnedVm {
   spec: VmSpec;
