@@ -72,9 +72,9 @@ export class ImageDigest {
     if (!arr) throw new RangeError(`no RAM block ${block}`);
     return arr.slice();
   }
-  /** Every page of a block was read (their entries checked elsewhere, and held). */
-  markRead(block: number): void {
-    this.seen[block]?.fill(1);
+  /** The first `pages` pages of a block were read (their entries checked elsewhere), as setFromBytes marks each. */
+  markRead(block: number, pages: number): void {
+    this.seen[block]?.fill(1, 0, pages);
   }
   /** Whether a page was recorded (sent) at all. */
   has(block: number, offset: number): boolean {

@@ -3,12 +3,13 @@
  * each is checked against the image's entries by its own worker, in parallel. The guest is
  * stopped while this runs (it is the longest step of the proof); on a host with cores to
  * spare it takes a fraction of one thread's time, and on a busy one it is not held to one
- * thread's share of the CPU. Workers start with the agent (one costs a few hundred ms to
- * start, which a downtime should not pay) and wait unreferenced.
+ * thread's share of the CPU. The host starts them with its first migration (one costs a few
+ * hundred ms to start, which a downtime should not pay); they wait unreferenced.
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { PAGE_SIZE } from "./contentKey.ts";
+import { ENTRY_BYTES } from "./imageDigest.ts";
 
 export interface RamCheckJob {
   id: number;
@@ -23,9 +24,8 @@ export interface RamCheckJob {
 export type RamCheckAnswer = { id: number; differing: number[] } | { id: number; error: string };
 
 export interface RamChecker {
-  readonly threads: number;
   /** Byte offsets of the pages in [0, sizeBytes) whose bytes do not hold their entry, ascending. */
-  differing(o: { ramPath: string; tenant: string; sizeBytes: number; entries: Uint8Array; entryBytes: number }): Promise<number[]>;
+  differing(o: { ramPath: string; tenant: string; sizeBytes: number; entries: Uint8Array }): Promise<number[]>;
   close(): Promise<void>;
 }
 
@@ -56,7 +56,6 @@ export function startRamChecker(threads = Math.min(4, availableParallelism())): 
   }
   let nextId = 0;
   return {
-    threads,
     async differing(o) {
       const alive = workers.filter((w) => !dead.has(w));
       if (alive.length === 0) throw new Error("no RAM-check worker is running");
@@ -69,7 +68,7 @@ export function startRamChecker(threads = Math.min(4, availableParallelism())): 
         const last = Math.min(pages, first + per);
         if (first >= last) break;
         const worker = alive[i]!;
-        const job: RamCheckJob = { id: nextId++, ramPath: o.ramPath, tenant: o.tenant, from: first * PAGE_SIZE, to: last * PAGE_SIZE, entries: new Uint8Array(o.entries.subarray(first * o.entryBytes, last * o.entryBytes)) };
+        const job: RamCheckJob = { id: nextId++, ramPath: o.ramPath, tenant: o.tenant, from: first * PAGE_SIZE, to: last * PAGE_SIZE, entries: new Uint8Array(o.entries.subarray(first * ENTRY_BYTES, last * ENTRY_BYTES)) };
         jobs.push(new Promise<number[]>((resolve, reject) => {
           pending.set(job.id, { resolve, reject, worker });
           worker.postMessage(job, [job.entries.buffer]);

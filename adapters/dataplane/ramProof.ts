@@ -9,7 +9,7 @@
 import { copyFile, mkdir, open, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { KEY_BYTES, PAGE_SIZE, type PageKeyer } from "./contentKey.ts";
-import { ENTRY_BYTES, type ImageDigest } from "./imageDigest.ts";
+import type { ImageDigest } from "./imageDigest.ts";
 import type { RamChecker } from "./ramCheck.ts";
 
 const CHUNK = 256 * PAGE_SIZE;
@@ -40,7 +40,7 @@ export async function readRamInto(o: {
 }): Promise<RamReadResult> {
   const started = performance.now();
   if (o.checker) {
-    const differing = await o.checker.differing({ ramPath: o.ramPath, tenant: o.keyer.tenant, sizeBytes: o.sizeBytes, entries: o.image.entriesOf(o.block), entryBytes: ENTRY_BYTES })
+    const differing = await o.checker.differing({ ramPath: o.ramPath, tenant: o.keyer.tenant, sizeBytes: o.sizeBytes, entries: o.image.entriesOf(o.block) })
       .catch(() => undefined); // no worker to do it: read it all here
     if (differing) return recordDiffering(o, differing, started);
   }
@@ -73,7 +73,7 @@ export async function readRamInto(o: {
 /** The pages the workers found differing, read again and recorded (the rest held). */
 async function recordDiffering(o: Parameters<typeof readRamInto>[0], offsets: number[], started: number): Promise<RamReadResult> {
   const result: RamReadResult = { pages: Math.floor(o.sizeBytes / PAGE_SIZE), differing: 0, durationMs: 0 };
-  o.image.markRead(o.block);
+  o.image.markRead(o.block, result.pages);
   const scratch = new Uint8Array(KEY_BYTES);
   const page = Buffer.allocUnsafe(PAGE_SIZE);
   const fh = await open(o.ramPath, "r");

@@ -9,7 +9,7 @@ import { mkdtemp, open, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createPageKeyer, PAGE_SIZE } from "../../adapters/dataplane/contentKey.ts";
-import { ENTRY_BYTES, ImageDigest } from "../../adapters/dataplane/imageDigest.ts";
+import { ImageDigest } from "../../adapters/dataplane/imageDigest.ts";
 import { startRamChecker, type RamChecker } from "../../adapters/dataplane/ramCheck.ts";
 import { readRamInto } from "../../adapters/dataplane/ramProof.ts";
 
@@ -61,7 +61,7 @@ describe("RAM check on worker threads", () => {
   });
 
   it("the workers themselves answer the changed pages, each range from its own worker", async () => {
-    expect(await checker.differing({ ramPath, tenant: "t", sizeBytes: SIZE, entries: image.entriesOf(0), entryBytes: ENTRY_BYTES })).toEqual(changed);
+    expect(await checker.differing({ ramPath, tenant: "t", sizeBytes: SIZE, entries: image.entriesOf(0) })).toEqual(changed);
   });
 
   it("an unchanged file: nothing differs, the digest is the image's", async () => {
