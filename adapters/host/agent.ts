@@ -28,6 +28,7 @@ import { startHostLiveness, type HostLiveness } from "./hostLiveness.ts";
 import { createHostState, emptySessions } from "./hostState.ts";
 import { DEFAULT_LIVENESS, type LivenessThresholds } from "./liveness.ts";
 import { openPageSource, type CorruptPack } from "./packLocator.ts";
+import { followScanContent } from "./scanContent.ts";
 import { forgetStoredKeysOnDamage } from "./storedKeys.ts";
 import type { AdoptedVm, GoneVm, QemuDriver } from "./qemuDriver.ts";
 
@@ -106,8 +107,11 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
     sessions, host: o.host, nc: o.nc, driver: o.driver, log, publisher: pub, packs, liveness,
     pingTimeoutMs: thresholds.pingTimeoutMs ?? DEFAULT_LIVENESS.pingTimeoutMs,
     openPages: () => openPageSource(o.nc, packs, { onCorrupt, host: o.host }),
+    openScanContent: () => followScanContent(o.nc, { host: o.host }),
     proofThreads: o.proofThreads ?? defaultProofThreads(),
   });
+  // Followed from the start, so that a first migration here finds the VMs' content read.
+  void state.scanContent().catch((e: Error) => log.warn("scan content not followed (destinations prefetch by pass instead)", { error: e }));
   const inventoryTimer = setInterval(() => void publishInventory(state).catch((e: Error) => log.warn("inventory not published", { error: e })), (o.inventoryIntervalSec ?? 10) * 1000);
   const services = [...answerHostServices(state), forgetStoredKeysOnDamage(o.nc, state.preparation.knownByTenant, log)];
 
@@ -183,6 +187,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       for (const g of state.gangs.values()) g.resolver.close();
       state.preparation.resolver?.close();
       await state.openedPages()?.close();
+      await state.openedScanContent()?.close();
       await state.closeRamChecker();
       await Promise.allSettled([...targets.values()].map((t) => t.vm.quit()));
       await Promise.allSettled([...owned.values()].filter((v) => ![...targets.values()].some((t) => t.vm === v.vm)).map((v) => (opts.keepVms && v.vm.detach ? v.vm.detach() : v.vm.quit())));

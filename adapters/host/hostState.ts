@@ -15,6 +15,7 @@ import { startRamChecker, type RamChecker } from "../dataplane/ramCheck.ts";
 import type { HostLiveness } from "./hostLiveness.ts";
 import { createKeyResolver, type KeyResolver } from "./keyResolver.ts";
 import type { PageSource } from "./packLocator.ts";
+import type { ScanContent } from "./scanContent.ts";
 import type { OutgoingStream, QemuDriver, RunningVm } from "./qemuDriver.ts";
 import type { TargetState } from "./targetMigration.ts";
 
@@ -120,6 +121,10 @@ export interface HostState extends HostSessions {
   pages(): Promise<PageSource>;
   /** The page source, if it was opened. */
   openedPages(): PageSource | undefined;
+  /** What each VM holds as its host's scans last saw it (followed from first use). */
+  scanContent(): Promise<ScanContent>;
+  /** The scan content, if it was opened. */
+  openedScanContent(): ScanContent | undefined;
   /**
    * Workers for the proofs' RAM reads, started on first use (a migration's start: not in a
    * downtime); undefined where proofs read on the main thread (proofThreads 0).
@@ -146,27 +151,42 @@ export function createHostState(o: {
   liveness: HostLiveness;
   pingTimeoutMs: number;
   openPages(): Promise<PageSource>;
+  openScanContent(): Promise<ScanContent>;
   /** Worker threads for the proofs' RAM reads; 0: on the main thread. */
   proofThreads: number;
 }): HostState {
   const keyers = new Map<string, PageKeyer>();
-  // The promise is kept, not its result: prepare-target commands of a gang arriving together
-  // would otherwise each open a page source, and all but the last would never be closed.
-  let opening: Promise<PageSource> | undefined;
-  let pageSource: PageSource | undefined;
   let checker: RamChecker | undefined;
-  const { sessions, openPages, proofThreads, ...resources } = o;
+  const { sessions, openPages, openScanContent, proofThreads, ...resources } = o;
+  const pages = openedOnce(openPages);
+  const content = openedOnce(openScanContent);
   return {
     ...sessions,
     ...resources,
     keyerFor: (tenant) => keyers.get(tenant) ?? keyers.set(tenant, createPageKeyer(tenant)).get(tenant)!,
-    pages: () => (opening ??= openPages().then((p) => (pageSource = p), (err: unknown) => {
-      opening = undefined; // the next command tries again
-      throw err;
-    })),
-    openedPages: () => pageSource,
+    pages: pages.get,
+    openedPages: pages.opened,
+    scanContent: content.get,
+    openedScanContent: content.opened,
     ramChecker: () => (proofThreads > 0 ? (checker ??= startRamChecker(proofThreads)) : undefined),
     closeRamChecker: async () => checker?.close(),
+  };
+}
+
+/**
+ * A resource opened on first use. The promise is kept, not its result: prepare-target commands
+ * of a gang arriving together would otherwise each open one, and all but the last would never
+ * be closed. A failed open is tried again by the next use.
+ */
+function openedOnce<T>(open: () => Promise<T>): { get(): Promise<T>; opened(): T | undefined } {
+  let opening: Promise<T> | undefined;
+  let value: T | undefined;
+  return {
+    get: () => (opening ??= open().then((v) => (value = v), (err: unknown) => {
+      opening = undefined;
+      throw err;
+    })),
+    opened: () => value,
   };
 }
 

@@ -12,7 +12,7 @@ import { packCorrupt, packStored } from "../../schemas/index.ts";
 import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts";
 import { deadLetterSink, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
-import { KEY_BYTES, PAGE_SIZE, keyFromHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { KEY_BYTES, PAGE_SIZE, keyFromHex, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { KeyTable } from "../../kit/keyTable.ts";
 import { decodePack, PagePackError } from "../dataplane/pagePack.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
@@ -44,6 +44,13 @@ export interface PageSource {
    * Until stopPrefetch.
    */
   prefetch(migrationId: string, tenant: string, keyer: PageKeyer, vm?: string): void;
+  /**
+   * Fetches the packs that hold these keys (n × 16 bytes: a VM's content as its source host's
+   * scans last saw it), in their order, and every pack preparation pass `passId` stores for VM
+   * `vm` from now on — not the packs of earlier passes whose pages the VM no longer holds.
+   * Until stopPrefetch(passId).
+   */
+  prefetchContent(passId: string, tenant: string, keyer: PageKeyer, vm: string, keys: Uint8Array): void;
   stopPrefetch(migrationId: string): void;
   /** Drops the cached pages (between migrations; the packs still hold them). */
   clearCache(): void;
@@ -99,8 +106,11 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
   const waiting = new Map<string, (() => void)[]>();
   const fetching = new Map<string, Promise<void>>();
   const stats = { packsFetched: 0, bytesFetched: 0, cacheHits: 0 };
-  /** Per migration (or preparation pass): what to prefetch, by tenant and VM ("" = every VM). */
-  const prefetching = new Map<string, { tenant: string; vm: string; keyer: PageKeyer }[]>();
+  /**
+   * Per migration (or preparation pass): what to prefetch, by tenant and VM ("" = every VM);
+   * `sinceNs`: only packs announced from then on (what came before was chosen by content).
+   */
+  const prefetching = new Map<string, { tenant: string; vm: string; keyer: PageKeyer; sinceNs?: bigint }[]>();
   const wanted = (migrationId: string, tenant: string, vm: string) => prefetching.get(migrationId)?.find((w) => w.tenant === tenant && (w.vm === "" || w.vm === vm));
   /** Packs announced so far, by the migration (or preparation pass) that stored them. */
   const packsOf = new Map<string, { tenant: string; vm: string; pack: string }[]>();
@@ -140,7 +150,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
       // Announced again after it was found damaged (and removed): stored anew, usable again.
       damaged.delete(data.pack);
       const pre = wanted(data.migrationId, data.tenant, data.vm);
-      if (pre) queuePrefetch(data.tenant, data.pack, pre.keyer);
+      if (pre && (pre.sinceNs === undefined || BigInt(m.info.timestampNanos) >= pre.sinceNs)) queuePrefetch(data.migrationId, data.tenant, data.pack, pre.keyer);
       for (const k of data.keys) {
         const id = `${data.tenant}/${k}`;
         // A key whose pack was found damaged moves to the pack that stores it again.
@@ -154,9 +164,11 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
     }
   })();
 
-  function queuePrefetch(tenant: string, pack: string, keyer: PageKeyer): void {
+  function queuePrefetch(owner: string, tenant: string, pack: string, keyer: PageKeyer): void {
     const lane = nextLane++ % prefetchChain.length;
-    prefetchChain[lane] = prefetchChain[lane]!.then(() => fetchPack(tenant, pack, keyer).catch(() => undefined));
+    // Still wanted when its turn comes: a prefetch stopped (its migrations ended, the cache
+    // cleared) must not go on filling the cache with packs nobody asks for.
+    prefetchChain[lane] = prefetchChain[lane]!.then(() => (prefetching.has(owner) ? fetchPack(tenant, pack, keyer).catch(() => undefined) : undefined));
   }
 
   // Its keys stay located on it, so that a page asked for fails at once (not after waiting for
@@ -249,7 +261,21 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
       if (prefetching.get(migrationId)?.some((w) => w.tenant === tenant && (w.vm === "" || w.vm === vm))) return;
       const list = prefetching.get(migrationId) ?? prefetching.set(migrationId, []).get(migrationId)!;
       list.push({ tenant, vm, keyer });
-      for (const p of packsOf.get(migrationId) ?? []) if (p.tenant === tenant && (vm === "" || p.vm === vm)) queuePrefetch(p.tenant, p.pack, keyer);
+      for (const p of packsOf.get(migrationId) ?? []) if (p.tenant === tenant && (vm === "" || p.vm === vm)) queuePrefetch(migrationId, p.tenant, p.pack, keyer);
+    },
+    prefetchContent(passId, tenant, keyer, vm, keys) {
+      if (prefetching.get(passId)?.some((w) => w.tenant === tenant && (w.vm === "" || w.vm === vm))) return;
+      const list = prefetching.get(passId) ?? prefetching.set(passId, []).get(passId)!;
+      list.push({ tenant, vm, keyer, sinceNs: BigInt(Date.now()) * 1_000_000n });
+      const queued = new Set<string>();
+      for (let at = 0; at < keys.byteLength; at += KEY_BYTES) {
+        if (cache.get(tenant)?.has(keys, at)) continue;
+        const pack = located.get(`${tenant}/${keyHex(keys, at)}`);
+        if (pack === undefined || queued.has(pack)) continue;
+        queued.add(pack);
+        queuePrefetch(passId, tenant, pack, keyer);
+      }
+      dlog.debug("prefetching a VM's content", { passId, vm, keys: keys.byteLength / KEY_BYTES, packs: queued.size });
     },
     stopPrefetch(migrationId) {
       prefetching.delete(migrationId);

@@ -67,11 +67,10 @@ export default defineAction({
       const keyer = state.keyerFor(c.spec.tenant);
       // Started now, so that the proof after the load finds its workers up.
       const ramChecker = state.ramChecker();
-      // What the preparation phase preseeded first (it is most of the memory), then what
-      // this migration stores as it goes.
-      // Of the source host's preparation packs, this VM's (not every pack its scans ever stored).
-      source.prefetch(`prep-${c.sourceHost}`, c.spec.tenant, keyer, c.spec.name);
+      // What this migration stores as it goes, and what the preparation phase preseeded (most
+      // of the memory): the packs holding the VM's pages as the source's last scan saw them.
       source.prefetch(c.migrationId, c.spec.tenant, keyer);
+      void prefetchScanned(state, c.sourceHost, c.spec.name, c.spec.tenant, () => state.targets.get(key) === session);
       const records = targetRecords({ nc: state.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, sourceHost: c.sourceHost, host, keyer, pages: source, packs: state.packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover, ended: ended.promise }, rebuild);
       await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": host }, () =>
         state.driver.migrateIn(vm, records, { postcopy: c.options.postcopy, onReturnPath, onWritten: () => (session.waitingFor = "QEMU to finish loading the stream") }));
@@ -100,6 +99,21 @@ export default defineAction({
     });
   },
 });
+
+/**
+ * Prefetches the packs that hold the VM's content as its source host's scans last saw it.
+ * Without a scan seen (the stream lost it, the follower is not up), every pack of the VM that
+ * host's scans stored (more than needed, never less).
+ */
+async function prefetchScanned(state: HostState, sourceHost: string, vm: string, tenant: string, current: () => boolean): Promise<void> {
+  const source = await state.pages();
+  const keyer = state.keyerFor(tenant);
+  const content = await state.scanContent().then((s) => s.contentOf(sourceHost, vm)).catch(() => undefined);
+  // Ended meanwhile (rolled back): a prefetch begun now would outlive every session here.
+  if (!current()) return;
+  if (content?.tenant === tenant) source.prefetchContent(`prep-${sourceHost}`, tenant, keyer, vm, content.keys);
+  else source.prefetch(`prep-${sourceHost}`, tenant, keyer, vm);
+}
 
 /**
  * Watches the source host until the VM is decided here. Before post-copy resumed the VM,
