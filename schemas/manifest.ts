@@ -61,6 +61,8 @@ export const migrationCommand = z.discriminatedUnion("cmd", [
   z.object({ cmd: z.literal("postcopyRun") }),
   z.object({ cmd: z.literal("postcopyRamDiscard"), version: z.number().int().nonnegative(), block: z.string().min(1).max(255), ranges: z.array(discardRange).max(100_000) }),
   z.object({ cmd: z.literal("packaged"), object: z.string().min(1).max(256), bytes: z.number().int().nonnegative() }),
+  // QEMU 10.0+: the source is about to stop (send-switchover-start); the destination's QEMU expects it.
+  z.object({ cmd: z.literal("switchoverStart") }),
 ]);
 export type ManifestCommand = z.infer<typeof migrationCommand>;
 

@@ -335,6 +335,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
       case "openReturnPath":
       case "ping":
       case "postcopyAdvise":
+      case "switchoverStart":
         command = c;
         break;
       default:

@@ -82,7 +82,7 @@ export interface StartVmOptions {
   shmDir?: string;
   /** Guest RAM: the shared file (readable by scanners and proofs), or private memory with no file (controls only). @default "shared-file" */
   ram?: "shared-file" | "private";
-  /** The QEMU binary. @default "qemu-system-x86_64" */
+  /** The QEMU binary. @default $GANGWAY_QEMU, else "qemu-system-x86_64" */
   qemuBinary?: string;
   /** Start the source paused too (`-S`); a destination always is. @default false */
   paused?: boolean;
@@ -152,6 +152,26 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 /** sun_path is 108 bytes on Linux, including the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
 const TAIL_BYTES = 16 * 1024;
+
+/**
+ * The QEMU that VMs start with unless told otherwise: $GANGWAY_QEMU (a path, e.g. the QEMU
+ * 10.0 that scripts/setup.sh unpacks into .qemu/10.0), else the system's qemu-system-x86_64.
+ * Both ends of a migration must run the same version (QEMU refuses another machine type).
+ */
+export function defaultQemuBinary(): string {
+  return process.env["GANGWAY_QEMU"] || "qemu-system-x86_64";
+}
+
+/**
+ * A QEMU unpacked under a prefix (`<prefix>/usr/bin/qemu-system-x86_64`) looks for its
+ * firmware in the system's /usr/share (Debian builds are not relocatable): its own ROMs and
+ * SeaBIOS come first with -L, or it would boot another version's.
+ */
+export function firmwareDirArgs(binary: string): string[] {
+  const prefix = /^(\/.+)\/usr\/bin\/[^/]+$/.exec(binary)?.[1];
+  if (!prefix) return [];
+  return ["qemu", "seabios"].map((d) => join(prefix, "usr/share", d)).filter((d) => existsSync(d)).flatMap((d) => ["-L", d]);
+}
 
 /** The files of a VM in `runDir`, with its RAM file in `shmDir`. */
 export function vmPaths(name: string, role: VmRole, runDir: string, runId: string, shmDir = "/dev/shm"): VmPaths {
@@ -386,7 +406,8 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
   }
   const tenant = config.tenant ?? "default";
   const resolved = { ...config, tenant, uuid: config.uuid ?? defaultVmUuid(tenant, config.name) };
-  const args = buildQemuArgs(resolved, paths, { role, paused: opts.paused, incoming: opts.incoming, ram: opts.ram });
+  const binary = opts.qemuBinary ?? defaultQemuBinary();
+  const args = [...firmwareDirArgs(binary), ...buildQemuArgs(resolved, paths, { role, paused: opts.paused, incoming: opts.incoming, ram: opts.ram })];
 
   await mkdir(runDir, { recursive: true });
   const running = await livePid(paths);
@@ -399,7 +420,6 @@ export async function startVm(config: VmConfig, opts: StartVmOptions = {}): Prom
   const serialServer = await listenUnix(paths.serialSocket);
   const serialConnected = new Promise<Socket>((resolve) => serialServer.once("connection", resolve));
 
-  const binary = opts.qemuBinary ?? "qemu-system-x86_64";
   const survive = opts.survive === true;
   const setpriv = opts.dieWithParent === false || survive ? null : findSetpriv();
   const [cmd, argv] = setpriv ? [setpriv, ["--pdeathsig", "KILL", "--", binary, ...args]] : [binary, args];

@@ -17,11 +17,12 @@ const idOf: Readonly<Record<MigrationCommandName, CommandId>> = {
   enableColo: CommandId.enableColo,
   postcopyResume: CommandId.postcopyResume,
   recvBitmap: CommandId.recvBitmap,
+  switchoverStart: CommandId.switchoverStart,
 };
 
 const nameOf = new Map<number, MigrationCommandName>(Object.entries(idOf).map(([k, v]) => [v, k as MigrationCommandName]));
 
-/** The command's name for a number, or undefined when QEMU 7.2 defines none. */
+/** The command's name for a number, or undefined when neither QEMU 7.2 nor 10.0 defines it. */
 export function commandName(id: number): MigrationCommandName | undefined {
   return nameOf.get(id);
 }
@@ -34,6 +35,7 @@ export function commandLengthOk(id: number, len: number): boolean {
     case CommandId.postcopyRun:
     case CommandId.enableColo:
     case CommandId.postcopyResume:
+    case CommandId.switchoverStart:
       return len === 0;
     case CommandId.ping:
     case CommandId.packaged:

@@ -93,6 +93,8 @@ export const CommandId = {
   enableColo: 8,
   postcopyResume: 9,
   recvBitmap: 10,
+  /** QEMU 10.0+ (send-switchover-start, on for 10.0 machine types): the source is stopping. */
+  switchoverStart: 11,
 } as const;
 export type CommandId = (typeof CommandId)[keyof typeof CommandId];
 

@@ -187,7 +187,8 @@ export type MigrationCommand =
   | { cmd: "packaged"; data: Buffer }
   | { cmd: "enableColo" }
   | { cmd: "postcopyResume" }
-  | { cmd: "recvBitmap"; block: string };
+  | { cmd: "recvBitmap"; block: string }
+  | { cmd: "switchoverStart" };
 
 export type MigrationCommandName = MigrationCommand["cmd"];
 
