@@ -17,6 +17,7 @@ import { readEvents } from "../../infra/events/reader.ts";
 import { createPublisher } from "../../infra/events/publisher.ts";
 import { pageRequested } from "../../schemas/index.ts";
 import type { z } from "zod";
+import { requireQemu10 } from "../helpers/qemu10.ts";
 
 let nats: TestNats;
 let work: string;
@@ -31,7 +32,7 @@ beforeEach(async () => {
 afterEach(async () => {
   for (const p of procs.reverse()) await p.stop().catch(() => undefined);
   // A source killed with its agent leaves its RAM file (an agent of that host would reclaim it on restart).
-  for (const f of await readdir("/dev/shm")) if (/^gangway-p[clfrq][AB]-/.test(f)) await rm(join("/dev/shm", f), { force: true });
+  for (const f of await readdir("/dev/shm")) if (/^gangway-p[clfrqv][AB]-/.test(f)) await rm(join("/dev/shm", f), { force: true });
   await nats[Symbol.asyncDispose]();
   await rm(work, { recursive: true, force: true });
 });
@@ -214,4 +215,23 @@ describe("hybrid pre/post-copy (real QEMU)", () => {
     expect(s.vms[0]!.mode).toBeUndefined();
     expect(await verifyGuest(nats.nc, "pqB", "calm1")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
   }, 180_000);
+
+  it("on QEMU 10.0: a guest that never converges moves in post-copy, faults its pages in, verifies, and its audit holds", async () => {
+    const env = { GANGWAY_QEMU: requireQemu10() };
+    procs.push(await startFunctions(nats.url));
+    procs.push(await startAgentProcess(nats.url, "pvA", work, { env }), await startAgentProcess(nats.url, "pvB", work, { env }));
+    await startVms(nats.nc, "pvA", [hot("hot10", 8)]);
+    const s = await migrateGang({ nc: nats.nc, vms: ["hot10"], sourceHost: "pvA", targetHost: "pvB", options: { ...LINK, postcopy: true } });
+    expect(s.outcome, s.reason).toBe("succeeded");
+    expect(s.vms[0]!.mode).toBe("PostCopy");
+    expect(await verifyGuest(nats.nc, "pvB", "hot10")).toMatchObject({ ok: true, line: expect.stringMatching(/VERIFY OK/) });
+    expect((await hostVms(nats.nc, "pvA")).has("hot10")).toBe(false);
+    const events = await eventsOf(s.migrationId);
+    const resumed = events.find((e) => e.type === "io.gangway.commit.resumed.v1")!;
+    const pc = resumed.data.postcopy as { pagesAfterSwitchover: number };
+    expect(pc.pagesAfterSwitchover).toBeGreaterThan(0);
+    console.log(`post-copy on QEMU 10.0: ${events.filter((e) => e.type === "io.gangway.page.requested.v1").length} fault events, ${pc.pagesAfterSwitchover} pages after switch-over, downtime ${s.vms[0]!.downtime_ms} ms`);
+    const audit = JSON.parse(execFileSync(process.execPath, ["bin/gangway.mjs", "audit", s.migrationId, "--json", "--nats", nats.url], { encoding: "utf8" })) as { verified: boolean };
+    expect(audit.verified).toBe(true);
+  }, 420_000);
 });
