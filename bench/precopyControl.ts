@@ -12,6 +12,7 @@ import { parseArgs } from "node:util";
 import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { qemuVersion } from "../adapters/qemu/binary.ts";
 import { startVm, type VmHandle } from "../adapters/qemu/vm.ts";
 import { freePort } from "./shaper.ts";
 import { workload } from "./workloads.ts";
@@ -22,6 +23,8 @@ export interface PrecopyControlReport {
   runs: number;
   vms: number;
   bandwidthMBps: number;
+  /** The QEMU that ran (GANGWAY_QEMU selects another than the system's). */
+  qemu: string;
   migrations: number;
   /** Migrations whose destination RAM differed from the stopped source's. */
   differing: number;
@@ -60,7 +63,7 @@ async function migrateAndCompare(src: VmHandle, dst: VmHandle, bandwidthBps: num
 
 export async function precopyControl(o: { runs: number; vms: number; bandwidthMBps: number; log?: (s: string) => void }): Promise<PrecopyControlReport> {
   const work = await mkdtemp(join(tmpdir(), "gw-prc-"));
-  const report: PrecopyControlReport = { runs: o.runs, vms: o.vms, bandwidthMBps: o.bandwidthMBps, migrations: 0, differing: 0, cases: [] };
+  const report: PrecopyControlReport = { runs: o.runs, vms: o.vms, bandwidthMBps: o.bandwidthMBps, qemu: (await qemuVersion()) ?? "unknown", migrations: 0, differing: 0, cases: [] };
   try {
     const w = await workload("W1", { quick: false, workDir: work });
     for (let run = 0; run < o.runs; run++) {
@@ -108,7 +111,7 @@ async function main(): Promise<number> {
   }
   const report = await precopyControl({ runs, vms, bandwidthMBps: bw, log: (s) => process.stderr.write(`${s}\n`) });
   if (values.json) process.stdout.write(JSON.stringify(report) + "\n");
-  else process.stdout.write(`${report.differing} of ${report.migrations} native pre-copy migrations left the destination's RAM different from the stopped source's\n`);
+  else process.stdout.write(`QEMU ${report.qemu}: ${report.differing} of ${report.migrations} native pre-copy migrations left the destination's RAM different from the stopped source's\n`);
   return 0;
 }
 

@@ -21,6 +21,8 @@ export const hostInventory = defineEvent({
     host: hostName,
     memoryTotalBytes: z.number().int().nonnegative(),
     memoryFreeBytes: z.number().int().nonnegative(),
+    /** The QEMU version this host's VMs run ("10.0.2"); both ends of a migration must agree. */
+    qemuVersion: z.string().regex(/^\d+\.\d+\.\d+$/).optional(),
     vms: z.array(z.object({ vm: vmName, tenant: tenantId, memoryBytes: z.number().int().positive(), state: z.enum(VmState), uuid: z.string().optional(), spec: vmSpec.optional() })),
   }),
 });

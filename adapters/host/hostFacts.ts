@@ -22,7 +22,8 @@ export async function publishInventory(state: HostState): Promise<void> {
   await syncRecords(state);
   const vms = [...state.owned.values()].map((v) => ({ vm: v.spec.name, tenant: v.spec.tenant, memoryBytes: v.spec.memoryMiB * 1024 * 1024, state: v.state, ...(v.spec.uuid ? { uuid: v.spec.uuid } : {}), spec: v.spec }));
   const used = vms.reduce((n, v) => n + v.memoryBytes, 0);
-  await state.publisher.publish(hostInventory, { host: state.host }, { host: state.host, memoryTotalBytes: totalmem(), memoryFreeBytes: Math.max(0, Math.min(freemem(), totalmem() - used)), vms });
+  const qemuVersion = await state.driver.qemuVersion?.();
+  await state.publisher.publish(hostInventory, { host: state.host }, { host: state.host, memoryTotalBytes: totalmem(), memoryFreeBytes: Math.max(0, Math.min(freemem(), totalmem() - used)), ...(qemuVersion ? { qemuVersion } : {}), vms });
 }
 
 /** Reports that this host cannot go on with a VM's migration; the commit function decides. */

@@ -118,6 +118,8 @@ export interface QemuDriver {
    */
   adopt?(): Promise<{ adopted: AdoptedVm[]; gone: GoneVm[] }>;
   startVm(spec: VmSpec, role: VmRole, tag: string): Promise<RunningVm>;
+  /** The version of the QEMU this driver starts ("10.0.2"), if it can tell (the host's inventory says it). */
+  qemuVersion?(): Promise<string | undefined>;
   /** Starts migrating a source VM into a proxy this host owns. */
   migrateOut(vm: RunningVm, options?: MigrateOutOptions): Promise<OutgoingStream>;
   /** Feeds a rebuilt stream into a destination VM (started paused, -incoming defer); resolves when QEMU has loaded it. */

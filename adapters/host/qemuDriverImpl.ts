@@ -3,6 +3,7 @@
  * source proxy takes a VM's outgoing stream, and the destination proxy writes a rebuilt
  * stream into a VM started with -incoming defer -S.
  */
+import { qemuVersion } from "../qemu/binary.ts";
 import { createHash } from "node:crypto";
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -122,7 +123,9 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
     return vm;
   };
 
+  let version: Promise<string | undefined> | undefined;
   return {
+    qemuVersion: () => (version ??= qemuVersion()),
     async reclaim() {
       // Only files no running QEMU uses: another agent of the same name on this machine (a
       // test, a second session) may be alive.

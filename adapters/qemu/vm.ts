@@ -15,6 +15,7 @@ import { createServer, type Server, type Socket } from "node:net";
 import { PassThrough } from "node:stream";
 import { hostname, tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
+import { defaultQemuBinary, firmwareDirArgs } from "./binary.ts";
 import { VmAlreadyRunningError, VmConfigError, VmStartError } from "./errors.ts";
 import { connectQmp, type QmpClient } from "./qmp.ts";
 import { SerialConsole } from "./serial.ts";
@@ -152,26 +153,6 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 /** sun_path is 108 bytes on Linux, including the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
 const TAIL_BYTES = 16 * 1024;
-
-/**
- * The QEMU that VMs start with unless told otherwise: $GANGWAY_QEMU (a path, e.g. the QEMU
- * 10.0 that scripts/setup.sh unpacks into .qemu/10.0), else the system's qemu-system-x86_64.
- * Both ends of a migration must run the same version (QEMU refuses another machine type).
- */
-export function defaultQemuBinary(): string {
-  return process.env["GANGWAY_QEMU"] || "qemu-system-x86_64";
-}
-
-/**
- * A QEMU unpacked under a prefix (`<prefix>/usr/bin/qemu-system-x86_64`) looks for its
- * firmware in the system's /usr/share (Debian builds are not relocatable): its own ROMs and
- * SeaBIOS come first with -L, or it would boot another version's.
- */
-export function firmwareDirArgs(binary: string): string[] {
-  const prefix = /^(\/.+)\/usr\/bin\/[^/]+$/.exec(binary)?.[1];
-  if (!prefix) return [];
-  return ["qemu", "seabios"].map((d) => join(prefix, "usr/share", d)).filter((d) => existsSync(d)).flatMap((d) => ["-L", d]);
-}
 
 /** The files of a VM in `runDir`, with its RAM file in `shmDir`. */
 export function vmPaths(name: string, role: VmRole, runDir: string, runId: string, shmDir = "/dev/shm"): VmPaths {

@@ -63,6 +63,8 @@ export default defineFunction({
       if (!inv && ctx.attempt < WAIT_FOR_INVENTORY_ATTEMPTS) throw new RetryAfterError("waiting for the target host's inventory", 500);
       if (!inv) return fail(`target host ${target} has not reported its inventory`);
       if (inv.memoryFreeBytes < need) return fail(`target host ${target} has ${inv.memoryFreeBytes} bytes free, the gang needs ${need}`);
+      const mismatch = qemuMismatch(source, inv);
+      if (mismatch) return fail(mismatch);
       // Another VM of the same name or identity there (another tenant's, say) would receive
       // these pages: refuse now, before any page moves.
       for (const v of vms) {
@@ -74,9 +76,9 @@ export default defineFunction({
       let best: HostInventory | undefined;
       for (const h of hosts) {
         const inv = await ctx.state.get<HostInventory>(inventoryKey(h));
-        if (inv && inv.memoryFreeBytes >= need && (!best || inv.memoryFreeBytes > best.memoryFreeBytes)) best = inv;
+        if (inv && inv.memoryFreeBytes >= need && !qemuMismatch(source, inv) && (!best || inv.memoryFreeBytes > best.memoryFreeBytes)) best = inv;
       }
-      if (!best) return fail(`no host has ${need} bytes free for the gang`);
+      if (!best) return fail(`no host has ${need} bytes free for the gang${source.qemuVersion ? ` and runs QEMU ${source.qemuVersion.split(".").slice(0, 2).join(".")} like ${req.sourceHost}` : ""}`);
       target = best.host;
     }
     // Later decisions (commit, rollback, gang outcome) need the plan: keep it in state, once.
@@ -107,3 +109,16 @@ export default defineFunction({
     }
   },
 });
+
+/**
+ * Why the two hosts' QEMUs cannot migrate to each other, or undefined. gangway starts VMs with
+ * the machine alias `pc`, which each QEMU version resolves to its own machine type, and QEMU
+ * refuses another's stream: the versions must agree in major and minor (a stable release's
+ * micro versions keep the machine type). A host that does not say is not refused here.
+ */
+export function qemuMismatch(source: Pick<HostInventory, "host" | "qemuVersion">, target: Pick<HostInventory, "host" | "qemuVersion">): string | undefined {
+  if (!source.qemuVersion || !target.qemuVersion) return undefined;
+  const line = (v: string) => v.split(".").slice(0, 2).join(".");
+  if (line(source.qemuVersion) === line(target.qemuVersion)) return undefined;
+  return `QEMU on ${source.host} is ${source.qemuVersion}, on ${target.host} ${target.qemuVersion}: both ends of a migration must run the same QEMU version (each resolves the machine type "pc" to its own, and QEMU refuses another's stream)`;
+}

@@ -14,6 +14,7 @@ import { parseBuffer } from "../../adapters/qemu/stream/stream.ts";
 import { encodeRecords } from "../../adapters/qemu/stream/encoder.ts";
 import { startAgentProcess, startFunctions, startVms, testGuestSpec, verifyGuest, type GangwayProcess } from "../../cli/localCluster.ts";
 import { migrateGang } from "../../cli/gangMigration.ts";
+import { readEvents } from "../../infra/events/reader.ts";
 import { startTestNats, type TestNats } from "../helpers/nats.ts";
 import { compareRamDumps } from "../helpers/ramDumps.ts";
 import { requireQemu10 } from "../helpers/qemu10.ts";
@@ -80,6 +81,10 @@ describe("a gang on QEMU 10.0 through the agents", () => {
     const dumps = join(work, "ram-dumps");
     procs.push(await startFunctions(nats.url));
     for (const h of ["q10A", "q10B"]) procs.push(await startAgentProcess(nats.url, h, work, { env: { GANGWAY_RAM_DUMP_DIR: dumps } }));
+    // Each host says which QEMU it runs (the plan refuses hosts whose versions differ).
+    const versions: string[] = [];
+    for await (const e of readEvents(nats.nc, { filter: "gw.host.q10B.inventory" })) if (e.result.ok && e.result.event.mode === "structured") versions.push(String((e.result.event.data as { qemuVersion?: string }).qemuVersion));
+    expect(versions.at(-1)).toMatch(/^10\.0\.\d+$/);
     const gang = ["k1", "k2"];
     await startVms(nats.nc, "q10A", gang.map((n, i) => testGuestSpec(n, { memoryMiB: 128, seed: i + 1, image: 7, rate: 500 })));
     const s = await migrateGang({ nc: nats.nc, vms: gang, sourceHost: "q10A", targetHost: "q10B" });
