@@ -8,7 +8,7 @@
  */
 import { z } from "zod";
 import { defineBinaryEvent, defineEvent } from "./cloudevent.ts";
-import { KEY_BYTES, contentKey, hostName, migrationId, tenantId, vmName } from "./common.ts";
+import { KEY_BYTES, PAGE_SIZE, contentKey, hostName, migrationId, tenantId, vmName } from "./common.ts";
 
 export const MANIFEST_RECORD_BYTES = 8 + 1 + 1 + KEY_BYTES;
 
@@ -117,8 +117,9 @@ export const manifestCompleted = defineEvent({
 /**
  * The source's proof against its real memory, once its QEMU stopped: the digest of its guest
  * RAM read from the RAM file, and the repair pass — records (as in a batch) of the pages
- * whose RAM differs from what its stream carried, sent in packs like any other page. The
- * destination writes them into its paused VM before it proves what it holds.
+ * whose RAM differs from what its stream carried, stored in packs like any other page (and,
+ * when few, carried in the body too). The destination writes them into its paused VM before it
+ * proves what it holds.
  */
 export const manifestVerified = defineBinaryEvent({
   type: "io.gangway.manifest.verified.v1",
@@ -142,9 +143,15 @@ export const manifestVerified = defineBinaryEvent({
     firstdiffering: z.string().max(256).optional(),
     /** How long the RAM read took. */
     readms: z.coerce.number().nonnegative(),
+    /**
+     * The repaired pages follow the records in the body (4096 bytes each, in record order), so
+     * the destination need not wait for their pack, which is stored for the audit too.
+     */
+    inline: z.union([z.boolean(), z.enum(["true", "false"]).transform((v) => v === "true")]).default(false),
   }),
   checkBody: (body, ext) => {
-    if (body.byteLength !== ext.count * MANIFEST_RECORD_BYTES) return `body has ${body.byteLength} bytes, expected ${ext.count} records × ${MANIFEST_RECORD_BYTES}`;
+    const expected = ext.count * (MANIFEST_RECORD_BYTES + (ext.inline ? PAGE_SIZE : 0));
+    if (body.byteLength !== expected) return `body has ${body.byteLength} bytes, expected ${ext.count} records × ${MANIFEST_RECORD_BYTES}${ext.inline ? ` and ${ext.count} pages` : ""}`;
     for (let i = 0; i < ext.count; i++) if (body[i * MANIFEST_RECORD_BYTES + 9] !== ManifestKind.page) return `repair record ${i} is not a page`;
     return undefined;
   },

@@ -9,7 +9,7 @@
 import { open } from "node:fs/promises";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
-import { ManifestKind, manifestVerified } from "../../schemas/index.ts";
+import { ManifestKind, MANIFEST_RECORD_BYTES, manifestVerified } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
 import { deadLetterSink } from "../../infra/events/deadLetter.ts";
@@ -105,10 +105,20 @@ export async function proveDestination(o: {
   const repairs: { offset: number; page: Uint8Array }[] = [];
   if (ext.count > 0) {
     o.onWait?.(`the ${ext.count} repaired pages`);
+    // Pages carried in the proof are checked against their keys like a pack's.
+    const inlineAt = ext.count * MANIFEST_RECORD_BYTES;
+    const check = new Uint8Array(KEY_BYTES);
+    let i = 0;
     for (const r of readManifestRecords(body, ext.count)) {
       if (r.kind !== ManifestKind.page || r.block !== m0) throw new Error(`repair record for block ${r.block} (only m0 is repaired)`);
       if (r.offset + PAGE_SIZE > header.blocks[m0]!.usedBytes) throw new Error(`repair record at ${r.offset} is outside block m0`);
-      repairs.push({ offset: r.offset, page: await o.pages.page(o.tenant, keyHex(body, r.keyAt), o.keyer, o.timeoutMs) });
+      if (ext.inline) {
+        const page = body.subarray(inlineAt + i * PAGE_SIZE, inlineAt + (i + 1) * PAGE_SIZE);
+        o.keyer.keyInto(page, check, 0);
+        if (Buffer.compare(check, body.subarray(r.keyAt, r.keyAt + KEY_BYTES)) !== 0) throw new Error(`repaired page ${i} in the source's proof does not match its key ${keyHex(body, r.keyAt)}`);
+        repairs.push({ offset: r.offset, page });
+      } else repairs.push({ offset: r.offset, page: await o.pages.page(o.tenant, keyHex(body, r.keyAt), o.keyer, o.timeoutMs) });
+      i++;
     }
     await writeRamPages(o.ramPath, repairs);
     // Read back what the file holds now (not what was meant to be written).

@@ -21,6 +21,8 @@ import type { SentImage, SourceResult } from "./sourceMigration.ts";
 import { PackWriter } from "./packWriter.ts";
 import { testFault } from "./testFaults.ts";
 
+/** Repairs up to this many pages travel in the proof's body as well (~0.5 MiB, under NATS's 1 MB payload). */
+export const MAX_INLINE_REPAIRS = 128;
 /** The most pages one repair pass carries; more means something else is wrong (never seen: a handful). */
 export const MAX_REPAIR_PAGES = 16384;
 
@@ -96,15 +98,20 @@ export async function proveSourceRam(o: {
   }
   const records = new ManifestWriter(Math.max(1, repairs.length));
   // Only the test fault skip-repair leaves them out (to show that QEMU's stream alone differs).
-  if (repairs.length > 0 && read.differing <= MAX_REPAIR_PAGES && testFault("skip-repair", o.vm) === undefined) {
-    const packer = new PackWriter({ migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, publisher: o.publisher, packs: o.packs });
-    const key = new Uint8Array(KEY_BYTES);
-    for (const r of repairs) {
-      o.keyer.keyInto(r.page, key, 0);
-      packer.add(key, 0, r.page);
-      records.addPage(r.offset, m0, key, 0);
-      sentAfterRepair.keyed(m0, r.offset, key, 0);
-    }
+  const repaired = repairs.length > 0 && read.differing <= MAX_REPAIR_PAGES && testFault("skip-repair", o.vm) === undefined ? repairs : [];
+  const packer = new PackWriter({ migrationId: o.migrationId, sourceHost: o.sourceHost, vm: o.vm, tenant: o.tenant, publisher: o.publisher, packs: o.packs });
+  const key = new Uint8Array(KEY_BYTES);
+  for (const r of repaired) {
+    o.keyer.keyInto(r.page, key, 0);
+    packer.add(key, 0, r.page);
+    records.addPage(r.offset, m0, key, 0);
+    sentAfterRepair.keyed(m0, r.offset, key, 0);
+  }
+  // A few pages (the usual handful) ride in the proof itself: the destination, paused in the
+  // downtime, need not wait for their pack's put, announcement and fetch. The pack is stored
+  // all the same (the audit resolves every key to a stored page), meanwhile.
+  const inline = repaired.length > 0 && repaired.length <= MAX_INLINE_REPAIRS;
+  if (!inline) {
     packer.flush();
     await packer.drain();
   }
@@ -112,11 +119,16 @@ export async function proveSourceRam(o: {
     sourceRamDigest: ram.digest(), sentDigest: sentAfterRepair.digest(), pagesRepaired: records.count, readMs: read.durationMs, differing: listed,
     ...(firstDiffering ? { firstDiffering } : {}),
   };
-  const { count, body } = records.take();
+  const { count, body: recordBytes } = records.take();
+  const body = inline ? Buffer.concat([recordBytes, ...repaired.map((r) => r.page)]) : recordBytes;
   await o.publisher.publishBinary(manifestVerified, { migrationId: o.migrationId, vm: o.vm }, {
     migrationId: o.migrationId, vm: o.vm, tenant: o.tenant, count, sourceramdigest: proof.sourceRamDigest, sentdigest: proof.sentDigest,
-    devicestatedigest: o.sent.deviceStateDigest, differing: read.differing, readms: read.durationMs, ...(firstDiffering ? { firstdiffering: firstDiffering } : {}),
+    devicestatedigest: o.sent.deviceStateDigest, differing: read.differing, readms: read.durationMs, ...(firstDiffering ? { firstdiffering: firstDiffering } : {}), inline,
   }, body, { id: `${o.migrationId}-${o.vm}-verified` });
+  if (inline) {
+    packer.flush();
+    await packer.drain();
+  }
   return proof;
 }
 

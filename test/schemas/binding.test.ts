@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { headers } from "@nats-io/transport-node";
 import { decodeMessage, encodeBinary, encodeStructured, subjectMatches, familyOfSubject } from "../../infra/events/binding.ts";
-import { definitionsByType, hashLookup, manifestBatch, migrationRequested, scanBatch, MANIFEST_RECORD_BYTES } from "../../schemas/index.ts";
+import { definitionsByType, hashLookup, manifestBatch, manifestVerified, migrationRequested, scanBatch, MANIFEST_RECORD_BYTES } from "../../schemas/index.ts";
 
 describe("CloudEvents binding", () => {
   it("round-trips a structured event with defaults filled in", () => {
@@ -44,6 +44,22 @@ describe("CloudEvents binding", () => {
     expect(d).toMatchObject({ ok: false, family: "scan" });
     expect(!d.ok && d.reason).toMatch(/body has 47 bytes, expected count 2 × 24/);
     expect(() => encodeBinary(manifestBatch, { migrationId: "m", vm: "v" }, { migrationId: "m", vm: "v", tenant: "t", round: 0, seq: 0, count: 1, final: false }, new Uint8Array(MANIFEST_RECORD_BYTES).fill(9), { source: "t" })).toThrow(/kind 9/);
+  });
+
+  it("a source proof carries its repaired pages after the records only when it says inline", () => {
+    const ext = { migrationId: "m", vm: "v", tenant: "t", count: 1, sourceramdigest: "a".repeat(64), sentdigest: "a".repeat(64), devicestatedigest: "b".repeat(64), differing: 1, readms: 3 };
+    const record = new Uint8Array(MANIFEST_RECORD_BYTES);
+    record[9] = 1; // a page record
+    const withPage = new Uint8Array(MANIFEST_RECORD_BYTES + 4096);
+    withPage.set(record);
+    const msg = encodeBinary(manifestVerified, { migrationId: "m", vm: "v" }, { ...ext, inline: true }, withPage, { source: "t" });
+    const d = decodeMessage(msg.subject, msg.payload, msg.headers);
+    expect(d.ok && d.event.mode === "binary" && d.event.ext).toMatchObject({ inline: true, count: 1 });
+    // Without the flag the same body is refused, and a flagged body without its page too.
+    expect(() => encodeBinary(manifestVerified, { migrationId: "m", vm: "v" }, ext, withPage, { source: "t" })).toThrow(/expected 1 records/);
+    expect(() => encodeBinary(manifestVerified, { migrationId: "m", vm: "v" }, { ...ext, inline: true }, record, { source: "t" })).toThrow(/and 1 pages/);
+    const plain = decodeMessage(msg.subject, record, encodeBinary(manifestVerified, { migrationId: "m", vm: "v" }, ext, record, { source: "t" }).headers);
+    expect(plain.ok && plain.event.mode === "binary" && plain.event.ext).toMatchObject({ inline: false });
   });
 
   it("rejects events on the wrong subject, unknown types, and bad envelopes", () => {
