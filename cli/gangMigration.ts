@@ -132,18 +132,19 @@ export const newMigrationId = () => `mig-${new Date().toISOString().replace(/[-:
 export async function migrateGang(o: GangMigrationOptions): Promise<GangSummary> {
   const migrationId = o.migrationId ?? newMigrationId();
   const pub = createPublisher(jetstream(o.nc), "gangway/cli");
-  await pub.publish(migrationRequested, { migrationId }, {
+  const ack = await pub.publish(migrationRequested, { migrationId }, {
     migrationId, vms: o.vms, sourceHost: o.sourceHost, ...(o.targetHost ? { targetHost: o.targetHost } : {}),
     requestedBy: o.requestedBy ?? `gangway-cli@${process.env.USER ?? "unknown"}`, ...(o.reason ? { reason: o.reason } : {}), options: o.options ?? {},
   }, { id: `${migrationId}-requested` });
-  return followGang(o.nc, migrationId, o);
+  // Its events all come after the request (a repeated request's ack names the first one).
+  return followGang(o.nc, migrationId, { ...o, fromSeq: ack.seq });
 }
 
-export async function followGang(nc: NatsConnection, migrationId: string, o: Pick<GangMigrationOptions, "onUpdate" | "idleTimeoutMs"> = {}): Promise<GangSummary> {
+export async function followGang(nc: NatsConnection, migrationId: string, o: Pick<GangMigrationOptions, "onUpdate" | "idleTimeoutMs"> & { fromSeq?: number } = {}): Promise<GangSummary> {
   const view: GangView = { migrationId, sourceHost: "", startedAt: Date.now(), vms: new Map() };
   // A killed CLI's consumer goes 15 s after its last pull, not the client's default 5 min; one
   // on a server that died is replaced (see StreamFollower).
-  const messages = await StreamFollower.start(nc, { filter: `gw.migration.${migrationId}.>`, inactiveThresholdMs: 15_000 });
+  const messages = await StreamFollower.start(nc, { filter: `gw.migration.${migrationId}.>`, inactiveThresholdMs: 15_000, ...(o.fromSeq ? { fromSeq: o.fromSeq } : {}) });
   const idle = o.idleTimeoutMs ?? 180_000;
   let last = Date.now();
   let timedOut = false;

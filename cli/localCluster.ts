@@ -107,7 +107,8 @@ export type InventoryVm = z.infer<typeof hostInventory.data>["vms"][number];
 /** Each host's latest inventory (of one host, when named), from the retained events. */
 export async function latestInventories(nc: NatsConnection, host?: string): Promise<Map<string, InventoryVm[]>> {
   const latest = new Map<string, InventoryVm[]>();
-  for await (const e of readEvents(nc, { filter: host ? hostInventory.subject({ host }) : hostInventory.filter })) {
+  // The last report of each host only: reading every report ever made is seconds on a stream of GBs.
+  for await (const e of readEvents(nc, { filter: host ? hostInventory.subject({ host }) : hostInventory.filter, lastPerSubject: true })) {
     if (e.result.ok && e.result.event.mode === "structured") {
       const d = e.result.event.data as z.infer<typeof hostInventory.data>;
       latest.set(d.host, d.vms);

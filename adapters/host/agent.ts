@@ -146,7 +146,7 @@ export async function startAgent(o: AgentOptions): Promise<Agent> {
       if (!action || d.event.mode !== "structured") continue;
       const span = tracer().startSpan(`process ${m.subject}`, { kind: SpanKind.CONSUMER, attributes: { "messaging.system": "nats", "messaging.operation.type": "process", "messaging.destination.name": m.subject, "messaging.message.id": d.event.id, "gangway.host": o.host } }, extractTraceContext(m.headers));
       // The data was checked against this type's schema when it was decoded.
-      const p = context.with(trace.setSpan(extractTraceContext(m.headers), span), () => action.handle(state, d.event.data as never))
+      const p = context.with(trace.setSpan(extractTraceContext(m.headers), span), () => action.handle(state, d.event.data as never, { streamSeq: m.seq }))
         .catch((err: Error) => {
           span.recordException(err);
           log.error("command failed", { type: d.event.type, error: err });

@@ -43,10 +43,12 @@ export interface DestinationProof {
  * The source's proof for this VM: the first one from its source host. Anything else on the
  * subject (unreadable, of another type, VM or migration, from another host) is dead-lettered.
  */
-async function sourceProof(o: { nc: NatsConnection; migrationId: string; vm: string; sourceHost?: string; host?: string; timeoutMs: number; ended?: Promise<unknown> }): Promise<{ ext: Verified; body: Uint8Array }> {
+async function sourceProof(o: { nc: NatsConnection; migrationId: string; vm: string; sourceHost?: string; host?: string; timeoutMs: number; ended?: Promise<unknown>; fromSeq?: number }): Promise<{ ext: Verified; body: Uint8Array }> {
   const { migrationId, vm } = o;
   const deadLetters = deadLetterSink(jetstream(o.nc), hostSource(o.host ?? "destination"), "destination-proof");
-  const messages = await StreamFollower.start(o.nc, { filter: manifestVerified.subject({ migrationId, vm }), inactiveThresholdMs: 15_000 });
+  // From the last manifest message read: the proof comes after the stream it proves, and a
+  // follower from the stream's start would scan all of it first (seconds, in the downtime).
+  const messages = await StreamFollower.start(o.nc, { filter: manifestVerified.subject({ migrationId, vm }), inactiveThresholdMs: 15_000, ...(o.fromSeq ? { fromSeq: o.fromSeq } : {}) });
   const timer = setTimeout(() => messages.stop(new Error(`the source did not prove its memory within ${Math.round(o.timeoutMs / 1000)} s`)), o.timeoutMs);
   void o.ended?.then(() => messages.stop(new Error("the migration ended on this host")));
   try {
@@ -94,7 +96,7 @@ export async function proveDestination(o: {
   if (!img || !header) throw new Error("nothing was delivered");
   const m0 = header.blocks.findIndex((b) => b.id === "m0");
   if (m0 < 0) throw new Error("the manifest has no RAM block m0: the destination's memory cannot be proved");
-  const fromSource = sourceProof(o);
+  const fromSource = sourceProof({ ...o, ...(o.state.streamSeq ? { fromSeq: o.state.streamSeq } : {}) });
   fromSource.catch(() => undefined); // awaited below
   o.onWait?.("the read-back of the image");
   if (testFault("alter-loaded-page", o.vm) !== undefined) await alterPage(o.ramPath, 0x300000);

@@ -17,11 +17,16 @@ export interface HostAction<D extends HostCommand = HostCommand> {
    * Acts on one command, accepted once (the agent acks it at once): what goes wrong is
    * reported as an event (an abort), not retried.
    */
-  handle(state: HostState, data: z.infer<D["data"]>): Promise<void>;
+  handle(state: HostState, data: z.infer<D["data"]>, meta: CommandMeta): Promise<void>;
+}
+
+/** Where the command sits in the events stream (what came of it comes after). */
+export interface CommandMeta {
+  streamSeq: number;
 }
 
 /** Any action, for the agent's list (its data is known only once its trigger's type is). */
-export type AnyHostAction = { readonly trigger: HostCommand; handle(state: HostState, data: never): Promise<void> };
+export type AnyHostAction = { readonly trigger: HostCommand; handle(state: HostState, data: never, meta: CommandMeta): Promise<void> };
 
 /** Declares an action with its trigger's data type flowing into the handler. */
 export function defineAction<D extends HostCommand>(action: HostAction<D>): HostAction<D> {

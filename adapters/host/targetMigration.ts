@@ -56,6 +56,8 @@ export interface TargetMigrationOptions {
   host?: string;
   /** Where refused manifest messages go. @default gw.dlq.manifest, published on `nc` */
   deadLetters?: DeadLetterSink;
+  /** The events stream's sequence to read from (before the migration's first manifest message). @default the stream's start */
+  fromSeq?: number;
 }
 
 /** What the rebuild learned, for the commit proof once QEMU has loaded the stream. */
@@ -80,6 +82,8 @@ export interface TargetState {
   /** Post-copy: pages written after the switch-over, and repeats dropped (QEMU would die of one). */
   pagesAfterSwitchover?: number;
   duplicatesDropped?: number;
+  /** The events stream's sequence of the last manifest message read (later facts come after it). */
+  streamSeq?: number;
 }
 
 /** Pages the destination does not hold yet, with the first ranges of them (bytes of `block`). */
@@ -106,7 +110,7 @@ export function missingPages(state: TargetState, maxRanges = 64): { pages: numbe
 async function* manifestEvents(o: TargetMigrationOptions): AsyncGenerator<{ d: DecodeResult; m: ReceivedMessage }> {
   // A dead agent's consumer goes 15 s after its last pull, not the client's default 5 min;
   // one lost with its server (a cluster node died) is replaced where it stopped.
-  const messages = await StreamFollower.start(o.nc, { filter: `gw.manifest.${o.migrationId}.${o.vm}.>`, inactiveThresholdMs: 15_000 });
+  const messages = await StreamFollower.start(o.nc, { filter: `gw.manifest.${o.migrationId}.${o.vm}.>`, inactiveThresholdMs: 15_000, ...(o.fromSeq ? { fromSeq: o.fromSeq } : {}) });
   const timeout = o.progressTimeoutMs ?? 150_000;
   let last = Date.now();
   const timer = setInterval(() => {
@@ -138,6 +142,7 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
   const order = new ManifestOrder(o.migrationId, o.vm, o.sourceHost);
   const deadLetters = o.deadLetters ?? deadLetterSink(jetstream(o.nc), hostSource(o.host ?? "destination"), "target-migration");
   for await (const { d, m } of manifestEvents(o)) {
+    if (m.seq !== undefined) state.streamSeq = m.seq;
     if (d.ok && !ManifestOrder.reads(d.event.type)) continue;
     // A message that does not belong here (unreadable, foreign, out of sequence) changes
     // nothing: it is dead-lettered, and the rebuild waits for the one that does.

@@ -22,6 +22,8 @@ export interface ReadOptions {
   startSeq?: number;
   /** Only events stored at or after this time. */
   since?: Date;
+  /** Only the last event of each subject the filter matches (a host's latest inventory, say). */
+  lastPerSubject?: boolean;
 }
 
 export async function* readEvents(nc: NatsConnection, opts: ReadOptions = {}): AsyncGenerator<StoredEvent> {
@@ -32,9 +34,11 @@ export async function* readEvents(nc: NatsConnection, opts: ReadOptions = {}): A
   const js = jetstream(nc);
   const consumer = await js.consumers.get(EVENTS_STREAM, {
     filter_subjects: opts.filter ?? "gw.>",
-    ...(opts.since
-      ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: opts.since.toISOString() }
-      : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: opts.startSeq ?? 1 }),
+    ...(opts.lastPerSubject
+      ? { deliver_policy: DeliverPolicy.LastPerSubject }
+      : opts.since
+        ? { deliver_policy: DeliverPolicy.StartTime, opt_start_time: opts.since.toISOString() }
+        : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: opts.startSeq ?? 1 }),
   });
   try {
     // The first info tells whether anything matches at all; after that each message says

@@ -23,6 +23,13 @@ export interface FollowOptions {
   filter: string;
   /** Where to begin. @default "all" */
   from?: "all" | "new";
+  /**
+   * Begin at this stream sequence instead (overrides `from`). On nats-server 2.9 a filtered
+   * consumer that starts from the beginning scans the whole stream before its first message
+   * (6.5 s on a 2 GB stream, 55 ms from a recent sequence): followers of one migration start
+   * near where it began.
+   */
+  fromSeq?: number;
   /** The server drops a consumer its client stopped pulling after this long. @default server's */
   inactiveThresholdMs?: number;
   /** Idle heartbeat of the consumer; 3 missed open a new one. @default 1000 */
@@ -113,7 +120,9 @@ export class StreamFollower implements AsyncIterable<JsMsg> {
       filter_subjects: this.o.filter,
       ...(this.last
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.last + 1 }
-        : { deliver_policy: this.o.from === "new" ? DeliverPolicy.New : DeliverPolicy.All }),
+        : this.o.fromSeq
+          ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: this.o.fromSeq }
+          : { deliver_policy: this.o.from === "new" ? DeliverPolicy.New : DeliverPolicy.All }),
       ...(this.o.inactiveThresholdMs ? { inactive_threshold: this.o.inactiveThresholdMs } : {}),
     });
     const messages = await consumer.consume({ idle_heartbeat: this.o.heartbeatMs ?? 1000 });

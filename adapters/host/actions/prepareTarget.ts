@@ -15,9 +15,12 @@ import { endTarget, latch, sessionKey, type HostState, type TargetSession } from
 import { peerAlive, watchPeer } from "../peers.ts";
 import { missingPages, targetRecords, type TargetState } from "../targetMigration.ts";
 
+/** Messages before this command a migration's followers start from (its source's first ones may precede it). */
+const FOLLOW_MARGIN = 10_000;
+
 export default defineAction({
   trigger: agentPrepareTarget,
-  async handle(state, c) {
+  async handle(state, c, meta) {
     const { log, publisher: pub, host } = state;
     const key = sessionKey(c.migrationId, c.spec.name);
     if (state.targets.has(key) || state.preparing.has(key)) return;
@@ -71,7 +74,10 @@ export default defineAction({
       // of the memory): the packs holding the VM's pages as the source's last scan saw them.
       source.prefetch(c.migrationId, c.spec.tenant, keyer);
       void prefetchScanned(state, c.sourceHost, c.spec.name, c.spec.tenant, () => state.targets.get(key) === session);
-      const records = targetRecords({ nc: state.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, sourceHost: c.sourceHost, host, keyer, pages: source, packs: state.packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover, ended: ended.promise }, rebuild);
+      // The manifest comes after the commands that started the migration (give or take the
+      // moment between the plan's commands to both sides): read from just before this one.
+      const fromSeq = Math.max(1, meta.streamSeq - FOLLOW_MARGIN);
+      const records = targetRecords({ nc: state.nc, migrationId: c.migrationId, vm: c.spec.name, tenant: c.spec.tenant, sourceHost: c.sourceHost, host, keyer, pages: source, packs: state.packs, progressTimeoutMs: c.options.progressTimeoutSec * 1000, onSwitchover, ended: ended.promise, fromSeq }, rebuild);
       await inSpan("destination rebuild", { "gangway.migration": c.migrationId, "gangway.vm": c.spec.name, "gangway.host": host }, () =>
         state.driver.migrateIn(vm, records, { postcopy: c.options.postcopy, onReturnPath, onWritten: () => (session.waitingFor = "QEMU to finish loading the stream") }));
       log.debug("destination loaded", { migrationId: c.migrationId, vm: c.spec.name });
