@@ -16,5 +16,14 @@ export class CheckFailedError extends Error {
   }
 }
 
+/** What the command needs is not there (no NATS server at the address, say): exit 2. */
+export class SetupError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SetupError";
+  }
+}
+
+export const isSetupError = (e: unknown): e is SetupError => e instanceof SetupError;
 export const isUsageError = (e: unknown): e is UsageError => e instanceof UsageError;
 export const isCheckFailed = (e: unknown): e is CheckFailedError => e instanceof CheckFailedError;

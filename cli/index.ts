@@ -2,7 +2,8 @@
  * The `gangway` command. All subcommands are declared here; each lives in
  * cli/commands/<name>.ts and exports `run(argv)`. Only this file exits the process.
  */
-import { isCheckFailed, isUsageError } from "./errors.ts";
+import { readFileSync } from "node:fs";
+import { isCheckFailed, isSetupError, isUsageError } from "./errors.ts";
 
 interface CommandEntry {
   summary: string;
@@ -32,17 +33,30 @@ function usage(): string {
     "commands:",
     ...lines,
     "",
-    "Common options: --nats URL (default: embedded server), --json (machine output on stdout), --help.",
-    "Run `gangway <command> --help` for a command's options.",
+    "Common options: --nats URL (or host:port; default $GANGWAY_NATS_URL, else $NATS_URL; `demo` and",
+    "`up` start an embedded server instead), --json (machine output on stdout), -h/--help.",
+    "Run `gangway <command> --help` for a command's options; `gangway --version` for the version.",
+    "Exit codes: 0 success, 1 failure, 2 set-up failure (e.g. no NATS server there), 64 bad arguments.",
   ].join("\n");
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
-  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
-    process.stdout.write(usage() + "\n");
-    return name === undefined ? 64 : 0;
+  const [name, ...args] = argv;
+  if (name === undefined) {
+    process.stderr.write(usage() + "\n");
+    return 64;
   }
+  if (name === "--help" || name === "-h" || name === "help") {
+    process.stdout.write(usage() + "\n");
+    return 0;
+  }
+  if (name === "--version" || name === "-V" || name === "version") {
+    const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
+    process.stdout.write(`gangway ${pkg.version}\n`);
+    return 0;
+  }
+  // -h is --help for every command (their parsers know the long form).
+  const rest = args.map((a) => (a === "-h" ? "--help" : a));
   const entry = commands[name];
   if (!entry) {
     process.stderr.write(`gangway: unknown command "${name}"\n\n${usage()}\n`);
@@ -60,6 +74,10 @@ async function main(argv: string[]): Promise<number> {
     if (isCheckFailed(err)) {
       process.stderr.write(`gangway ${name}: ${err.message}\n`);
       return 1;
+    }
+    if (isSetupError(err)) {
+      process.stderr.write(`gangway ${name}: ${err.message}\n`);
+      return 2;
     }
     const e = err as Error;
     process.stderr.write(`gangway ${name}: ${e?.message ?? String(err)}\n`);

@@ -1,7 +1,7 @@
 /** The flags every command that talks to NATS shares, and how they become a connection. */
 import type { NatsConnection } from "@nats-io/transport-node";
 import { connectNats, type ConnectOptions } from "../infra/nats/connect.ts";
-import { UsageError } from "./errors.ts";
+import { SetupError, UsageError } from "./errors.ts";
 
 export const natsFlagSpec = {
   nats: { type: "string" },
@@ -13,7 +13,8 @@ export const natsFlagSpec = {
 } as const;
 
 export const natsFlagHelp = [
-  "  --nats URL        NATS server(s), comma separated (env GANGWAY_NATS_URL)",
+  "  --nats URL        NATS server(s), comma separated; host:port means nats://host:port",
+  "                    (default: $GANGWAY_NATS_URL, else $NATS_URL as the nats CLI reads it)",
   "  --creds FILE      NATS credentials file",
   "  --nkey FILE       nkey seed file of this identity (written by `gangway auth`)",
   "  --tls-ca FILE     CA that signs the servers' certificates (enables TLS)",
@@ -30,11 +31,13 @@ export interface NatsFlags {
 }
 
 export function natsUrl(flags: NatsFlags): string | undefined {
-  const url = flags.nats ?? process.env.GANGWAY_NATS_URL;
-  if (url !== undefined && !/^(nats|tls|wss?):\/\/[^\s]+$/.test(url.split(",")[0]!.trim())) {
-    throw new UsageError(`--nats must be a URL like nats://127.0.0.1:4222, got "${url}"`);
-  }
-  return url;
+  const given = flags.nats ?? (process.env.GANGWAY_NATS_URL || undefined) ?? (process.env.NATS_URL || undefined);
+  if (given === undefined) return undefined;
+  // Like the nats CLI: a bare host:port (or a host) is a nats:// URL.
+  const urls = given.split(",").map((u) => u.trim()).filter(Boolean).map((u) => (/^[A-Za-z0-9.[\]:_-]+$/.test(u) && !u.includes("://") ? `nats://${u}` : u));
+  const bad = urls.find((u) => !/^(nats|tls|wss?):\/\/[^\s]+$/.test(u));
+  if (bad !== undefined || urls.length === 0) throw new UsageError(`--nats must be a URL like nats://127.0.0.1:4222 (or host:port), got "${given}"`);
+  return urls.join(",");
 }
 
 /** The connection the flags describe; a command that needs a server and got none says so. */
@@ -60,7 +63,7 @@ export async function connectFromFlags(flags: NatsFlags, name: string, opts: { r
   try {
     return await connectNats(options);
   } catch (err) {
-    throw new Error(`cannot connect to NATS at ${options.servers}: ${(err as Error).message}`, { cause: err });
+    throw new SetupError(`cannot connect to NATS at ${options.servers}: ${(err as Error).message}`, { cause: err });
   }
 }
 

@@ -15,6 +15,7 @@ const help = `usage: gangway migrate VM... [--from HOST] [--to HOST] [options]
 
 Live-migrates the VMs as one gang: each distinct page crosses the link once.
 
+  --live                 accepted for virsh's sake: every gangway migration is live
   --from HOST            the host the VMs run on (default: the host whose inventory has them)
   --to HOST              destination (default: the host with most free memory)
   --max-downtime-ms N    largest acceptable downtime (default 300)
@@ -37,7 +38,7 @@ const TOKEN = /^[A-Za-z0-9_-]{1,128}$/;
 
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parseCommandArgs(argv, {
-    ...natsFlagSpec, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" }, "max-downtime-ms": { type: "string" }, "progress-timeout": { type: "string" }, reason: { type: "string" }, cancel: { type: "string" }, help: { type: "boolean" },
+    ...natsFlagSpec, from: { type: "string" }, to: { type: "string" }, json: { type: "boolean" }, "max-downtime-ms": { type: "string" }, "progress-timeout": { type: "string" }, reason: { type: "string" }, cancel: { type: "string" }, help: { type: "boolean" }, live: { type: "boolean" },
     postcopy: { type: "boolean" }, "max-rounds": { type: "string" }, bandwidth: { type: "string" }, "force-complete": { type: "string" }, "auto-converge": { type: "boolean" }, "auto-converge-max": { type: "string" },
     "parallel-switchovers": { type: "string" },
   });

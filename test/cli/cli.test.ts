@@ -3,7 +3,11 @@ import { describe, expect, it } from "vitest";
 import { spawnSync } from "node:child_process";
 
 function gangway(...args: string[]) {
-  const r = spawnSync(process.execPath, ["bin/gangway.mjs", ...args], { encoding: "utf8", env: { ...process.env, GANGWAY_LOG_LEVEL: "warn" } });
+  return gangwayWith({}, ...args);
+}
+
+function gangwayWith(env: Record<string, string>, ...args: string[]) {
+  const r = spawnSync(process.execPath, ["bin/gangway.mjs", ...args], { encoding: "utf8", env: { ...process.env, GANGWAY_LOG_LEVEL: "warn", GANGWAY_NATS_URL: "", NATS_URL: "", ...env } });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -21,6 +25,31 @@ describe("gangway CLI", () => {
     const f = gangway("up", "--bogus");
     expect(f.code).toBe(64);
     expect(f.stderr).toMatch(/Unknown option '--bogus'/);
+  });
+
+  it("--version and -h work everywhere; a bare gangway prints its usage on stderr and exits 64", () => {
+    const v = gangway("--version");
+    expect(v.code).toBe(0);
+    expect(v.stdout).toMatch(/^gangway \d+\.\d+\.\d+\n$/);
+    for (const c of ["migrate", "agent", "watch", "audit", "vm", "evacuate"]) {
+      const h = gangway(c, "-h");
+      expect(h.code, c).toBe(0);
+      expect(h.stdout, c).toMatch(/^usage: gangway /);
+    }
+    const bare = gangway();
+    expect(bare.code).toBe(64);
+    expect(bare.stdout).toBe("");
+    expect(bare.stderr).toMatch(/^usage: gangway <command>/);
+  });
+
+  it("reads NATS_URL like the nats CLI, takes a bare host:port, and exits 2 when no server is there; --live is accepted", () => {
+    const r = gangwayWith({ NATS_URL: "127.0.0.1:1" }, "migrate", "--live", "vm1", "--to", "hostB");
+    expect(r.stderr).toMatch(/cannot connect to NATS at nats:\/\/127\.0\.0\.1:1/);
+    expect(r.code).toBe(2);
+    const flag = gangway("watch", "--nats", "localhost:1");
+    expect(flag.stderr).toMatch(/cannot connect to NATS at nats:\/\/localhost:1/);
+    expect(flag.code).toBe(2);
+    expect(gangway("watch", "--nats", "http://x:1").stderr).toMatch(/--nats must be a URL like nats:\/\/127\.0\.0\.1:4222 \(or host:port\)/);
   });
 
   it("checks each command's arguments with a readable message", () => {
