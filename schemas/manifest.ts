@@ -147,7 +147,7 @@ export const manifestVerified = defineBinaryEvent({
      * The repaired pages follow the records in the body (4096 bytes each, in record order), so
      * the destination need not wait for their pack, which is stored for the audit too.
      */
-    inline: z.union([z.boolean(), z.enum(["true", "false"]).transform((v) => v === "true")]).default(false),
+    inline: z.preprocess((v) => v === true || v === "true", z.boolean()).optional(),
   }),
   checkBody: (body, ext) => {
     const expected = ext.count * (MANIFEST_RECORD_BYTES + (ext.inline ? PAGE_SIZE : 0));
