@@ -37,6 +37,8 @@ interface DefinitionBase<Type extends string, Params extends Record<string, stri
   readonly family: string;
   /** Subject for one event; every param is a subject token. */
   subject(params: Params): string;
+  /** The subject's template, e.g. "gw.migration.{migrationId}.planned" (for published contracts). */
+  readonly template: string;
   /** Subject filter matching every event of this definition (for consumers). */
   readonly filter: string;
   /** The CloudEvents `subject` attribute: what the event is about (migration/VM/host). */
@@ -107,7 +109,7 @@ export function defineEvent<Type extends string, Data extends z.ZodType, Params 
   about: (params: Params) => string;
 }): StructuredEventDefinition<Type, Data, Params> {
   const t = subjectTemplate<Params>(def.subject);
-  return { mode: "structured", type: def.type, family: def.family, data: def.data, subject: t.subject, filter: t.filter, about: def.about, params: t.names };
+  return { mode: "structured", type: def.type, family: def.family, data: def.data, subject: t.subject, template: def.subject, filter: t.filter, about: def.about, params: t.names };
 }
 
 export function defineBinaryEvent<Type extends string, Ext extends z.ZodType<Record<string, string | number | boolean>>, Params extends Record<string, string>>(def: {
@@ -119,7 +121,7 @@ export function defineBinaryEvent<Type extends string, Ext extends z.ZodType<Rec
   about: (params: Params) => string;
 }): BinaryEventDefinition<Type, Ext, Params> {
   const t = subjectTemplate<Params>(def.subject);
-  return { mode: "binary", type: def.type, family: def.family, extensions: def.extensions, checkBody: def.checkBody, subject: t.subject, filter: t.filter, about: def.about, params: t.names };
+  return { mode: "binary", type: def.type, family: def.family, extensions: def.extensions, checkBody: def.checkBody, subject: t.subject, template: def.subject, filter: t.filter, about: def.about, params: t.names };
 }
 
 /** zod issues as `path: message` lines, the way a reader wants them in a dead letter. */
