@@ -8,6 +8,7 @@ import type { MsgHdrs } from "@nats-io/transport-node";
 import { NodeSDK } from "@opentelemetry/sdk-node";
 import type { SpanProcessor } from "@opentelemetry/sdk-trace-base";
 import type { MetricReader } from "@opentelemetry/sdk-metrics";
+import { PrometheusExporter } from "@opentelemetry/exporter-prometheus";
 
 export const INSTRUMENTATION_NAME = "gangway";
 
@@ -42,6 +43,8 @@ export interface TelemetryOptions {
   spanProcessors?: SpanProcessor[];
   /** A metric reader (tests pass an in-memory one). */
   metricReader?: MetricReader;
+  /** Serve every metric for Prometheus at http://<host>:<port>/metrics. */
+  prometheus?: { port: number; host: string };
 }
 
 export interface Telemetry {
@@ -57,13 +60,14 @@ export function startTelemetry(opts: TelemetryOptions): Telemetry {
   const env = process.env;
   const configured = Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || env.OTEL_TRACES_EXPORTER);
   if (!configured) env.OTEL_TRACES_EXPORTER = "none";
-  if (!env.OTEL_METRICS_EXPORTER && !env.OTEL_EXPORTER_OTLP_ENDPOINT && !env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT) env.OTEL_METRICS_EXPORTER = "none";
+  if (!env.OTEL_METRICS_EXPORTER && !env.OTEL_EXPORTER_OTLP_ENDPOINT && !env.OTEL_EXPORTER_OTLP_METRICS_ENDPOINT && !opts.prometheus) env.OTEL_METRICS_EXPORTER = "none";
+  const readers = [...(opts.metricReader ? [opts.metricReader] : []), ...(opts.prometheus ? [new PrometheusExporter({ port: opts.prometheus.port, host: opts.prometheus.host })] : [])];
   if (!env.OTEL_LOGS_EXPORTER) env.OTEL_LOGS_EXPORTER = "none";
   const sdk = new NodeSDK({
     serviceName: opts.serviceName,
     instrumentations: [],
     ...(opts.spanProcessors ? { spanProcessors: opts.spanProcessors } : {}),
-    ...(opts.metricReader ? { metricReaders: [opts.metricReader] } : {}),
+    ...(readers.length ? { metricReaders: readers } : {}),
   });
   sdk.start();
   return { shutdown: () => sdk.shutdown() };

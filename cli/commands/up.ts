@@ -16,6 +16,7 @@ import { readFile } from "node:fs/promises";
 import { jetstream } from "@nats-io/jetstream";
 import { createPublisher } from "../../infra/events/publisher.ts";
 import { startHttpIngress } from "../../infra/httpIngress.ts";
+import { watchMigrationMetrics } from "../../infra/migrationMetrics.ts";
 
 const help = `usage: gangway up [--nats URL] [--store DIR] [--port N] [--json]
 
@@ -27,12 +28,15 @@ nats-server with JetStream on 127.0.0.1 (a free port unless --port) and prints i
   --http PORT       also accept commands over HTTP (POST /events, /alertmanager) on 127.0.0.1:PORT,
                     authenticated by the bearer token in GANGWAY_HTTP_TOKEN or --http-token-file FILE
   --http-token-file FILE  file holding that token
+  --metrics-port N  serve Prometheus metrics at http://127.0.0.1:N/metrics (KubeVirt-style
+                    gangway_migration_* series per migration and VM; see README "Metrics")
+  --metrics-host H  address for --metrics-port (default 127.0.0.1; 0.0.0.0 for every interface)
   --replicas N      stream and bucket replicas when provisioning a cluster (default 1)
   --json            print {"url":…} as one JSON line once ready
 ${natsFlagHelp}`;
 
 export async function run(argv: string[]): Promise<void> {
-  const { values, positionals } = parseCommandArgs(argv, { ...natsFlagSpec, store: { type: "string" }, port: { type: "string" }, replicas: { type: "string" }, http: { type: "string" }, "http-token-file": { type: "string" }, json: { type: "boolean" }, help: { type: "boolean" } });
+  const { values, positionals } = parseCommandArgs(argv, { ...natsFlagSpec, store: { type: "string" }, port: { type: "string" }, replicas: { type: "string" }, http: { type: "string" }, "http-token-file": { type: "string" }, json: { type: "boolean" }, help: { type: "boolean" }, "metrics-port": { type: "string" }, "metrics-host": { type: "string" } });
   if (values.help) return void process.stdout.write(help + "\n");
   if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
   const port = values.port === undefined ? undefined : Number(values.port);
@@ -46,8 +50,12 @@ export async function run(argv: string[]): Promise<void> {
   const url = natsUrl(values);
   if (url && (values.store || port)) throw new UsageError("--store and --port are for the embedded server; not with --nats");
 
+  const metricsPort = values["metrics-port"] === undefined ? undefined : Number(values["metrics-port"]);
+  if (metricsPort !== undefined && !(Number.isInteger(metricsPort) && metricsPort > 0 && metricsPort < 65536)) throw new UsageError(`--metrics-port must be a TCP port number, got "${values["metrics-port"]}"`);
+  if (values["metrics-host"] !== undefined && metricsPort === undefined) throw new UsageError("--metrics-host needs --metrics-port");
+
   const log = createLogger({ component: "up" });
-  const telemetry = startTelemetry({ serviceName: "gangway-functions" });
+  const telemetry = startTelemetry({ serviceName: "gangway-functions", ...(metricsPort ? { prometheus: { port: metricsPort, host: values["metrics-host"] ?? "127.0.0.1" } } : {}) });
   let server: EmbeddedServer | undefined;
   try {
     if (!url) server = await startEmbeddedServer({ ...(values.store ? { storeDir: values.store } : {}), ...(port ? { port } : {}) });
@@ -57,13 +65,15 @@ export async function run(argv: string[]): Promise<void> {
       await provision(nc, { replicas });
       const functions = allFunctions({ dedupIndex: createDedupIndex(nc) });
       const served = await serveFunctions(functions, nc);
+      const migrationMetrics = watchMigrationMetrics(nc);
       const ingress = httpPort === undefined ? undefined : await startHttpIngress({ port: httpPort, token: httpToken!, publisher: createPublisher(jetstream(nc), "gangway/http"), log });
       log.info("gangway is up", { url: servers, functions: functions.map((f) => f.id) });
-      if (values.json) printJson({ url: servers, functions: functions.map((f) => f.id), embedded: Boolean(server), ...(ingress ? { http: ingress.port } : {}) });
+      if (values.json) printJson({ url: servers, functions: functions.map((f) => f.id), embedded: Boolean(server), ...(ingress ? { http: ingress.port } : {}), ...(metricsPort ? { metrics: `http://${values["metrics-host"] ?? "127.0.0.1"}:${metricsPort}/metrics` } : {}) });
       else process.stdout.write(`gangway is up: NATS at ${servers}; functions: ${functions.map((f) => f.id).join(", ")}. Ctrl-C to stop.\n`);
       const sig = await untilSignal();
       log.info("draining", { signal: sig });
       await ingress?.close();
+      migrationMetrics.close();
       await served.stop();
     } finally {
       await nc.drain().catch(() => nc.close());
