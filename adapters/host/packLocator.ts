@@ -12,7 +12,7 @@ import { packCorrupt, packStored } from "../../schemas/index.ts";
 import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts";
 import { deadLetterSink, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
-import { KEY_BYTES, PAGE_SIZE, keyFromHex, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
+import { KEY_BYTES, PAGE_SIZE, keyFromHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { KeyTable } from "../../kit/keyTable.ts";
 import { decodePack, PagePackError } from "../dataplane/pagePack.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
@@ -102,7 +102,22 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
     const page = slot % SLAB_PAGES;
     return slabs[(slot - page) / SLAB_PAGES]!.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
   };
-  const located = new Map<string, string>(); // tenant/key → pack
+  // Which pack holds each key ever announced, by tenant: a key table (typed arrays) and pack
+  // numbers, not a string per key — a long-lived destination learns millions of keys, and as a
+  // Map of strings they made the agent grow past 1.8 GB in a soak and its collections slow.
+  const located = new Map<string, KeyTable>();
+  const packNames: string[] = [];
+  const packNumbers = new Map<string, number>();
+  const locate = (tenant: string, key: Uint8Array, at = 0): string | undefined => {
+    const n = located.get(tenant)?.get(key, at);
+    return n === undefined ? undefined : packNames[n];
+  };
+  const setLocated = (tenant: string, key: Uint8Array, pack: string) => {
+    let n = packNumbers.get(pack);
+    if (n === undefined) packNumbers.set(pack, (n = packNames.push(pack) - 1));
+    (located.get(tenant) ?? located.set(tenant, new KeyTable(65536)).get(tenant)!).set(key, 0, n);
+  };
+  const scratchKey = Buffer.alloc(KEY_BYTES);
   const waiting = new Map<string, (() => void)[]>();
   const fetching = new Map<string, Promise<void>>();
   const stats = { packsFetched: 0, bytesFetched: 0, cacheHits: 0 };
@@ -152,9 +167,12 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
       const pre = wanted(data.migrationId, data.tenant, data.vm);
       if (pre && (pre.sinceNs === undefined || BigInt(m.info.timestampNanos) >= pre.sinceNs)) queuePrefetch(data.migrationId, data.tenant, data.pack, pre.keyer);
       for (const k of data.keys) {
-        const id = `${data.tenant}/${k}`;
+        scratchKey.write(k, "hex");
         // A key whose pack was found damaged moves to the pack that stores it again.
-        if (!located.has(id) || damaged.has(located.get(id)!)) located.set(id, data.pack);
+        const holder = locate(data.tenant, scratchKey);
+        if (holder === undefined || damaged.has(holder)) setLocated(data.tenant, scratchKey, data.pack);
+        if (waiting.size === 0) continue;
+        const id = `${data.tenant}/${k}`;
         const w = waiting.get(id);
         if (w) {
           waiting.delete(id);
@@ -270,7 +288,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
       const queued = new Set<string>();
       for (let at = 0; at < keys.byteLength; at += KEY_BYTES) {
         if (cache.get(tenant)?.has(keys, at)) continue;
-        const pack = located.get(`${tenant}/${keyHex(keys, at)}`);
+        const pack = locate(tenant, keys, at);
         if (pack === undefined || queued.has(pack)) continue;
         queued.add(pack);
         queuePrefetch(passId, tenant, pack, keyer);
@@ -298,8 +316,9 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
         stats.cacheHits++;
         return hit;
       }
-      const foundDamaged = located.has(id) ? damaged.get(located.get(id)!) : undefined;
-      if (!located.has(id) || (foundDamaged !== undefined && foundDamaged < since)) {
+      const holder = locate(tenant, keyBytes);
+      const foundDamaged = holder !== undefined ? damaged.get(holder) : undefined;
+      if (holder === undefined || (foundDamaged !== undefined && foundDamaged < since)) {
         await new Promise<void>((resolve, reject) => {
           const t = setTimeout(() => reject(new PageUnavailableError(`no page pack holds key ${k} after ${timeoutMs} ms`)), timeoutMs);
           const list = waiting.get(id) ?? [];
@@ -310,9 +329,10 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
           waiting.set(id, list);
         });
       }
-      await fetchPack(tenant, located.get(id)!, keyer);
+      const pack = locate(tenant, keyBytes)!;
+      await fetchPack(tenant, pack, keyer);
       const page = cachedPage(tenant, keyBytes);
-      if (!page) throw new PageUnavailableError(`page pack ${located.get(id)} does not hold key ${k}`);
+      if (!page) throw new PageUnavailableError(`page pack ${pack} does not hold key ${k}`);
       return page;
     },
     async close() {
