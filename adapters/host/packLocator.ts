@@ -10,7 +10,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { packCorrupt, packStored } from "../../schemas/index.ts";
 import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts";
-import { deadLetterSink, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
+import { deadLetterSink, liveDeadLetters, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
 import { KEY_BYTES, PAGE_SIZE, keyFromHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { KeyTable } from "../../kit/keyTable.ts";
@@ -127,6 +127,12 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
    */
   const prefetching = new Map<string, { tenant: string; vm: string; keyer: PageKeyer; sinceNs?: bigint }[]>();
   const wanted = (migrationId: string, tenant: string, vm: string) => prefetching.get(migrationId)?.find((w) => w.tenant === tenant && (w.vm === "" || w.vm === vm));
+  /** False if already prefetched (this VM, or every VM of the tenant): nothing to add. */
+  const registerPrefetch = (owner: string, w: { tenant: string; vm: string; keyer: PageKeyer; sinceNs?: bigint }): boolean => {
+    if (wanted(owner, w.tenant, w.vm)) return false;
+    (prefetching.get(owner) ?? prefetching.set(owner, []).get(owner)!).push(w);
+    return true;
+  };
   /** Packs announced so far, by the migration (or preparation pass) that stored them. */
   const packsOf = new Map<string, { tenant: string; vm: string; pack: string }[]>();
   /** Who announced each pack (the first announcement). */
@@ -141,9 +147,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
   // Announcements of packs stored, and of packs found damaged (and removed) by any destination:
   // a locator that starts later must not send its keys to a pack that is gone.
   const messages = await StreamFollower.start(nc, { filter: "gw.pack.*.*" });
-  const deadLetters = o.deadLetters ?? deadLetterSink(jetstream(nc), `gangway/host/${o.host ?? "destination"}`, "pack-locator");
-  // What was stored before this reader began was refused (or taken) by the readers of then.
-  const liveSinceNs = BigInt(Date.now() - 5_000) * 1_000_000n;
+  const deadLetters = liveDeadLetters(o.deadLetters ?? deadLetterSink(jetstream(nc), `gangway/host/${o.host ?? "destination"}`, "pack-locator"));
   const follow = (async () => {
     for await (const m of messages) {
       const d = decodeMessage(m.subject, m.data, m.headers);
@@ -154,7 +158,7 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
       }
       const refused = refusedAnnouncement(d);
       if (refused) {
-        if (BigInt(m.info.timestampNanos) >= liveSinceNs) deadLetters(m, refused);
+        deadLetters(m, refused);
         continue;
       }
       if (!d.ok || d.event.mode !== "structured") continue;
@@ -275,16 +279,11 @@ export async function openPageSource(nc: NatsConnection, packs: PackStore, o: Pa
   return {
     stats,
     prefetch(migrationId, tenant, keyer, vm = "") {
-      // Already prefetched (this VM, or every VM of the tenant): nothing to add.
-      if (prefetching.get(migrationId)?.some((w) => w.tenant === tenant && (w.vm === "" || w.vm === vm))) return;
-      const list = prefetching.get(migrationId) ?? prefetching.set(migrationId, []).get(migrationId)!;
-      list.push({ tenant, vm, keyer });
+      if (!registerPrefetch(migrationId, { tenant, vm, keyer })) return;
       for (const p of packsOf.get(migrationId) ?? []) if (p.tenant === tenant && (vm === "" || p.vm === vm)) queuePrefetch(migrationId, p.tenant, p.pack, keyer);
     },
     prefetchContent(passId, tenant, keyer, vm, keys) {
-      if (prefetching.get(passId)?.some((w) => w.tenant === tenant && (w.vm === "" || w.vm === vm))) return;
-      const list = prefetching.get(passId) ?? prefetching.set(passId, []).get(passId)!;
-      list.push({ tenant, vm, keyer, sinceNs: BigInt(Date.now()) * 1_000_000n });
+      if (!registerPrefetch(passId, { tenant, vm, keyer, sinceNs: BigInt(Date.now()) * 1_000_000n })) return;
       const queued = new Set<string>();
       for (let at = 0; at < keys.byteLength; at += KEY_BYTES) {
         if (cache.get(tenant)?.has(keys, at)) continue;

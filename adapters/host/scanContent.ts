@@ -10,7 +10,7 @@ import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { scanBatch, SCAN_RECORD_BYTES } from "../../schemas/index.ts";
 import { decodeMessage, type DecodeResult } from "../../infra/events/binding.ts";
-import { deadLetterSink, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
+import { deadLetterSink, liveDeadLetters, type DeadLetterSink } from "../../infra/events/deadLetter.ts";
 import { StreamFollower } from "../../infra/nats/follow.ts";
 import { KEY_BYTES, PAGE_SIZE } from "../dataplane/contentKey.ts";
 
@@ -58,14 +58,13 @@ export function refusedScanBatch(d: DecodeResult): string | undefined {
 export async function followScanContent(nc: NatsConnection, o: ScanContentOptions = {}): Promise<ScanContent> {
   const tables = new Map<string, Table>();
   const messages = await StreamFollower.start(nc, { filter: "gw.scan.*.*.batch" });
-  const deadLetters = o.deadLetters ?? deadLetterSink(jetstream(nc), `gangway/host/${o.host ?? "destination"}`, "scan-content");
-  const liveSinceNs = BigInt(Date.now() - 5_000) * 1_000_000n;
+  const deadLetters = liveDeadLetters(o.deadLetters ?? deadLetterSink(jetstream(nc), `gangway/host/${o.host ?? "destination"}`, "scan-content"));
   const follow = (async () => {
     for await (const m of messages) {
       const d = decodeMessage(m.subject, m.data, m.headers);
       const refused = refusedScanBatch(d);
       if (refused || !d.ok || d.event.mode !== "binary") {
-        if (refused && BigInt(m.info.timestampNanos) >= liveSinceNs) deadLetters(m, refused);
+        if (refused) deadLetters(m, refused);
         continue;
       }
       const ext = d.event.ext as { host: string; vm: string; tenant: string; pass: number; seq: number; count: number };

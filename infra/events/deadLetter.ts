@@ -94,3 +94,15 @@ export function deadLetterSink(target: JetStreamClient | EventPublisher, source:
   sink.flush = async () => void (await Promise.allSettled([...pending]));
   return sink;
 }
+
+/**
+ * For a reader that replays the stream from its start (a locator, a follower of every scan):
+ * only messages stored since it began (give or take 5 s) go to the dead-letter subject. What
+ * came before was refused, or taken, by the readers of its time.
+ */
+export function liveDeadLetters(sink: DeadLetterSink): (m: ReceivedMessage & { info: { timestampNanos: number } }, reason: string) => void {
+  const liveSinceNs = BigInt(Date.now() - 5_000) * 1_000_000n;
+  return (m, reason) => {
+    if (BigInt(m.info.timestampNanos) >= liveSinceNs) sink(m, reason);
+  };
+}
