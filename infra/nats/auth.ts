@@ -20,7 +20,10 @@
  *   keyed content addressing (adapters/dataplane/contentKey.ts), not the bus.
  */
 import { agentConsole, agentManifest, agentStatus } from "../../schemas/agentService.ts";
+import { dirtyRound, migrationCancelled, migrationFailed, migrationProgress, migrationSucceeded } from "../../schemas/index.ts";
 import { EVENTS_STREAM, PACK_STORE, RUNS_BUCKET, STATE_BUCKET, DEDUP_BUCKET } from "./resources.ts";
+
+const METRICS_FACTS = [migrationProgress, dirtyRound, migrationSucceeded, migrationFailed, migrationCancelled];
 
 export const IdentityRole = {
   agent: "agent",
@@ -127,6 +130,8 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         // and corrupt); the filter is part of the create subject, so only these kinds can be made.
         `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.manifest.*.*.>`,
         `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.pack.*.*`,
+        // The scan-content follower: which keys each VM's latest scan holds (content prefetch).
+        `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.scan.*.*.batch`,
         // A restarted agent asks whether a destination already runs a VM it adopted mid-migration.
         `${API}.CONSUMER.CREATE.${EVENTS_STREAM}.*.gw.commit.*.resumed`,
         `${API}.CONSUMER.MSG.NEXT.${EVENTS_STREAM}.*`,
@@ -177,7 +182,9 @@ export function functionsPermissions(publicKey: string): Permissions {
     publish: {
       allow: ["gw.>", `${API}.>`, `$JS.ACK.${EVENTS_STREAM}.>`, "$JS.FC.>", `$KV.${RUNS_BUCKET}.>`, `$KV.${STATE_BUCKET}.>`, `$KV.${DEDUP_BUCKET}.>`, `$O.${PACK_STORE}.>`],
     },
-    subscribe: { allow: [`${inboxPrefixFor(publicKey)}.>`] },
+    // The migration metrics (infra/migrationMetrics.ts) listen to these facts directly; the
+    // functions read them all from the stream anyway, so this shows them nothing new.
+    subscribe: { allow: [`${inboxPrefixFor(publicKey)}.>`, ...METRICS_FACTS.map((d) => d.filter)] },
     allowResponses: false,
   };
 }
