@@ -69,7 +69,8 @@ const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[Math
 
 export async function soak(o: { runs: number; vms: number; memoryMiB: number; rate: number; hog: boolean; log: (s: string) => void }): Promise<SoakReport> {
   const work = await mkdtemp(join(tmpdir(), "gangway-soak-"));
-  const dumps = join(work, "ram-dumps");
+  // Beside the VMs' RAM files (tmpfs): a source's dump is then a link, not a copy in its downtime.
+  const dumps = await mkdtemp("/dev/shm/gw-soak-dumps-");
   const hog = o.hog ? spawn("sh", ["-c", "exec yes > /dev/null"], { stdio: "ignore" }) : undefined;
   const server = await startEmbeddedServer({ name: "gangway-soak", storeDir: join(work, "js") });
   const nc = await connectNats({ servers: server.url, name: "gangway-soak", reconnect: false });
@@ -135,6 +136,7 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
     await nc.close().catch(() => undefined);
     await server.stop();
     await rm(work, { recursive: true, force: true });
+    await rm(dumps, { recursive: true, force: true });
   }
   report.downtime_ms = { max: Math.max(0, ...downtimes), median: median(downtimes), over_5s: report.downtime_ms.over_5s };
   return report;

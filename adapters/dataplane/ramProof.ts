@@ -6,8 +6,7 @@
  * last state (QEMU 7.2's TCG loses dirty bits); at the destination, pages QEMU did not load
  * as they were delivered.
  */
-import { copyFile, mkdir, open, rename } from "node:fs/promises";
-import { join } from "node:path";
+import { open } from "node:fs/promises";
 import { KEY_BYTES, PAGE_SIZE, type PageKeyer } from "./contentKey.ts";
 import type { ImageDigest } from "./imageDigest.ts";
 import type { RamChecker } from "./ramCheck.ts";
@@ -104,20 +103,4 @@ export async function writeRamPages(ramPath: string, pages: { offset: number; pa
   } finally {
     await fh.close();
   }
-}
-
-/**
- * For diagnosis and for tests that compare both ends byte for byte: with
- * GANGWAY_RAM_DUMP_DIR set, a copy of the RAM file as it is proved (the stopped source's; the
- * destination's after load and repairs) is kept as <dir>/<migration>.<vm>.<side>.ram.
- */
-export async function dumpRamForDiagnosis(ramPath: string, migrationId: string, vm: string, side: "source" | "destination"): Promise<string | undefined> {
-  const dir = process.env.GANGWAY_RAM_DUMP_DIR;
-  if (!dir) return undefined;
-  await mkdir(dir, { recursive: true });
-  const to = join(dir, `${migrationId}.${vm}.${side}.ram`);
-  // Whole or not at all: a reader never meets a copy still being written.
-  await copyFile(ramPath, `${to}.part`);
-  await rename(`${to}.part`, to);
-  return to;
 }

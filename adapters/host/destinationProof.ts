@@ -18,7 +18,8 @@ import { hostSource } from "./manifestOrder.ts";
 import { KEY_BYTES, PAGE_SIZE, keyHex, type PageKeyer } from "../dataplane/contentKey.ts";
 import { readManifestRecords } from "../dataplane/manifestRecords.ts";
 import type { RamChecker } from "../dataplane/ramCheck.ts";
-import { dumpRamForDiagnosis, readRamInto, writeRamPages } from "../dataplane/ramProof.ts";
+import { readRamInto, writeRamPages } from "../dataplane/ramProof.ts";
+import { startRamDump } from "../dataplane/ramDump.ts";
 import type { PageSource } from "./packLocator.ts";
 import type { TargetState } from "./targetMigration.ts";
 import { testFault } from "./testFaults.ts";
@@ -100,11 +101,13 @@ export async function proveDestination(o: {
   fromSource.catch(() => undefined); // awaited below
   o.onWait?.("the read-back of the image");
   if (testFault("alter-loaded-page", o.vm) !== undefined) await alterPage(o.ramPath, 0x300000);
+  const dump = await startRamDump(o.ramPath, o.migrationId, o.vm, "destination");
   // The other blocks (ROMs) are not files: they count as delivered.
   const read = await readRamInto({ image: img, block: m0, ramPath: o.ramPath, sizeBytes: header.blocks[m0]!.usedBytes, keyer: o.keyer, ...(o.checker ? { checker: o.checker } : {}) });
   o.onWait?.("the source's proof of its memory");
   const { ext, body } = await fromSource;
   const repairs: { offset: number; page: Uint8Array }[] = [];
+  const readBack: { offset: number; page: Uint8Array }[] = [];
   if (ext.count > 0) {
     o.onWait?.(`the ${ext.count} repaired pages`);
     // Pages carried in the proof are checked against their keys like a pack's.
@@ -125,18 +128,19 @@ export async function proveDestination(o: {
     await writeRamPages(o.ramPath, repairs);
     // Read back what the file holds now (not what was meant to be written).
     const scratch = new Uint8Array(KEY_BYTES);
-    const again = Buffer.allocUnsafe(PAGE_SIZE);
     const fh = await open(o.ramPath, "r");
     try {
       for (const r of repairs) {
+        const again = Buffer.allocUnsafe(PAGE_SIZE);
         await fh.read(again, 0, PAGE_SIZE, r.offset);
         img.setFromBytes(m0, r.offset, again, o.keyer, scratch);
+        readBack.push({ offset: r.offset, page: again });
       }
     } finally {
       await fh.close();
     }
   }
-  await dumpRamForDiagnosis(o.ramPath, o.migrationId, o.vm, "destination");
+  await dump?.finish(readBack);
   return {
     digest: img.digest(), expected: img.totalPages(), delivered: img.pages(), pagesRepaired: repairs.length,
     loadDiffering: read.differing, ...(read.firstDiffering !== undefined ? { firstLoadDiffering: `m0+0x${read.firstDiffering.toString(16)}` } : {}),

@@ -16,7 +16,8 @@ import type { ImageDigest } from "../dataplane/imageDigest.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
 import type { RamChecker } from "../dataplane/ramCheck.ts";
-import { dumpRamForDiagnosis, readRamInto, type RamReadResult } from "../dataplane/ramProof.ts";
+import { readRamInto, type RamReadResult } from "../dataplane/ramProof.ts";
+import { startRamDump } from "../dataplane/ramDump.ts";
 import type { SentImage, SourceResult } from "./sourceMigration.ts";
 import { PackWriter } from "./packWriter.ts";
 import { testFault } from "./testFaults.ts";
@@ -55,7 +56,7 @@ export interface SourceRamRead {
 export async function readSourceRam(o: { migrationId: string; vm: string; ramPath: string; sent: SentImage; keyer: PageKeyer; repair: boolean; checker?: RamChecker }): Promise<SourceRamRead> {
   const m0 = o.sent.blocks.findIndex((b) => b.id === "m0");
   if (m0 < 0) throw new Error("the stream has no RAM block m0 (the VM's memory-backend file): its memory cannot be proved");
-  await dumpRamForDiagnosis(o.ramPath, o.migrationId, o.vm, "source");
+  const dump = await startRamDump(o.ramPath, o.migrationId, o.vm, "source");
   const ram = o.sent.image.clone();
   const repairs: { offset: number; page: Buffer }[] = [];
   const listed: SourceRamProof["differing"] = [];
@@ -69,6 +70,7 @@ export async function readSourceRam(o: { migrationId: string; vm: string; ramPat
       }
     },
   });
+  await dump?.finish();
   return { m0, ram, repairs, listed, read };
 }
 
