@@ -2,7 +2,8 @@
  * The page-pack store: a JetStream object store, content-addressed. Uses node's SHA-256
  * for the store's checksums (the client's default pure-JS one runs at ~60 MB/s here).
  */
-import { jetstream } from "@nats-io/jetstream";
+import { createHash } from "node:crypto";
+import { jetstream, jetstreamManager, type DirectStreamAPI, type StoredMsg } from "@nats-io/jetstream";
 import { Objm, setSha256Backend, type ObjectStore } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { PACK_STORE } from "../../infra/nats/resources.ts";
@@ -34,46 +35,50 @@ const CHUNK_BYTES = 2 * 1024 * 1024;
 const meta = (name: string) => ({ name, options: { max_chunk_size: CHUNK_BYTES } });
 
 /** Errors of a server that is briefly unable to answer (a cluster electing leaders). */
-const TRANSIENT = new Set(["TimeoutError", "NoRespondersError", "JetStreamNotEnabled"]);
+const TRANSIENT = new Set(["TimeoutError", "NoRespondersError", "JetStreamNotEnabled", "ObjectIncompleteError"]);
+
+/** A chunk the answering server does not hold yet (a replica behind its leader): read again. */
+class ObjectIncompleteError extends Error {
+  override name = "ObjectIncompleteError";
+}
 
 /**
- * Reads an object, giving up after `timeoutMs`: the client reads chunks through a push
- * consumer and waits for them without a limit, so a read that stalls (a paused or lost
- * server) would hold a destination for good. The read is cancelled (its consumer stops) and
- * fails as a time-out, which is retried.
+ * Reads an object by direct gets: one request for a one-chunk object (every pack; the meta
+ * look-up aside), a few for a larger one. The client's own read creates an ordered push
+ * consumer per object, and a destination prefetching dozens of packs at once on a busy host
+ * created dozens of consumers: their creation timed out, or their first chunk never came in
+ * 20 s (97 failed reads in an 8-run soak, several of them in a downtime). A direct get is a
+ * request answered from the stream's store, with no consumer to create, place or delete.
  */
-async function readObject(os: ObjectStore, name: string, timeoutMs: number, log: Logger): Promise<Uint8Array | null> {
-  const t0 = Date.now();
-  const r = await os.get(name);
-  if (r === null) return null;
-  const reader = r.data.getReader();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    void reader.cancel().catch(() => undefined);
-  }, timeoutMs);
-  try {
-    const parts: Uint8Array[] = [];
-    let size = 0;
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      parts.push(value);
-      size += value.byteLength;
+async function readObject(os: ObjectStore, direct: DirectStreamAPI, name: string): Promise<Uint8Array | null> {
+  const info = await os.info(name);
+  if (info === null || info.deleted) return null;
+  if (info.size === 0) return new Uint8Array(0);
+  const subject = `$O.${PACK_STORE}.C.${info.nuid}`;
+  const last = await direct.getMessage(OBJ_STREAM, { last_by_subj: subject });
+  if (last === null) throw new ObjectIncompleteError(`object ${name}: no chunk of it is stored yet`);
+  let chunks: StoredMsg[] = [last];
+  if (info.chunks > 1) {
+    // Its chunks were published one after another just before its last: look a little back.
+    for (let span = info.chunks * 4 + 64; ; span *= 4) {
+      const from = Math.max(1, last.seq - span);
+      chunks = [];
+      for (let seq = from; seq <= last.seq; ) {
+        const m = await direct.getMessage(OBJ_STREAM, { seq, next_by_subj: subject });
+        if (m === null || m.seq > last.seq) break;
+        chunks.push(m);
+        seq = m.seq + 1;
+      }
+      if (chunks.length >= info.chunks || from === 1) break;
     }
-    log.debug("object read", { name, ms: Date.now() - t0, chunks: parts.length, bytes: size, expected: r.info.size, timedOut });
-    if (timedOut) {
-      log.warn("object read timed out", { name, ms: Date.now() - t0, chunks: parts.length, bytes: size, expected: r.info.size });
-      const e = new Error(`reading object ${name} took longer than ${timeoutMs} ms`);
-      e.name = "TimeoutError";
-      throw e;
-    }
-    const err = await r.error;
-    if (err) throw err;
-    return Buffer.concat(parts, size);
-  } finally {
-    clearTimeout(timer);
+    if (chunks.length < info.chunks) throw new ObjectIncompleteError(`object ${name}: ${chunks.length} of its ${info.chunks} chunks are stored`);
+    chunks = chunks.slice(-info.chunks);
   }
+  const bytes = Buffer.concat(chunks.map((c) => c.data));
+  if (bytes.byteLength !== info.size) throw new Error(`object ${name} is ${bytes.byteLength} bytes, its meta says ${info.size}`);
+  const digest = `SHA-256=${createHash("sha256").update(bytes).digest("base64url")}`;
+  if (digest.replace(/=+$/, "") !== info.digest.replace(/=+$/, "")) throw new Error(`object ${name} is corrupt: ${digest}, its meta says ${info.digest}`);
+  return bytes;
 }
 
 /**
@@ -93,10 +98,14 @@ async function retried<T>(op: () => Promise<T>, log: Logger, what: string, attem
   }
 }
 
+const OBJ_STREAM = `OBJ_${PACK_STORE}`;
+
 export async function openPackStore(nc: NatsConnection, opts: { domain?: string; readTimeoutMs?: number; log?: Logger } = {}): Promise<PackStore> {
   const log = opts.log ?? createLogger({ component: "packStore" });
-  const readTimeoutMs = opts.readTimeoutMs ?? 20_000;
+  // Each request of a read (meta, chunk) gives up after this long, and is retried.
+  const timeout = opts.readTimeoutMs ?? 20_000;
   const js = jetstream(nc, opts.domain ? { domain: opts.domain } : {});
+  const { direct } = await jetstreamManager(nc, { ...(opts.domain ? { domain: opts.domain } : {}), timeout });
   const os: ObjectStore = await new Objm(js).open(PACK_STORE);
   return {
     async put(name, bytes) {
@@ -108,7 +117,7 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
       }, log, `put ${name}`);
     },
     async get(name) {
-      const bytes = await retried(() => readObject(os, name, readTimeoutMs, log), log, `get ${name}`);
+      const bytes = await retried(() => readObject(os, direct, name), log, `get ${name}`);
       if (bytes === null) return null;
       const actual = packNameOf(bytes);
       if (actual !== name) throw new PagePackError(`pack ${name} is corrupt: its content hashes to ${actual}`);
@@ -123,6 +132,6 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
     async putObject(name, bytes) {
       await retried(() => os.putBlob(meta(name), bytes), log, `put ${name}`);
     },
-    getObject: (name) => retried(() => readObject(os, name, readTimeoutMs, log), log, `get ${name}`),
+    getObject: (name) => retried(() => readObject(os, direct, name), log, `get ${name}`),
   };
 }

@@ -137,18 +137,13 @@ export function agentPermissions(host: string, publicKey: string, ctx: Permissio
         `${API}.CONSUMER.MSG.NEXT.${EVENTS_STREAM}.*`,
         `${API}.CONSUMER.INFO.${EVENTS_STREAM}.*`,
         `${API}.CONSUMER.DELETE.${EVENTS_STREAM}.*`,
-        // Page packs: put (chunks + meta) and get (meta look-up, ordered chunk reader).
+        // Page packs: put (chunks + meta) and get (meta look-up, then direct gets of the chunks:
+        // the last by subject, and for a larger object the next by subject).
         `$O.${PACK_STORE}.C.*`,
         `$O.${PACK_STORE}.M.*`,
         `${API}.STREAM.MSG.GET.${OBJ_STREAM}`,
+        `${API}.DIRECT.GET.${OBJ_STREAM}`,
         `${API}.DIRECT.GET.${OBJ_STREAM}.>`,
-        `${API}.CONSUMER.CREATE.${OBJ_STREAM}.*.$O.${PACK_STORE}.C.*`,
-        `${API}.CONSUMER.MSG.NEXT.${OBJ_STREAM}.*`,
-        // An object's chunks come through an ordered push consumer, whose flow-control
-        // requests the reader must answer (else a large get stalls).
-        `$JS.FC.${OBJ_STREAM}.>`,
-        `${API}.CONSUMER.INFO.${OBJ_STREAM}.*`,
-        `${API}.CONSUMER.DELETE.${OBJ_STREAM}.*`,
         // The object store purges an object's old chunks when it is written again (a pack
         // repaired after a corrupt copy): the purge API takes any filter, a known limit.
         `${API}.STREAM.PURGE.${OBJ_STREAM}`,
