@@ -4,7 +4,8 @@
  */
 import { createHash } from "node:crypto";
 import { jetstream, jetstreamManager, type DirectStreamAPI, type StoredMsg } from "@nats-io/jetstream";
-import { Objm, setSha256Backend, type ObjectStore } from "@nats-io/obj";
+import { Base64UrlPaddedCodec, Objm, setSha256Backend, type ObjectStore } from "@nats-io/obj";
+import { z } from "zod";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { PACK_STORE } from "../../infra/nats/resources.ts";
 import { packNameOf, PagePackError } from "./pagePack.ts";
@@ -42,6 +43,22 @@ class ObjectIncompleteError extends Error {
   override name = "ObjectIncompleteError";
 }
 
+/** The part of an object's meta a read needs (the client's ObjectInfo, as stored). */
+const ObjectMeta = z.object({ nuid: z.string(), size: z.number(), chunks: z.number(), digest: z.string(), deleted: z.boolean().optional() });
+
+/**
+ * An object's meta by a direct get too: the JetStream API (the client's info) answers requests
+ * one after another, behind the consumer creations of every follower, and under load its
+ * answers came after the 5 s time-out. A replica may not have a new object yet: "absent" is
+ * asked of the stream's leader before it is believed.
+ */
+async function objectMeta(os: ObjectStore, direct: DirectStreamAPI, name: string): Promise<z.infer<typeof ObjectMeta> | null> {
+  const m = await direct.getMessage(OBJ_STREAM, { last_by_subj: `$O.${PACK_STORE}.M.${Base64UrlPaddedCodec.encode(name)}` });
+  if (m !== null) return ObjectMeta.parse(m.json());
+  const info = await os.info(name);
+  return info === null ? null : ObjectMeta.parse(info);
+}
+
 /**
  * Reads an object by direct gets: one request for a one-chunk object (every pack; the meta
  * look-up aside), a few for a larger one. The client's own read creates an ordered push
@@ -51,7 +68,7 @@ class ObjectIncompleteError extends Error {
  * request answered from the stream's store, with no consumer to create, place or delete.
  */
 async function readObject(os: ObjectStore, direct: DirectStreamAPI, name: string): Promise<Uint8Array | null> {
-  const info = await os.info(name);
+  const info = await objectMeta(os, direct, name);
   if (info === null || info.deleted) return null;
   if (info.size === 0) return new Uint8Array(0);
   const subject = `$O.${PACK_STORE}.C.${info.nuid}`;
