@@ -105,11 +105,12 @@ async function readObject(os: ObjectStore, direct: DirectStreamAPI, name: string
  */
 async function retried<T>(op: () => Promise<T>, log: Logger, what: string, attempts = 4): Promise<T> {
   for (let i = 1; ; i++) {
+    const t0 = Date.now();
     try {
       return await op();
     } catch (err) {
       if (i >= attempts || !TRANSIENT.has((err as Error).name)) throw err;
-      log.warn("object store operation failed; retrying", { what, attempt: i, error: err });
+      log.warn("object store operation failed; retrying", { what, attempt: i, ms: Date.now() - t0, error: err });
       await new Promise((r) => setTimeout(r, 500 * 2 ** (i - 1)));
     }
   }

@@ -38,6 +38,9 @@ export interface DestinationProof {
   /** What the source said of its memory. */
   source: { ramDigest: string; sentDigest: string; deviceStateDigest: string; differing: number; firstDiffering?: string; readMs: number };
   readMs: number;
+  /** How long the proof waited for the source's after its own read-back, and for its dump (0 without). */
+  sourceWaitMs: number;
+  dumpWaitMs: number;
 }
 
 /**
@@ -105,7 +108,9 @@ export async function proveDestination(o: {
   // The other blocks (ROMs) are not files: they count as delivered.
   const read = await readRamInto({ image: img, block: m0, ramPath: o.ramPath, sizeBytes: header.blocks[m0]!.usedBytes, keyer: o.keyer, ...(o.checker ? { checker: o.checker } : {}) });
   o.onWait?.("the source's proof of its memory");
+  const waitFrom = performance.now();
   const { ext, body } = await fromSource;
+  const sourceWaitMs = Math.round(performance.now() - waitFrom);
   const repairs: { offset: number; page: Uint8Array }[] = [];
   const readBack: { offset: number; page: Uint8Array }[] = [];
   if (ext.count > 0) {
@@ -140,7 +145,9 @@ export async function proveDestination(o: {
       await fh.close();
     }
   }
+  const dumpFrom = performance.now();
   await dump?.finish(readBack);
+  const dumpWaitMs = Math.round(performance.now() - dumpFrom);
   return {
     digest: img.digest(), expected: img.totalPages(), delivered: img.pages(), pagesRepaired: repairs.length,
     loadDiffering: read.differing, ...(read.firstDiffering !== undefined ? { firstLoadDiffering: `m0+0x${read.firstDiffering.toString(16)}` } : {}),
@@ -148,7 +155,7 @@ export async function proveDestination(o: {
       ramDigest: ext.sourceramdigest, sentDigest: ext.sentdigest, deviceStateDigest: ext.devicestatedigest, differing: ext.differing, readMs: ext.readms,
       ...(ext.firstdiffering ? { firstDiffering: ext.firstdiffering } : {}),
     },
-    readMs: read.durationMs,
+    readMs: read.durationMs, sourceWaitMs, dumpWaitMs,
   };
 }
 

@@ -82,6 +82,7 @@ export default defineAction({
         state.driver.migrateIn(vm, records, { postcopy: c.options.postcopy, onReturnPath, onWritten: () => (session.waitingFor = "QEMU to finish loading the stream") }));
       log.debug("destination loaded", { migrationId: c.migrationId, vm: c.spec.name });
       if (session.postcopy) return finishPostcopy(state, session);
+      const loadedAt = performance.now();
       const status = await vm.status();
       if (status !== "paused" && status !== "prelaunch") throw new Error(`destination QEMU is ${status} after loading, expected paused`);
       // The proof: read back what QEMU holds (block m0 from its RAM file), apply the source's
@@ -96,7 +97,7 @@ export default defineAction({
         ...(rebuild.deviceStateDigest ? { deviceStateDigest: rebuild.deviceStateDigest } : {}), readMs: proof.readMs,
       }, { id: `${c.migrationId}-${c.spec.name}-ready` });
       session.waitingFor = "the commit decision";
-      log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered, pagesRepaired: proof.pagesRepaired, loadDiffering: proof.loadDiffering, readMs: proof.readMs, matchesSourceRam: proof.digest === proof.source.ramDigest });
+      log.info("destination ready", { migrationId: c.migrationId, vm: c.spec.name, pages: proof.delivered, pagesRepaired: proof.pagesRepaired, loadDiffering: proof.loadDiffering, readMs: proof.readMs, sourceWaitMs: proof.sourceWaitMs, dumpWaitMs: proof.dumpWaitMs, sinceLoadedMs: Math.round(performance.now() - loadedAt), matchesSourceRam: proof.digest === proof.source.ramDigest });
     })();
     void watchSource(state, session, c.sourceHost, c.options.progressTimeoutSec * 1000);
     run.catch(async (err: Error) => {
