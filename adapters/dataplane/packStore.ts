@@ -120,8 +120,9 @@ const OBJ_STREAM = `OBJ_${PACK_STORE}`;
 
 export async function openPackStore(nc: NatsConnection, opts: { domain?: string; readTimeoutMs?: number; log?: Logger } = {}): Promise<PackStore> {
   const log = opts.log ?? createLogger({ component: "packStore" });
-  // Each request of a read (meta, chunk) gives up after this long, and is retried.
-  const timeout = opts.readTimeoutMs ?? 20_000;
+  // Each request of a read (meta, chunk: one message each) gives up after this long, and is
+  // retried: an answer lost (a reconnect) costs this, not the 20 s a whole read once had.
+  const timeout = opts.readTimeoutMs ?? 8_000;
   const js = jetstream(nc, opts.domain ? { domain: opts.domain } : {});
   const { direct } = await jetstreamManager(nc, { ...(opts.domain ? { domain: opts.domain } : {}), timeout });
   const os: ObjectStore = await new Objm(js).open(PACK_STORE);

@@ -3,6 +3,7 @@ import { connect, credsAuthenticator, nkeyAuthenticator, type NatsConnection } f
 import { fromSeed } from "@nats-io/nkeys";
 import { readFile } from "node:fs/promises";
 import { inboxPrefixFor } from "./auth.ts";
+import { createLogger } from "../log.ts";
 
 export interface ConnectOptions {
   /** Server URL(s), comma separated. */
@@ -39,7 +40,7 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
           ...(opts.tlsKeyFile ? { keyFile: opts.tlsKeyFile } : {}),
         }
       : undefined;
-  return connect({
+  const nc = await connect({
     servers: opts.servers.split(",").map((s) => s.trim()),
     name: opts.name ?? "gangway",
     ...(authenticator ? { authenticator } : {}),
@@ -50,6 +51,22 @@ export async function connectNats(opts: ConnectOptions): Promise<NatsConnection>
     maxReconnectAttempts: opts.reconnect === false ? 0 : -1,
     reconnectTimeWait: 250,
   });
+  void logConnectionTrouble(nc, opts.name ?? "gangway");
+  return nc;
+}
+
+/**
+ * What goes wrong with a connection is said in the log: a reconnect loses the requests in
+ * flight (they end in their time-outs), and a slow consumer loses messages.
+ */
+async function logConnectionTrouble(nc: NatsConnection, name: string): Promise<void> {
+  const log = createLogger({ component: "nats", connection: name });
+  for await (const s of nc.status()) {
+    if (s.type === "disconnect" || s.type === "reconnect" || s.type === "ldm") log.warn(`NATS connection: ${s.type}`, { server: s.server });
+    else if (s.type === "staleConnection") log.warn("NATS connection: stale (the server stopped answering pings)");
+    else if (s.type === "slowConsumer") log.warn("NATS connection: slow consumer", { subject: s.sub.getSubject(), pending: s.pending });
+    else if (s.type === "error") log.warn("NATS connection: server error", { error: s.error });
+  }
 }
 
 export class NkeySeedError extends Error {
