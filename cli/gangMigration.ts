@@ -49,6 +49,15 @@ export interface DowntimePhases {
   resume_ms: number;
 }
 
+/** The wait the destination named last lasted until `until`: the longest so far, if it is. */
+function noteWait(v: VmView, until: number): VmView["longestWait"] {
+  const w = v.currentWait;
+  if (!w) return v.longestWait;
+  const ms = Math.max(0, until - w.since);
+  if (!v.longestWait || ms > v.longestWait.ms) v.longestWait = { for: w.for, ms };
+  return v.longestWait;
+}
+
 function downtimePhases(v: VmView): DowntimePhases | undefined {
   const { switchoverAt: stop, spoken, committedAt, resumedAt } = v;
   if (stop === undefined || !spoken || committedAt === undefined || resumedAt === undefined || v.mode === "PostCopy") return undefined;
@@ -164,11 +173,14 @@ export async function followGang(nc: NatsConnection, migrationId: string, o: Pic
       const v = view.vms.get(vm);
       if (!v || v.resumedAt !== undefined || v.outcome === "rolledback") return;
       v.waiting = switchoverLine(w, Date.now());
-      // Asked once a second: the same answer again extends that wait.
+      // Asked once a second: the same answer again extends that wait; another ends it (by now,
+      // at most a question late). The first began with the pause.
       const now = Date.now();
-      if (v.currentWait?.for !== w.waitingFor) v.currentWait = { for: w.waitingFor, since: now };
-      const ms = now - v.currentWait.since;
-      if (!v.longestWait || ms > v.longestWait.ms) v.longestWait = { for: w.waitingFor, ms };
+      if (v.currentWait?.for !== w.waitingFor) {
+        if (v.currentWait) noteWait(v, now);
+        v.currentWait = { for: w.waitingFor, since: v.currentWait ? now : (v.switchoverAt ?? now) };
+      }
+      noteWait(v, now);
     },
     onRound: () => o.onUpdate?.(view),
   });
@@ -276,7 +288,7 @@ export function summarize(view: GangView): GangSummary {
     ...(v.downtime_ms !== undefined ? { downtime_ms: v.downtime_ms } : {}),
     ...(v.mode ? { mode: v.mode } : {}),
     ...(v.proof ? { proof: v.proof } : {}),
-    ...(v.longestWait ? { longest_wait: v.longestWait } : {}),
+    ...((l) => (l ? { longest_wait: l } : {}))(v.currentWait && v.resumedAt !== undefined ? noteWait(v, v.resumedAt) : v.longestWait),
     ...((p) => (p ? { downtime_phases: p } : {}))(downtimePhases(v)),
   }));
   const sum = (f: (v: (typeof vms)[number]) => number) => vms.reduce((n, v) => n + f(v), 0);
