@@ -118,6 +118,31 @@ async function retried<T>(op: () => Promise<T>, log: Logger, what: string, attem
 
 const OBJ_STREAM = `OBJ_${PACK_STORE}`;
 
+/**
+ * Object reads in flight on one connection. A direct get's answer is not flow-controlled: 300
+ * 1 MB answers asked at once pile up in the server's buffer for a busy client past its
+ * max_pending (64 MB), and the server closes the connection as a slow consumer; every answer
+ * in flight is lost and ends in a time-out (645 in a 30-run soak). 16 packs ≈ 16 MiB.
+ */
+const READS_IN_FLIGHT = 16;
+
+/** Runs at most `n` of the operations given to it at once, the rest in order of arrival. */
+function limiter(n: number): <T>(op: () => Promise<T>) => Promise<T> {
+  let running = 0;
+  const queue: (() => void)[] = [];
+  return async (op) => {
+    if (running >= n) await new Promise<void>((r) => queue.push(r));
+    else running++;
+    try {
+      return await op();
+    } finally {
+      const next = queue.shift();
+      if (next) next();
+      else running--;
+    }
+  };
+}
+
 export async function openPackStore(nc: NatsConnection, opts: { domain?: string; readTimeoutMs?: number; log?: Logger } = {}): Promise<PackStore> {
   const log = opts.log ?? createLogger({ component: "packStore" });
   // Each request of a read (meta, chunk: one message each) gives up after this long, and is
@@ -126,6 +151,7 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
   const js = jetstream(nc, opts.domain ? { domain: opts.domain } : {});
   const { direct } = await jetstreamManager(nc, { ...(opts.domain ? { domain: opts.domain } : {}), timeout });
   const os: ObjectStore = await new Objm(js).open(PACK_STORE);
+  const reading = limiter(READS_IN_FLIGHT);
   return {
     async put(name, bytes) {
       return retried(async () => {
@@ -136,7 +162,7 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
       }, log, `put ${name}`);
     },
     async get(name) {
-      const bytes = await retried(() => readObject(os, direct, name), log, `get ${name}`);
+      const bytes = await retried(() => reading(() => readObject(os, direct, name)), log, `get ${name}`);
       if (bytes === null) return null;
       const actual = packNameOf(bytes);
       if (actual !== name) throw new PagePackError(`pack ${name} is corrupt: its content hashes to ${actual}`);
@@ -151,6 +177,6 @@ export async function openPackStore(nc: NatsConnection, opts: { domain?: string;
     async putObject(name, bytes) {
       await retried(() => os.putBlob(meta(name), bytes), log, `put ${name}`);
     },
-    getObject: (name) => retried(() => readObject(os, direct, name), log, `get ${name}`),
+    getObject: (name) => retried(() => reading(() => readObject(os, direct, name)), log, `get ${name}`),
   };
 }

@@ -24,6 +24,21 @@ describe("pack store reads", () => {
     expect((await jsm.streams.info("OBJ_gw-packs")).state.consumer_count).toBe(0);
   }, 60_000);
 
+  it("many reads asked at once do not overflow the server's buffer for the client (a slow consumer loses them all)", async () => {
+    // 24 MB of pending answers at most (the default is 64 MB, which a busy client meets sooner or later).
+    await using nats = await startTestNats({ extraConfig: "max_pending: 24MB" });
+    const store = await openPackStore(nats.nc, { readTimeoutMs: 5_000 });
+    const objects = Array.from({ length: 60 }, () => randomBytes(1_000_000));
+    for (const [i, o] of objects.entries()) await store.putObject(`obj-${i}`, o);
+    let disconnected = false;
+    void (async () => {
+      for await (const st of nats.nc.status()) if (st.type === "disconnect") disconnected = true;
+    })();
+    const got = await Promise.all(objects.map((_, i) => store.getObject(`obj-${i}`)));
+    got.forEach((g, i) => expect(Buffer.from(g!).equals(objects[i]!), `object ${i}`).toBe(true));
+    expect(disconnected).toBe(false);
+  }, 60_000);
+
   it("gives every page of fetched packs by key, each its own bytes", async () => {
     await using nats = await startTestNats();
     const store = await openPackStore(nats.nc);
