@@ -35,6 +35,9 @@ export interface PackStore {
 const CHUNK_BYTES = 2 * 1024 * 1024;
 const meta = (name: string) => ({ name, options: { max_chunk_size: CHUNK_BYTES } });
 
+/** The object store's stream, which direct gets name. */
+const OBJ_STREAM = `OBJ_${PACK_STORE}`;
+
 /** Errors of a server that is briefly unable to answer (a cluster electing leaders). */
 const TRANSIENT = new Set(["TimeoutError", "NoRespondersError", "JetStreamNotEnabled", "ObjectIncompleteError"]);
 
@@ -115,8 +118,6 @@ async function retried<T>(op: () => Promise<T>, log: Logger, what: string, attem
     }
   }
 }
-
-const OBJ_STREAM = `OBJ_${PACK_STORE}`;
 
 /**
  * Object reads in flight on one connection. A direct get's answer is not flow-controlled: 300

@@ -12,9 +12,9 @@
  * - the destination's copy starts as soon as the load ended, beside the read-back and the wait
  *   for the source's proof, and the repaired pages are written into it once they are read back.
  */
-import { copyFile, link, mkdir, open, rename, rm } from "node:fs/promises";
+import { copyFile, link, mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { PAGE_SIZE } from "./contentKey.ts";
+import { writeRamPages } from "./ramProof.ts";
 
 export interface RamDump {
   /** Completes the dump (the destination's with the pages repaired since it began), whole or not at all. */
@@ -42,14 +42,7 @@ export async function startRamDump(ramPath: string, migrationId: string, vm: str
   return {
     async finish(repaired = []) {
       await copied;
-      if (repaired.length > 0) {
-        const fh = await open(part, "r+");
-        try {
-          for (const r of repaired) await fh.write(r.page, 0, PAGE_SIZE, r.offset);
-        } finally {
-          await fh.close();
-        }
-      }
+      await writeRamPages(part, repaired);
       await rename(part, to);
       return to;
     },

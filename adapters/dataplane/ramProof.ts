@@ -92,7 +92,7 @@ async function recordDiffering(o: Parameters<typeof readRamInto>[0], offsets: nu
 }
 
 /** Writes pages into a paused VM's RAM file (the file is QEMU's shared mapping of its RAM). */
-export async function writeRamPages(ramPath: string, pages: { offset: number; page: Uint8Array }[]): Promise<void> {
+export async function writeRamPages(ramPath: string, pages: readonly { offset: number; page: Uint8Array }[]): Promise<void> {
   if (pages.length === 0) return;
   const fh = await open(ramPath, "r+");
   try {
