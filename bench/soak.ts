@@ -8,7 +8,11 @@
  * wrong VMs committed (must be 0), mismatches caught (pages repaired), false peer-loss
  * rollbacks (must be 0: no fault is injected), and each VM's downtime.
  *
- *   npm run soak -- [--runs 30] [--vms 4] [--memory 256] [--rate 1000] [--no-hog] [--json]
+ * The destination's dump is a copy of its RAM taken in the downtime (0.3–0.65 s per 128 MiB
+ * VM here, measured): `--no-dumps` leaves the byte-for-byte check out, for downtimes as a
+ * user's agents (which keep no dumps) have them; the digests and self-checks stay.
+ *
+ *   npm run soak -- [--runs 30] [--vms 4] [--memory 256] [--rate 1000] [--no-hog] [--no-dumps] [--json]
  */
 import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -35,6 +39,8 @@ export interface SoakRun {
 export interface SoakReport {
   runs: number;
   hog: boolean;
+  /** Whether both ends' RAM was dumped and compared byte for byte. */
+  dumps: boolean;
   committed: number;
   rolled_back: number;
   rollback_reasons: string[];
@@ -67,7 +73,8 @@ const phasesText = (p: DowntimePhases) => `sent ${p.source_sent_ms} proved ${p.s
 
 const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]! : 0);
 
-export async function soak(o: { runs: number; vms: number; memoryMiB: number; rate: number; hog: boolean; log: (s: string) => void }): Promise<SoakReport> {
+export async function soak(o: { runs: number; vms: number; memoryMiB: number; rate: number; hog: boolean; dumps?: boolean; log: (s: string) => void }): Promise<SoakReport> {
+  const dumping = o.dumps ?? true;
   const work = await mkdtemp(join(tmpdir(), "gangway-soak-"));
   // Beside the VMs' RAM files (tmpfs): a source's dump is then a link, not a copy in its downtime.
   const dumps = await mkdtemp("/dev/shm/gw-soak-dumps-");
@@ -76,14 +83,14 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
   const nc = await connectNats({ servers: server.url, name: "gangway-soak", reconnect: false });
   const procs: GangwayProcess[] = [];
   const report: SoakReport = {
-    runs: o.runs, hog: o.hog, committed: 0, rolled_back: 0, rollback_reasons: [], wrong_vms_committed: 0, pages_repaired: 0, vms_repaired: 0,
+    runs: o.runs, hog: o.hog, dumps: dumping, committed: 0, rolled_back: 0, rollback_reasons: [], wrong_vms_committed: 0, pages_repaired: 0, vms_repaired: 0,
     false_peer_loss_rollbacks: 0, downtime_ms: { max: 0, median: 0, over_5s: 0 }, details: [],
   };
   const downtimes: number[] = [];
   try {
     await provision(nc);
     procs.push(await startFunctions(server.url));
-    process.env.GANGWAY_RAM_DUMP_DIR = dumps;
+    if (dumping) process.env.GANGWAY_RAM_DUMP_DIR = dumps;
     for (const host of ["hostA", "hostB"]) procs.push(await startAgentProcess(server.url, host, work));
     delete process.env.GANGWAY_RAM_DUMP_DIR;
     const names = Array.from({ length: o.vms }, (_, i) => `s${i + 1}`);
@@ -96,7 +103,7 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
       const gang = names.filter((n) => at.get(n) === from);
       const t0 = Date.now();
       const s = await migrateGang({ nc, vms: gang, sourceHost: from, targetHost: to, requestedBy: "gangway soak" });
-      const ram = await compareRamDumps(dumps, s.migrationId, gang);
+      const ram = dumping ? await compareRamDumps(dumps, s.migrationId, gang) : {};
       const r: SoakRun = { run, from, to, outcome: s.outcome, ...(s.reason ? { reason: s.reason } : {}), time_ms: Date.now() - t0, vms: [] };
       for (const v of s.vms) {
         const committed = v.outcome === "committed";
@@ -106,12 +113,12 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
           at.set(v.vm, to);
           const check = await verifyGuest(nc, to, v.vm).catch((e: Error) => ({ ok: false, line: e.message }));
           row.check = check.line;
-          row.ram = ram[v.vm];
+          row.ram = dumping ? ram[v.vm] : "not dumped";
           row.digests_equal = !!v.proof && v.proof.source_ram_digest === v.proof.sent_digest && v.proof.sent_digest === v.proof.destination_digest;
           row.pages_repaired = v.proof?.pages_repaired ?? 0;
           report.pages_repaired += row.pages_repaired;
           if (row.pages_repaired > 0) report.vms_repaired++;
-          if (!check.ok || row.ram !== "identical" || !row.digests_equal) report.wrong_vms_committed++;
+          if (!check.ok || (dumping && row.ram !== "identical") || !row.digests_equal) report.wrong_vms_committed++;
           if (v.downtime_ms !== undefined) {
             downtimes.push(v.downtime_ms);
             if (v.downtime_ms > 5000) report.downtime_ms.over_5s++;
@@ -128,7 +135,7 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
       // A rolled-back VM is resumed at its source shortly after the outcome: wait for it.
       await waitRunning(nc, at, 120_000);
       await rm(dumps, { recursive: true, force: true });
-      o.log(`run ${run + 1}/${o.runs} ${from}→${to}: ${s.outcome}${s.reason ? ` (${s.reason})` : ""}; ${r.vms.map((v) => `${v.vm} ${v.outcome}${v.downtime_ms !== undefined ? ` ${v.downtime_ms} ms` : ""}${v.downtime_phases ? ` (${phasesText(v.downtime_phases)})` : ""}${v.pages_repaired ? ` repaired ${v.pages_repaired}` : ""}${v.ram && v.ram !== "identical" ? ` RAM ${v.ram}` : ""}${v.check && !/VERIFY OK/.test(v.check) ? ` CHECK ${v.check}` : ""}`).join(", ")}`);
+      o.log(`run ${run + 1}/${o.runs} ${from}→${to}: ${s.outcome}${s.reason ? ` (${s.reason})` : ""}; ${r.vms.map((v) => `${v.vm} ${v.outcome}${v.downtime_ms !== undefined ? ` ${v.downtime_ms} ms` : ""}${v.downtime_phases ? ` (${phasesText(v.downtime_phases)})` : ""}${v.pages_repaired ? ` repaired ${v.pages_repaired}` : ""}${v.ram && v.ram !== "identical" && v.ram !== "not dumped" ? ` RAM ${v.ram}` : ""}${v.check && !/VERIFY OK/.test(v.check) ? ` CHECK ${v.check}` : ""}`).join(", ")}`);
     }
   } finally {
     hog?.kill();
@@ -145,7 +152,7 @@ export async function soak(o: { runs: number; vms: number; memoryMiB: number; ra
 async function main(): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({ options: { runs: { type: "string", default: "30" }, vms: { type: "string", default: "4" }, memory: { type: "string", default: "256" }, rate: { type: "string", default: "1000" }, "no-hog": { type: "boolean", default: false }, json: { type: "boolean", default: false } } }));
+    ({ values } = parseArgs({ options: { runs: { type: "string", default: "30" }, vms: { type: "string", default: "4" }, memory: { type: "string", default: "256" }, rate: { type: "string", default: "1000" }, "no-hog": { type: "boolean", default: false }, "no-dumps": { type: "boolean", default: false }, json: { type: "boolean", default: false } } }));
   } catch (err) {
     process.stderr.write(`soak: ${(err as Error).message}\n`);
     return 64;
@@ -155,7 +162,7 @@ async function main(): Promise<number> {
     process.stderr.write("soak: --runs, --vms and --memory take whole numbers ≥ 1, --rate a whole number ≥ 0\n");
     return 64;
   }
-  const report = await soak({ runs, vms, memoryMiB, rate, hog: !values["no-hog"], log: (s) => process.stderr.write(`soak: ${s}\n`) });
+  const report = await soak({ runs, vms, memoryMiB, rate, hog: !values["no-hog"], dumps: !values["no-dumps"], log: (s) => process.stderr.write(`soak: ${s}\n`) });
   if (values.json) process.stdout.write(JSON.stringify(report) + "\n");
   else {
     const { details: _d, rollback_reasons, ...figures } = report;
