@@ -75,8 +75,8 @@ export interface OutgoingStream {
   cancel(): Promise<void>;
   /** QEMU's own view of the pass in progress (query-migrate), for the dirty log. */
   figures(): Promise<{ remainingBytes: number; dirtyPagesRate: number; dirtySyncCount: number; status: string; cpuThrottlePercent: number }>;
-  /** Caps QEMU's pre-copy stream (bytes/s) from now on; the guest runs on. */
-  throttle(bytesPerSecond: number): Promise<void>;
+  /** Caps QEMU's pre-copy stream (bytes/s) from now on; the guest runs on. Without a rate: back to the migration's own cap. */
+  throttle(bytesPerSecond?: number): Promise<void>;
   /** Switch-over now, stop-and-copy: whatever remains is sent with the guest stopped. */
   forceComplete(): Promise<void>;
   /** Switch-over now, post-copy (needs MigrateOutOptions.postcopy). */

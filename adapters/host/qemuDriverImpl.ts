@@ -256,7 +256,7 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
           const info = await h.qmp.queryMigrate();
           return { remainingBytes: info.ram?.remaining ?? 0, dirtyPagesRate: info.ram?.["dirty-pages-rate"] ?? 0, dirtySyncCount: info.ram?.["dirty-sync-count"] ?? 0, status: info.status ?? "none", cpuThrottlePercent: info["cpu-throttle-percentage"] ?? 0 };
         },
-        throttle: (bps) => h.qmp.migrateSetParameters({ "max-bandwidth": Math.max(1, Math.round(bps)) }),
+        throttle: (bps) => h.qmp.migrateSetParameters({ "max-bandwidth": Math.max(1, Math.round(bps ?? options.maxBandwidthBps ?? UNLIMITED_BPS)) }),
         forceComplete: () => h.qmp.migrateSetParameters({ "downtime-limit": FORCE_DOWNTIME_MS }),
         startPostcopy: () => h.qmp.migrateStartPostcopy(),
         requestPages: (block, start, length) => proxy.sendReturnPath(encodeReqPages(block, start, length)),
