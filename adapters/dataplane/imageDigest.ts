@@ -13,6 +13,8 @@ export class ImageDigest {
   /** Per block: page index → entry bytes. */
   private readonly blocks: Uint8Array[];
   private readonly seen: Uint8Array[];
+  /** Per block: pages recorded since track() (none before it is called). */
+  private touched: Uint8Array[] | undefined;
   constructor(blockSizes: readonly number[]) {
     this.blocks = blockSizes.map((size) => new Uint8Array((size / PAGE_SIZE) * ENTRY));
     this.seen = blockSizes.map((size) => new Uint8Array(size / PAGE_SIZE));
@@ -23,6 +25,7 @@ export class ImageDigest {
     const page = offset / PAGE_SIZE;
     if (!Number.isInteger(page) || page * ENTRY >= arr.byteLength) throw new RangeError(`offset ${offset} outside block ${block}`);
     this.seen[block]![page] = 1;
+    if (this.touched) this.touched[block]![page] = 1;
     return page * ENTRY;
   }
   /** A page whose bytes are all `fill` (zero pages: fill 0). */
@@ -39,7 +42,22 @@ export class ImageDigest {
     arr[at] = 1;
     arr.set(key.subarray(keyAt, keyAt + KEY_BYTES), at + 1);
   }
-  /** An independent copy (the source's RAM image starts as a copy of what it sent). */
+  /**
+   * From now on, remember which pages are recorded: a check of a RAM against the entries as
+   * they are now then needs doing again only for those (see touchedOffsets).
+   */
+  track(): void {
+    this.touched = this.seen.map((s) => new Uint8Array(s.length));
+  }
+  /** Byte offsets of the pages of `block` recorded since track(), ascending. */
+  touchedOffsets(block: number): number[] {
+    const t = this.touched?.[block];
+    if (!t) throw new Error(`pages of block ${block} are not tracked`);
+    const out: number[] = [];
+    for (let i = 0; i < t.length; i++) if (t[i] === 1) out.push(i * PAGE_SIZE);
+    return out;
+  }
+  /** An independent copy, untracked (the source's RAM image starts as a copy of what it sent). */
   clone(): ImageDigest {
     const c = new ImageDigest([]);
     c.blocks.push(...this.blocks.map((b) => b.slice()));

@@ -41,7 +41,7 @@ export async function readRamInto(o: {
   if (o.checker) {
     const differing = await o.checker.differing({ ramPath: o.ramPath, tenant: o.keyer.tenant, sizeBytes: o.sizeBytes, entries: o.image.entriesOf(o.block) })
       .catch(() => undefined); // no worker to do it: read it all here
-    if (differing) return recordDiffering(o, differing, started);
+    if (differing) return readPagesInto({ ...o, offsets: differing, startedAt: started });
   }
   const fh = await open(o.ramPath, "r");
   const scratch = new Uint8Array(KEY_BYTES);
@@ -69,8 +69,14 @@ export async function readRamInto(o: {
   return result;
 }
 
-/** The pages the workers found differing, read again and recorded (the rest held). */
-async function recordDiffering(o: Parameters<typeof readRamInto>[0], offsets: number[], started: number): Promise<RamReadResult> {
+/**
+ * Reads only the pages at `offsets` (ascending) into `image`: those that may differ from their
+ * entries (found by a check elsewhere, or recorded since the RAM was checked); every other
+ * page of the block is known to hold its entry.
+ */
+export async function readPagesInto(o: Parameters<typeof readRamInto>[0] & { offsets: readonly number[]; startedAt?: number }): Promise<RamReadResult> {
+  const started = o.startedAt ?? performance.now();
+  const offsets = o.offsets;
   const result: RamReadResult = { pages: Math.floor(o.sizeBytes / PAGE_SIZE), differing: 0, durationMs: 0 };
   o.image.markRead(o.block, result.pages);
   const scratch = new Uint8Array(KEY_BYTES);

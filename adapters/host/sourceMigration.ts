@@ -87,6 +87,11 @@ export interface SourceMigrationOptions {
    * proof reads its RAM from here, while those finish.
    */
   onStreamEnd?: (sent: SentImage) => void;
+  /**
+   * The image as it is being built (from the RAM setup on): pages are recorded in it as they
+   * are parsed. The source's proof starts reading its RAM against it when the guest stops.
+   */
+  onImage?: (sent: SentImage) => void;
 }
 
 /** What a source sent, page by page: final once QEMU's stream ended. */
@@ -141,6 +146,10 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   let digest: ImageDigest | undefined;
   /** Per block and page: the pass (+1; 0 never) and manifest seq it was last carried in. */
   let origins: { round: Uint16Array; seq: Uint32Array }[] = [];
+  const origin = (block: number, offset: number) => {
+    const r = origins[block]?.round[offset / PAGE_SIZE];
+    return r ? { round: r - 1, seq: origins[block]!.seq[offset / PAGE_SIZE]! } : undefined;
+  };
   let configRaw: Buffer | undefined;
   let machine = "unknown";
   let ramSection = { id: 0, instance: 0, version: 4 };
@@ -361,6 +370,7 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
         blockIndex = new Map(blocks.map((b, i) => [b.id, i]));
         digest = new ImageDigest(blocks.map((b) => b.usedBytes));
         origins = blocks.map((b) => ({ round: new Uint16Array(b.usedBytes / PAGE_SIZE), seq: new Uint32Array(b.usedBytes / PAGE_SIZE) }));
+        o.onImage?.({ image: digest, blocks, origin });
         p.memory_total = blocks.reduce((n, b) => n + b.usedBytes, 0);
         await o.publisher.publish(manifestHeader, vmParams, {
           ...ext, sourceHost: o.sourceHost, machine, blocks, ramSetupWord: String(r.totalBytes), configRaw: (configRaw ?? Buffer.alloc(0)).toString("base64"), ramSection, commands: preamble,
@@ -421,10 +431,6 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   }
   while (inFlight.length) await finish(inFlight.shift()!);
   if (!digest) throw new Error("the stream ended before the RAM setup");
-  const origin = (block: number, offset: number) => {
-    const r = origins[block]?.round[offset / PAGE_SIZE];
-    return r ? { round: r - 1, seq: origins[block]!.seq[offset / PAGE_SIZE]! } : undefined;
-  };
   o.onStreamEnd?.({ image: digest, blocks, origin });
   await packer.drain();
   await flushManifest(p.round, true);

@@ -16,7 +16,7 @@ import type { ImageDigest } from "../dataplane/imageDigest.ts";
 import { ManifestWriter } from "../dataplane/manifestRecords.ts";
 import type { PackStore } from "../dataplane/packStore.ts";
 import type { RamChecker } from "../dataplane/ramCheck.ts";
-import { readRamInto, type RamReadResult } from "../dataplane/ramProof.ts";
+import { readPagesInto, readRamInto, type RamReadResult } from "../dataplane/ramProof.ts";
 import { startRamDump } from "../dataplane/ramDump.ts";
 import type { SentImage, SourceResult } from "./sourceMigration.ts";
 import { PackWriter } from "./packWriter.ts";
@@ -48,30 +48,69 @@ export interface SourceRamRead {
   read: RamReadResult;
 }
 
+/** The check of the stopped RAM begun when the guest stopped, against the image sent by then. */
+export interface RamCheckAtStop {
+  /** Pages whose RAM did not hold the image's entry then (undefined: the check failed; read it all). */
+  differing: Promise<number[] | undefined>;
+  startedAt: number;
+}
+
+/**
+ * Starts the RAM check at the stop: the guest's RAM holds still from then on, while QEMU's
+ * last pass and the pipeline's tail (most of a downtime) still go on. The image keeps
+ * changing meanwhile, so it is tracked: only the pages recorded since need checking again
+ * once it is final (readSourceRam), with a handful of reads instead of the whole RAM.
+ */
+export function checkRamAtStop(o: { ramPath: string; sent: SentImage; keyer: PageKeyer; checker?: RamChecker }): RamCheckAtStop | undefined {
+  const m0 = o.sent.blocks.findIndex((b) => b.id === "m0");
+  if (m0 < 0 || !o.checker) return undefined;
+  const entries = o.sent.image.entriesOf(m0);
+  o.sent.image.track();
+  const startedAt = performance.now();
+  const differing = o.checker.differing({ ramPath: o.ramPath, tenant: o.keyer.tenant, sizeBytes: o.sent.blocks[m0]!.usedBytes, entries }).catch(() => undefined);
+  return { differing, startedAt };
+}
+
 /**
  * Reads the stopped source's RAM against the image sent. It may start as soon as QEMU's
  * stream ended (the image is final then), while the last packs and the device state are
  * still being stored: the read is the longest part of the proof, and the guest is stopped.
+ * With a check begun at the stop, only the pages it found differing and those recorded
+ * since are read.
  */
-export async function readSourceRam(o: { migrationId: string; vm: string; ramPath: string; sent: SentImage; keyer: PageKeyer; repair: boolean; checker?: RamChecker }): Promise<SourceRamRead> {
+export async function readSourceRam(o: { migrationId: string; vm: string; ramPath: string; sent: SentImage; keyer: PageKeyer; repair: boolean; checker?: RamChecker; atStop?: RamCheckAtStop }): Promise<SourceRamRead> {
   const m0 = o.sent.blocks.findIndex((b) => b.id === "m0");
   if (m0 < 0) throw new Error("the stream has no RAM block m0 (the VM's memory-backend file): its memory cannot be proved");
   const dump = await startRamDump(o.ramPath, o.migrationId, o.vm, "source");
   const ram = o.sent.image.clone();
   const repairs: { offset: number; page: Buffer }[] = [];
   const listed: SourceRamProof["differing"] = [];
-  const read = await readRamInto({
-    image: ram, block: m0, ramPath: o.ramPath, sizeBytes: o.sent.blocks[m0]!.usedBytes, keyer: o.keyer, ...(o.checker ? { checker: o.checker } : {}),
-    onDiffer: (offset, page) => {
-      if (o.repair && repairs.length < MAX_REPAIR_PAGES) repairs.push({ offset, page: Buffer.from(page) });
-      if (listed.length < 64) {
-        const origin = o.sent.origin(m0, offset);
-        listed.push({ offset: `m0+0x${offset.toString(16)}`, ...(origin ? { pass: origin.round, seq: origin.seq } : {}) });
-      }
-    },
-  });
+  const onDiffer = (offset: number, page: Buffer) => {
+    if (o.repair && repairs.length < MAX_REPAIR_PAGES) repairs.push({ offset, page: Buffer.from(page) });
+    if (listed.length < 64) {
+      const origin = o.sent.origin(m0, offset);
+      listed.push({ offset: `m0+0x${offset.toString(16)}`, ...(origin ? { pass: origin.round, seq: origin.seq } : {}) });
+    }
+  };
+  const ramRead = { image: ram, block: m0, ramPath: o.ramPath, sizeBytes: o.sent.blocks[m0]!.usedBytes, keyer: o.keyer, onDiffer };
+  const atStop = await o.atStop?.differing;
+  const read = atStop
+    ? await readPagesInto({ ...ramRead, offsets: mergeOffsets(atStop, o.sent.image.touchedOffsets(m0)), startedAt: o.atStop!.startedAt })
+    : await readRamInto({ ...ramRead, ...(o.checker ? { checker: o.checker } : {}) });
   await dump?.finish();
   return { m0, ram, repairs, listed, read };
+}
+
+/** Two ascending lists of offsets as one, each offset once. */
+function mergeOffsets(a: readonly number[], b: readonly number[]): number[] {
+  const out: number[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    const next = j >= b.length || (i < a.length && a[i]! <= b[j]!) ? a[i++]! : b[j++]!;
+    if (out[out.length - 1] !== next) out.push(next);
+  }
+  return out;
 }
 
 /** The proof: the RAM read (started early, or here), its repairs stored, then announced. */

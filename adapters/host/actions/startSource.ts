@@ -16,8 +16,8 @@ import { publishAbort, publishInventory } from "../hostFacts.ts";
 import { joinGang, latch, sessionKey, type SourceSession } from "../hostState.ts";
 import { destinationManifest, peerAlive, watchPeer } from "../peers.ts";
 import type { OutgoingStream } from "../qemuDriver.ts";
-import { runSourceMigration, type SourceProgress } from "../sourceMigration.ts";
-import { proveSourceRam, readSourceRam, stalePagesAtSwitchover, type SourceRamRead } from "../sourceRamProof.ts";
+import { runSourceMigration, type SentImage, type SourceProgress } from "../sourceMigration.ts";
+import { checkRamAtStop, proveSourceRam, readSourceRam, stalePagesAtSwitchover, type RamCheckAtStop, type SourceRamRead } from "../sourceRamProof.ts";
 import { sourceRecordsFor } from "../testFaults.ts";
 
 /** Manifest messages (4096 pages each) a source may run ahead of what its destination handed QEMU. */
@@ -122,6 +122,13 @@ export default defineAction({
       });
       let reading: Promise<SourceRamRead> | undefined;
       let streamEndedAt: number | undefined;
+      // Pre-copy: the proof's RAM check starts when the guest stops, beside QEMU's last pass.
+      let sentSoFar: SentImage | undefined;
+      let atStop: RamCheckAtStop | undefined;
+      const repair = () => session.switchover?.mode !== "post-copy";
+      void out.stopped.then(() => {
+        if (sentSoFar && streamEndedAt === undefined && repair()) atStop = checkRamAtStop({ ramPath: v.vm.ramPath, sent: sentSoFar, keyer, ...checker });
+      }, () => undefined);
       const result = await inSpan("scan stream", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": host }, () => runSourceMigration({
         migrationId: c.migrationId, tenant: v.spec.tenant, sourceHost: host, records: pacer.records, publisher: pub, packs: state.packs,
         vm: c.vm, keyer, resolver: gang.resolver, gangKeys: gang.gangKeys, storedKeys: state.preparation.knownByTenant.get(v.spec.tenant), nativeBytes: () => out!.nativeBytes(), onProgress: emitProgress,
@@ -136,11 +143,12 @@ export default defineAction({
         onPostcopyFlushed: () => void publishServed().catch(() => undefined),
         onPublished: (seq) => (session.published = seq),
         lowLatency: () => session.switchover !== undefined || pacer.holding,
+        onImage: (sent) => (sentSoFar = sent),
         staleAtSwitchover: (image, blocks, discarded) => stalePagesAtSwitchover({ ramPath: v.vm.ramPath, image, blocks, discarded, keyer, ...checker }),
         // The guest is stopped and the image final: the proof's RAM read overlaps the last stores.
         onStreamEnd: (sent) => {
           streamEndedAt = Date.now();
-          reading = readSourceRam({ migrationId: c.migrationId, vm: c.vm, ramPath: v.vm.ramPath, sent, keyer, repair: session.switchover?.mode !== "post-copy", ...checker });
+          reading = readSourceRam({ migrationId: c.migrationId, vm: c.vm, ramPath: v.vm.ramPath, sent, keyer, repair: repair(), ...checker, ...(atStop ? { atStop } : {}) });
           reading.catch(() => undefined); // awaited by the proof
         },
       }));
@@ -158,7 +166,7 @@ export default defineAction({
       // The guest is stopped now: its RAM file is the truth to prove (and repair) against.
       const proof = await inSpan("source proof", { "gangway.migration": c.migrationId, "gangway.vm": c.vm, "gangway.host": host }, () => proveSourceRam({
         migrationId: c.migrationId, vm: c.vm, tenant: v.spec.tenant, sourceHost: host, ramPath: v.vm.ramPath, sent: result, keyer,
-        publisher: pub, packs: state.packs, repair: session.switchover?.mode !== "post-copy", ...(reading ? { reading } : {}),
+        publisher: pub, packs: state.packs, repair: repair(), ...(reading ? { reading } : {}),
       }));
       pagesCounter.add(proof.pagesRepaired, { outcome: "repaired" });
       (proof.pagesRepaired > 0 || proof.firstDiffering ? log.warn : log.info)("source memory proved", { migrationId: c.migrationId, vm: c.vm, ...proof });
