@@ -93,6 +93,9 @@ export const manifestHeader = defineEvent({
   }),
 });
 
+/** Device states up to this many bytes travel in manifest.completed as well (NATS's payload limit is 1 MB). */
+export const MAX_INLINE_DEVICE_STATE = 512 * 1024;
+
 /** The source finished: the device state (everything after the RAM) and the totals. */
 export const manifestCompleted = defineEvent({
   type: "io.gangway.manifest.completed.v1",
@@ -105,6 +108,11 @@ export const manifestCompleted = defineEvent({
     /** Object holding the device-state bytes (the stream from the first non-RAM section on). */
     deviceState: z.string().min(1).max(256),
     deviceStateBytes: z.number().int().nonnegative(),
+    /**
+     * The same bytes (base64) when they are small: the destination, in the downtime, need not
+     * wait for the object's put and its fetch. The object is stored all the same (audit).
+     */
+    deviceStateInline: z.string().max(Math.ceil(MAX_INLINE_DEVICE_STATE / 3) * 4).regex(/^[A-Za-z0-9+/]*={0,2}$/).optional(),
     rounds: z.number().int().nonnegative(),
     /** Manifest messages in the VM's sequence: batches and the commands between them. */
     batches: z.number().int().nonnegative(),

@@ -6,7 +6,7 @@
  * in flight at once; manifest batches still go out in stream order.
  */
 import { createHash } from "node:crypto";
-import { KeyStatus, manifestBatch, manifestCommand, manifestCompleted, manifestHeader, type ManifestCommand } from "../../schemas/index.ts";
+import { KeyStatus, MAX_INLINE_DEVICE_STATE, manifestBatch, manifestCommand, manifestCompleted, manifestHeader, type ManifestCommand } from "../../schemas/index.ts";
 import type { EventPublisher } from "../../infra/events/publisher.ts";
 import type { MigrationCommand, StreamRecord, PageBatch } from "../qemu/stream/records.ts";
 import { KEY_BYTES, PAGE_SIZE, uniformByte, type PageKeyer } from "../dataplane/contentKey.ts";
@@ -437,9 +437,13 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
 
   const state = Buffer.concat(deviceState);
   const stateName = `state-${o.migrationId}-${o.vm}`;
-  // Post-copy sent the device state in PACKAGED: nothing is left for the end.
-  if (state.byteLength > 0) await o.packs.putObject(stateName, state);
-  p.bytes_on_link += state.byteLength;
+  // Post-copy sent the device state in PACKAGED: nothing is left for the end. A small one
+  // rides in manifest.completed too, and its object is stored meanwhile (for the audit).
+  const inline = state.byteLength > 0 && state.byteLength <= MAX_INLINE_DEVICE_STATE;
+  const stored = state.byteLength > 0 ? o.packs.putObject(stateName, state) : Promise.resolve();
+  stored.catch(() => undefined); // awaited below
+  if (!inline) await stored;
+  p.bytes_on_link += state.byteLength + (inline ? Math.ceil(state.byteLength / 3) * 4 : 0);
   p.packed_raw_bytes = packer.rawBytes;
   p.packed_bytes = packer.storedBytes;
   p.bytes_on_link += packer.linkBytes;
@@ -449,7 +453,9 @@ export async function runSourceMigration(o: SourceMigrationOptions): Promise<Sou
   };
   await o.publisher.publish(manifestCompleted, vmParams, {
     migrationId: o.migrationId, vm: o.vm, deviceState: stateName, deviceStateBytes: state.byteLength, rounds: p.round, batches: manifestSeq, records: p.pages + p.pages_repaired, digest: result.digest,
+    ...(inline ? { deviceStateInline: state.toString("base64") } : {}),
   }, { id: `${o.migrationId}-${o.vm}-completed` });
+  await stored;
   o.onProgress?.(result.progress);
   return result;
 }

@@ -300,10 +300,12 @@ export async function* targetRecords(o: TargetMigrationOptions, state: TargetSta
       state.waitingFor = "the device state";
       const td = Date.now();
       const other = testFault("swap-device-state", o.vm);
-      const device = other ? await otherDeviceState(o.packs, c.deviceState.replace(new RegExp(`-${o.vm}$`), `-${other}`)) : c.deviceStateBytes > 0 ? await o.packs.getObject(c.deviceState) : Buffer.alloc(0);
+      const device = other ? await otherDeviceState(o.packs, c.deviceState.replace(new RegExp(`-${o.vm}$`), `-${other}`))
+        : c.deviceStateInline !== undefined ? Buffer.from(c.deviceStateInline, "base64")
+        : c.deviceStateBytes > 0 ? await o.packs.getObject(c.deviceState) : Buffer.alloc(0);
       // What this destination loads, for the commit to compare with what its source stored.
       if (device && c.deviceStateBytes > 0) state.deviceStateDigest = createHash("sha256").update(device).digest("hex");
-      dlog.debug("device state read", { vm: o.vm, bytes: c.deviceStateBytes, ms: Date.now() - td });
+      dlog.debug("device state read", { vm: o.vm, bytes: c.deviceStateBytes, inline: c.deviceStateInline !== undefined, ms: Date.now() - td });
       state.waitingFor = "QEMU to take the device state and the end of the stream";
       if (!device || (device.byteLength !== c.deviceStateBytes && !other)) throw new ManifestError(`device state ${c.deviceState} is missing or has the wrong size`);
       yield { type: "ramSection", offset: 0, section: "end", sectionId: ram.id, instanceId: ram.instance, versionId: ram.version };
