@@ -22,11 +22,14 @@ export default defineAction({
       return publishAbort(state, c.migrationId, c.vm, `no destination VM ${c.vm} for this migration on ${state.host}`, true);
     }
     endTarget(state, t);
+    // Taken before the first await: a copy of this command delivered meanwhile (a redelivery
+    // while `cont` is slow) must not find the session gone and abort a VM being resumed (seen
+    // once in a benchmark run, after the commit).
+    state.resumed.add(key);
     // Recorded before it runs: from now on it outlives the agent, and a restarted one finishes the resume.
     await t.vm.remember?.({ state: "resuming", migrationId: c.migrationId });
     const failed = await resumeOrStop(t.vm);
     if (failed) return publishAbort(state, c.migrationId, c.vm, `destination did not resume: ${failed}`, true);
-    state.resumed.add(key);
     state.owned.set(c.vm, { spec: t.spec, vm: t.vm, state: "running" });
     await state.publisher.publish(commitResumed, { migrationId: c.migrationId }, { migrationId: c.migrationId, vm: c.vm, targetHost: state.host }, { id: `${c.migrationId}-${c.vm}-commit-resumed` });
     await state.publisher.publish(migrationProgress, { migrationId: c.migrationId }, {
