@@ -183,5 +183,10 @@ export const migrationForceComplete = defineEvent({
   family: "migration",
   subject: "gw.cmd.migration.{migrationId}.force-complete",
   about,
-  data: z.object({ migrationId, requestedBy: z.string().min(1).max(256) }),
+  data: z.object({
+    migrationId,
+    requestedBy: z.string().min(1).max(256),
+    /** The switch-over to make (virsh --timeout-suspend / --timeout-postcopy). @default post-copy where the migration allows it, else stop-and-copy */
+    mode: z.enum(["stop-and-copy", "post-copy"]).optional(),
+  }),
 });

@@ -148,15 +148,16 @@ const slotOnRollback = defineFunction({
 
 const forceComplete = defineFunction({
   id: "dirty-log-force-complete",
-  description: "switch every VM of a migration over now: post-copy where allowed, else stop-and-copy",
+  description: "switch every VM of a migration over now: as asked, else post-copy where allowed, else stop-and-copy",
   trigger: migrationForceComplete,
   retry: { maxAttempts: 6, backoffMs: 250 },
   async handler(event, ctx) {
     const plan = await loadPlan(ctx, event.data.migrationId);
-    const mode = plan.options.postcopy ? "post-copy" : "stop-and-copy";
-    for (const v of plan.vms) {
-      await execute(ctx, plan, v.vm, mode, `force-complete requested by ${event.data.requestedBy}`, event.id);
-    }
+    // Post-copy needs the capability set up front: asked for without it, it is stop-and-copy.
+    const asked = event.data.mode ?? (plan.options.postcopy ? "post-copy" : "stop-and-copy");
+    const mode = asked === "post-copy" && !plan.options.postcopy ? "stop-and-copy" : asked;
+    const reason = `force-complete requested by ${event.data.requestedBy}${mode !== asked ? " (post-copy was not allowed for this migration)" : ""}`;
+    for (const v of plan.vms) await execute(ctx, plan, v.vm, mode, reason, event.id);
   },
 });
 

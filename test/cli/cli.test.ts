@@ -52,6 +52,23 @@ describe("gangway CLI", () => {
     expect(gangway("watch", "--nats", "http://x:1").stderr).toMatch(/--nats must be a URL like nats:\/\/127\.0\.0\.1:4222 \(or host:port\)/);
   });
 
+  it("takes a virsh user's migrate line, and says what is wrong with the flags virsh also refuses", () => {
+    const virsh = gangwayWith({ NATS_URL: "127.0.0.1:1" }, "migrate", "vm1", "--live", "--postcopy", "--postcopy-after-precopy", "--timeout", "300", "--timeout-postcopy", "--bandwidth", "100", "--verbose", "--abort-on-error", "--completion-timeout-per-gib", "60");
+    expect(virsh.stderr).toMatch(/cannot connect to NATS/); // every flag was taken: it got as far as the server
+    expect(virsh.code).toBe(2);
+    const refused = (args: string[], why: RegExp) => {
+      const r = gangway("migrate", "vm1", ...args);
+      expect(r.code, args.join(" ")).toBe(64);
+      expect(r.stderr, args.join(" ")).toMatch(why);
+    };
+    refused(["--timeout", "300", "--timeout-postcopy"], /--timeout-postcopy needs --postcopy/);
+    refused(["--timeout-suspend"], /--timeout-suspend needs --timeout S/);
+    refused(["--timeout", "300", "--timeout-suspend", "--timeout-postcopy", "--postcopy"], /exclude each other/);
+    refused(["--timeout", "0"], /--timeout must be a positive number/);
+    refused(["--completion-timeout-per-gib", "1.5"], /whole number of seconds/);
+    expect(gangway("migrate", "-h").stdout).toMatch(/--bandwidth MIBPS +cap the migration stream at MIBPS MiB\/s/);
+  });
+
   it("checks each command's arguments with a readable message", () => {
     expect(gangway("agent").stderr).toMatch(/--host NAME is required/);
     expect(gangway("up", "--port", "99999").stderr).toMatch(/--port must be a TCP port number/);

@@ -93,6 +93,21 @@ describe("dirty-log", () => {
     expect(out[0]!.data).toMatchObject({ reportedBy: "dirty-log", reason: expect.stringMatching(/did not converge/) });
   });
 
+  it("force-complete makes the switch-over asked for (virsh --timeout-suspend / --timeout-postcopy); post-copy only where allowed", async () => {
+    const force = dirtyLogFunctions.find((f) => f.id === "dirty-log-force-complete")!;
+    const modeOf = async (options: Record<string, unknown>, mode?: string) => {
+      const h = harness(force);
+      await h.state.put(planKey("m"), { ...plan, options: { ...plan.options, ...options } });
+      const out = await h.run({ migrationId: "m", requestedBy: "t", ...(mode ? { mode } : {}) });
+      expect(out.map((e) => e.type)).toEqual(["io.gangway.agent.switchover.v1"]);
+      return out[0]!.data as { mode: string; reason: string };
+    };
+    expect((await modeOf({ postcopy: true })).mode).toBe("post-copy");
+    expect((await modeOf({ postcopy: true }, "stop-and-copy")).mode).toBe("stop-and-copy");
+    expect((await modeOf({ postcopy: false })).mode).toBe("stop-and-copy");
+    expect(await modeOf({ postcopy: false }, "post-copy")).toMatchObject({ mode: "stop-and-copy", reason: expect.stringMatching(/post-copy was not allowed/) });
+  });
+
   describe("switch-over slots (parallelSwitchovers): a gang's VMs stop for their last pass N at a time", () => {
     const gang = { ...plan, vms: [{ vm: "v", tenant: "t", memoryBytes: 1 << 30 }, { vm: "w", tenant: "t", memoryBytes: 1 << 30 }], options: { ...plan.options, postcopy: false, parallelSwitchovers: 1 } };
     const ready = (vm: string, r: number) => ({ ...round(r, 100, 10), vm });
