@@ -71,6 +71,8 @@ export interface OutgoingStream {
   nativeBytes(): number;
   /** Time (ms since epoch) the guest stopped for the final pass; resolves when it happens. */
   stopped: Promise<number>;
+  /** Whether the guest ran again after that stop (QMP RESUME since). */
+  resumedSinceStop(): boolean;
   /** Stops the outgoing migration (migrate_cancel) if it is still running. */
   cancel(): Promise<void>;
   /** QEMU's own view of the pass in progress (query-migrate), for the dirty log. */

@@ -230,6 +230,12 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
         .waitForEvent((e) => e.event === "STOP", { timeoutMs: 24 * 3600_000 })
         .then((e) => e.timestamp.seconds * 1000 + Math.round(e.timestamp.microseconds / 1000));
       stopped.catch(() => undefined);
+      // A guest run again after that stop (a user's `cont` mid-migration) changed its RAM since.
+      let stopSeen = false;
+      let resumedSinceStop = false;
+      h.qmp
+        .waitForEvent((e) => (e.event === "STOP" ? ((stopSeen = true), false) : stopSeen && e.event === "RESUME"), { timeoutMs: 24 * 3600_000 })
+        .then(() => (resumedSinceStop = true), () => undefined);
       try {
         await h.qmp.migrate(proxy.uri);
       } catch (err) {
@@ -247,6 +253,7 @@ export function createQemuDriver(o: QemuDriverOptions): QemuDriver {
         records,
         nativeBytes: () => proxy.nativeBytes(),
         stopped,
+        resumedSinceStop: () => resumedSinceStop,
         cancel: async () => {
           const info = await h.qmp.queryMigrate().catch(() => undefined);
           if (info?.status && !["completed", "failed", "cancelled", "none"].includes(info.status)) await h.qmp.migrateCancel().catch(() => undefined);

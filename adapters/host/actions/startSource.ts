@@ -148,7 +148,9 @@ export default defineAction({
         // The guest is stopped and the image final: the proof's RAM read overlaps the last stores.
         onStreamEnd: (sent) => {
           streamEndedAt = Date.now();
-          reading = readSourceRam({ migrationId: c.migrationId, vm: c.vm, ramPath: v.vm.ramPath, sent, keyer, repair: repair(), ...checker, ...(atStop ? { atStop } : {}) });
+          // The check from the stop holds only if the guest stayed stopped since (else: all of it again).
+          const held = atStop && !outgoing.resumedSinceStop() ? { atStop } : {};
+          reading = readSourceRam({ migrationId: c.migrationId, vm: c.vm, ramPath: v.vm.ramPath, sent, keyer, repair: repair(), ...checker, ...held });
           reading.catch(() => undefined); // awaited by the proof
         },
       }));
