@@ -3,14 +3,13 @@
  * library behind `gangway migrate` and the demo. Progress is folded into one view per VM
  * and for the gang; counters only grow, and percentages never run backwards.
  */
-import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { randomUUID } from "node:crypto";
 import { migrationRequested, type JobStats, type MigrationOptions } from "../schemas/index.ts";
 import { decodeMessage } from "../infra/events/binding.ts";
-import { createPublisher } from "../infra/events/publisher.ts";
 import { StreamFollower } from "../infra/nats/follow.ts";
 import { switchoverLine, watchSwitchovers } from "./switchoverWaits.ts";
+import { cliPublisher, cliUser } from "./requester.ts";
 
 export interface VmView {
   vm: string;
@@ -140,10 +139,10 @@ export const newMigrationId = () => `mig-${new Date().toISOString().replace(/[-:
 /** Publishes the request, follows the migration's events, returns the summary. */
 export async function migrateGang(o: GangMigrationOptions): Promise<GangSummary> {
   const migrationId = o.migrationId ?? newMigrationId();
-  const pub = createPublisher(jetstream(o.nc), "gangway/cli");
+  const pub = cliPublisher(o.nc);
   const ack = await pub.publish(migrationRequested, { migrationId }, {
     migrationId, vms: o.vms, sourceHost: o.sourceHost, ...(o.targetHost ? { targetHost: o.targetHost } : {}),
-    requestedBy: o.requestedBy ?? `gangway-cli@${process.env.USER ?? "unknown"}`, ...(o.reason ? { reason: o.reason } : {}), options: o.options ?? {},
+    requestedBy: o.requestedBy ?? cliUser(), ...(o.reason ? { reason: o.reason } : {}), options: o.options ?? {},
   }, { id: `${migrationId}-requested` });
   // Its events all come after the request (a repeated request's ack names the first one).
   return followGang(o.nc, migrationId, { ...o, fromSeq: ack.seq });

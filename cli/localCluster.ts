@@ -5,13 +5,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { resolve, join } from "node:path";
 import { readdir, readFile, rm } from "node:fs/promises";
-import { jetstream } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { z } from "zod";
 import { agentConsole, agentVmStart, hostInventory, scanCompleted, type VmSpec } from "../schemas/index.ts";
-import { createPublisher } from "../infra/events/publisher.ts";
 import { readEvents } from "../infra/events/reader.ts";
 import { ask } from "../infra/nats/service.ts";
+import { cliPublisher } from "./requester.ts";
 
 const BIN = resolve(import.meta.dirname, "../bin/gangway.mjs");
 
@@ -124,7 +123,7 @@ export async function hostVms(nc: NatsConnection, host: string): Promise<Map<str
 
 /** Asks a host's agent to start VMs and waits until its inventory shows them running. */
 export async function startVms(nc: NatsConnection, host: string, specs: VmSpec[], timeoutMs = 120_000): Promise<void> {
-  const pub = createPublisher(jetstream(nc), "gangway/cli");
+  const pub = cliPublisher(nc);
   for (const spec of specs) await pub.publish(agentVmStart, { host }, { host, spec });
   const end = Date.now() + timeoutMs;
   while (Date.now() < end) {

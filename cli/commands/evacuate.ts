@@ -3,12 +3,12 @@ import { randomUUID } from "node:crypto";
 import { DeliverPolicy, jetstream, type ConsumerMessages } from "@nats-io/jetstream";
 import { hostDrained, hostEvacuate, hostEvacuateCancel, hostEvacuationProgress } from "../../schemas/index.ts";
 import { decodeMessage } from "../../infra/events/binding.ts";
-import { createPublisher } from "../../infra/events/publisher.ts";
 import { EVENTS_STREAM } from "../../infra/nats/resources.ts";
 import { numberFlag, parseCommandArgs, printJson } from "../args.ts";
 import { CheckFailedError, UsageError } from "../errors.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
 import { expectPositionals } from "../positionals.ts";
+import { cliPublisher, cliUser } from "../requester.ts";
 
 const help = `usage: gangway evacuate HOST [--to HOST,HOST...] [--parallel N] [--reason TEXT] [--json]
        gangway evacuate HOST --cancel EVACUATION_ID
@@ -47,7 +47,7 @@ export async function run(argv: string[]): Promise<void> {
     if (!TOKEN.test(values.cancel)) throw new UsageError(`evacuation id "${values.cancel}" must be letters, digits, _ or -`);
     const nc = await connectFromFlags(values, "gangway-evacuate");
     try {
-      await createPublisher(jetstream(nc), "gangway/cli").publish(hostEvacuateCancel, { host }, { host, evacuationId: values.cancel, requestedBy: `gangway-cli@${process.env.USER ?? "unknown"}` });
+      await cliPublisher(nc).publish(hostEvacuateCancel, { host }, { host, evacuationId: values.cancel, requestedBy: cliUser() });
       if (values.json) printJson({ host, evacuationId: values.cancel, cancel: "requested" });
       else process.stdout.write(`cancel of ${values.cancel} requested\n`);
     } finally {
@@ -62,8 +62,8 @@ export async function run(argv: string[]): Promise<void> {
     const js = jetstream(nc);
     const consumer = await js.consumers.get(EVENTS_STREAM, { filter_subjects: `gw.host.${host}.>`, deliver_policy: DeliverPolicy.New });
     const messages: ConsumerMessages = await consumer.consume();
-    await createPublisher(js, "gangway/cli").publish(hostEvacuate, { host }, {
-      host, evacuationId, requestedBy: `gangway-cli@${process.env.USER ?? "unknown"}`, ...(values.reason ? { reason: values.reason } : {}), ...(to ? { candidates: to } : {}),
+    await cliPublisher(nc).publish(hostEvacuate, { host }, {
+      host, evacuationId, requestedBy: cliUser(), ...(values.reason ? { reason: values.reason } : {}), ...(to ? { candidates: to } : {}),
       limits: { parallelMigrations: Math.max(parallel, 5), parallelOutboundPerHost: parallel },
     });
     const summary: EvacuationSummary = { evacuationId, host, drained: false, moved: [], failed: [] };

@@ -4,10 +4,9 @@ import { CheckFailedError, UsageError } from "../errors.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
 import { migrateGang } from "../gangMigration.ts";
 import { hostOf } from "../localCluster.ts";
-import { jetstream } from "@nats-io/jetstream";
 import { migrationCancel, migrationForceComplete } from "../../schemas/index.ts";
-import { createPublisher } from "../../infra/events/publisher.ts";
 import { progressPrinter, summaryTable } from "../progressView.ts";
+import { cliPublisher, cliUser } from "../requester.ts";
 
 const help = `usage: gangway migrate VM... [--from HOST] [--to HOST] [options]
        gangway migrate --cancel MIGRATION_ID [--reason TEXT]
@@ -61,8 +60,8 @@ export async function run(argv: string[]): Promise<void> {
     if (!TOKEN.test(migrationId)) throw new UsageError(`migration id "${migrationId}" must be letters, digits, _ or -`);
     const nc = await connectFromFlags(values, "gangway-migrate");
     try {
-      const pub = createPublisher(jetstream(nc), "gangway/cli");
-      const requestedBy = `gangway-cli@${process.env.USER ?? "unknown"}`;
+      const pub = cliPublisher(nc);
+      const requestedBy = cliUser();
       if (flag === "cancel") await pub.publish(migrationCancel, { migrationId }, { migrationId, requestedBy, ...(values.reason ? { reason: values.reason } : {}) });
       else await pub.publish(migrationForceComplete, { migrationId }, { migrationId, requestedBy });
       if (values.json) printJson({ migrationId, [flag]: "requested" });
@@ -98,9 +97,9 @@ export async function run(argv: string[]): Promise<void> {
     let migrationId: string | undefined;
     const timer = timeout && setTimeout(() => {
       if (!migrationId) return;
-      const pub = createPublisher(jetstream(nc), "gangway/cli");
+      const pub = cliPublisher(nc);
       process.stderr.write(`gangway migrate: not done after ${timeout.seconds} s (--timeout): switching over, ${timeout.mode}\n`);
-      void pub.publish(migrationForceComplete, { migrationId }, { migrationId, requestedBy: `gangway-cli@${process.env.USER ?? "unknown"} (--timeout ${timeout.seconds})`, mode: timeout.mode })
+      void pub.publish(migrationForceComplete, { migrationId }, { migrationId, requestedBy: `${cliUser()} (--timeout ${timeout.seconds})`, mode: timeout.mode })
         .catch((e: Error) => process.stderr.write(`gangway migrate: the switch-over after --timeout was not sent: ${e.message}\n`));
     }, timeout.seconds * 1000);
     const summary = await migrateGang({

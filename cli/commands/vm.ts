@@ -1,11 +1,10 @@
 /** `gangway vm start|list|stop`: manage VMs through the host agents. */
-import { jetstream } from "@nats-io/jetstream";
 import { agentVmStop } from "../../schemas/index.ts";
-import { createPublisher } from "../../infra/events/publisher.ts";
 import { parseCommandArgs, numberFlag, printJson } from "../args.ts";
 import { UsageError } from "../errors.ts";
 import { hostVms, latestInventories, startVms } from "../localCluster.ts";
 import { connectFromFlags, natsFlagHelp, natsFlagSpec } from "../natsFlags.ts";
+import { cliPublisher } from "../requester.ts";
 
 const help = `usage: gangway vm start NAME --host HOST --kernel FILE [--memory MiB] [--append ARGS] [--initrd FILE] [--tenant T] [--ready TEXT]
        gangway vm list [--host HOST] [--json]
@@ -42,7 +41,7 @@ export async function run(argv: string[]): Promise<void> {
       if (values.json) printJson({ host: values.host, vm: spec.name, state: "running" });
       else process.stdout.write(`${spec.name} is running on ${values.host}\n`);
     } else if (sub === "stop") {
-      await createPublisher(jetstream(nc), "gangway/cli").publish(agentVmStop, { host: values.host! }, { host: values.host!, vm: rest[0]! });
+      await cliPublisher(nc).publish(agentVmStop, { host: values.host! }, { host: values.host!, vm: rest[0]! });
       const end = Date.now() + 30_000;
       while ((await hostVms(nc, values.host!)).has(rest[0]!)) {
         if (Date.now() > end) throw new Error(`${rest[0]} still reported on ${values.host} after 30 s`);
